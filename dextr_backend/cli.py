@@ -1,0 +1,56 @@
+"""``dextr-backend`` command line. Each command lives beside the code it drives and registers
+itself here through an ``add_parser(subparsers)`` function.
+
+User errors (:class:`~dextr_backend.errors.DextrError`) end in one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .errors import DextrError
+from .logs import setup_logging
+
+# Modules that contribute subcommands, in the order ``--help`` lists them.
+COMMAND_MODULES = (
+    "dextr_backend.commands.predict",
+    "dextr_backend.evaluation.cli",
+    "dextr_backend.weights.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="dextr-backend",
+        description="DEXTR (Deep Extreme Cut): four extreme clicks in, object mask out.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default=None,
+                        help="DEBUG, INFO, WARNING or ERROR (default: $LOG_LEVEL or INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except DextrError as exc:
+        print(f"dextr-backend: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dextr-backend: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

