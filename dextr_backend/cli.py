@@ -16,6 +16,7 @@ from .logs import setup_logging
 # Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "dextr_backend.commands.predict",
+    "dextr_backend.commands.demo",
     "dextr_backend.evaluation.cli",
     "dextr_backend.weights.cli",
 )

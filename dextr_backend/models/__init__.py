@@ -28,9 +28,9 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     Architecture("resnet101", resnet101, 512,
                  "official DEXTR: DeepLab-v2 ResNet-101, output stride 8, PSP head (48.8 M params)"),
-    Architecture("lite0", lambda imagenet=False: dextr_lite("lite0", imagenet), 384,
+    Architecture("lite0", lambda imagenet=False: dextr_lite("lite0", imagenet), 320,
                  "CPU variant: EfficientNet-Lite0 + FPN decoder (3.2 M params)"),
-    Architecture("lite2", lambda imagenet=False: dextr_lite("lite2", imagenet), 384,
+    Architecture("lite2", lambda imagenet=False: dextr_lite("lite2", imagenet), 320,
                  "CPU variant: EfficientNet-Lite2 + FPN decoder (4.6 M params)"),
 )}
 

@@ -1,0 +1,151 @@
+"""``--out DIR``: the evaluation as files a person can look at and a script can read.
+
+* ``objects.csv``: one row per object (IoU 0-1, milliseconds, the clicks as JSON);
+* ``iou_histogram.png``: objects per IoU decile, model and baseline side by side;
+* ``worst/NN_<image>.png``: the lowest-IoU objects, ground truth contour in green, the
+  prediction in translucent red, the four clicks as dots;
+* ``summary.json``: the summary numbers and the run's settings.
+
+Drawing is plain OpenCV so the backend needs no plotting library.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..imageio import write_image
+from ..overlay import draw_overlay
+from .runner import Case, EvalResult
+
+MODEL_RGB = (52, 101, 164)
+BASELINE_RGB = (230, 145, 56)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _fmt(v, digits):
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def write_csv(result: EvalResult, path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "object", "iou", "ms", "baseline_iou", "baseline_ms", "points"])
+        for r in result.rows:
+            w.writerow([r.image, r.object, _fmt(r.iou, 4), _fmt(r.ms, 2), _fmt(r.baseline_iou, 4),
+                        _fmt(r.baseline_ms, 2), json.dumps(np.asarray(r.points).astype(int).tolist())])
+
+
+def _nice_step(top: int, ticks: int = 5) -> int:
+    raw = max(top / ticks, 1.0)
+    mag = 10 ** math.floor(math.log10(raw))
+    return int(next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw))
+
+
+def _text(img, s, org, scale=0.45, rgb=(30, 30, 30), thickness=1, anchor="left"):
+    (tw, th), _ = cv2.getTextSize(s, FONT, scale, thickness)
+    x, y = org
+    if anchor == "center":
+        x -= tw // 2
+    elif anchor == "right":
+        x -= tw
+    cv2.putText(img, s, (int(x), int(y)), FONT, scale, rgb, thickness, cv2.LINE_AA)
+
+
+def histogram_image(result: EvalResult, width: int = 720, height: int = 440, bins: int = 10) -> np.ndarray:
+    """Bars of objects per IoU bin (RGB uint8); ``bins`` equal bins over 0-100 %."""
+    series = []
+    if result.miou is not None:
+        series.append((f"model  mIoU {result.miou:.1f}", [r.iou for r in result.rows], MODEL_RGB))
+    if result.baseline_miou is not None:
+        series.append((f"{result.baseline}  mIoU {result.baseline_miou:.1f}",
+                       [r.baseline_iou for r in result.rows], BASELINE_RGB))
+    counts = [np.histogram(np.clip(v, 0, 1), bins=bins, range=(0.0, 1.0))[0] for _, v, _ in series]
+    top = max([int(c.max()) for c in counts] + [1])
+    step = _nice_step(top)
+    ymax = step * math.ceil(top / step)
+
+    img = np.full((height, width, 3), 255, np.uint8)
+    left, right, bottom, top_m = 70, 30, 60, 60
+    x0, x1, y0, y1 = left, width - right, height - bottom, top_m  # y0 is the axis line (bottom)
+    to_y = lambda c: int(round(y0 - (y0 - y1) * c / ymax))  # noqa: E731
+
+    for tick in range(0, ymax + 1, step):
+        y = to_y(tick)
+        cv2.line(img, (x0, y), (x1, y), (225, 225, 225), 1)
+        cv2.line(img, (x0 - 5, y), (x0, y), (30, 30, 30), 1)
+        _text(img, str(tick), (x0 - 9, y + 5), anchor="right")
+    group = (x1 - x0) / bins
+    bar = group * 0.8 / max(len(series), 1)
+    for s, c in enumerate(counts):
+        for b, n in enumerate(c):
+            bx = x0 + b * group + group * 0.1 + s * bar
+            if n:
+                cv2.rectangle(img, (int(bx), to_y(n)), (int(bx + bar) - 1, y0), series[s][2], -1)
+    for b in range(bins + 1):
+        x = int(round(x0 + b * group))
+        cv2.line(img, (x, y0), (x, y0 + 5), (30, 30, 30), 1)
+        _text(img, f"{100 * b // bins}", (x, y0 + 20), anchor="center")
+    cv2.line(img, (x0, y0), (x1, y0), (30, 30, 30), 1)
+    cv2.line(img, (x0, y0), (x0, y1), (30, 30, 30), 1)
+    _text(img, "IoU (%)", ((x0 + x1) // 2, height - 15), 0.55, anchor="center")
+    ylabel = np.full((24, 120, 3), 255, np.uint8)
+    _text(ylabel, "objects", (60, 17), 0.55, anchor="center")
+    ylabel = np.ascontiguousarray(np.rot90(ylabel))
+    yc = (y0 + y1) // 2 - 60
+    img[yc:yc + 120, 8:32] = ylabel
+    _text(img, f"IoU per object (n={result.n})", (x0, 25), 0.6, thickness=1)
+    for s, (label, _, rgb) in enumerate(series):
+        ly = 25 + s * 20
+        lx = x1 - 230
+        cv2.rectangle(img, (lx, ly - 10), (lx + 12, ly + 2), rgb, -1)
+        _text(img, label, (lx + 18, ly + 1))
+    return img
+
+
+def overlay_image(case: Case) -> np.ndarray:
+    """The picture with the prediction (red), the ground truth contour (green) and the clicks."""
+    r = case.row
+    score = r.iou if r.iou is not None else r.baseline_iou
+    pred = case.pred if case.pred is not None else np.zeros(case.gt.shape, bool)
+    return draw_overlay(case.image, pred, r.points, truth=case.gt, text=f"IoU {100 * score:.1f}%  {r.object}")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "object"
+
+
+def write_worst(result: EvalResult, folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("[0-9][0-9]_*.png"):  # only files an earlier run of ours wrote
+        old.unlink()
+    names = []
+    for rank, case in enumerate(result.worst, 1):
+        stem = Path(case.row.image).stem
+        tag = stem if case.row.object == stem else f"{stem}_{case.row.object}"
+        name = f"{rank:02d}_{_safe(tag)}.png"
+        write_image(folder / name, overlay_image(case))
+        names.append(name)
+    return names
+
+
+def write_report(result: EvalResult, out_dir, extra: dict | None = None) -> Path:
+    """Write every artefact into ``out_dir`` (created if needed); returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(result, out / "objects.csv")
+    write_image(out / "iou_histogram.png", histogram_image(result))
+    worst = write_worst(result, out / "worst")
+    summary = dict(extra or {})
+    summary.update(result.summary())
+    summary["worst"] = [{"image": c.row.image, "object": c.row.object,
+                         "iou": round(c.row.iou if c.row.iou is not None else c.row.baseline_iou, 4),
+                         "file": f"worst/{n}"} for c, n in zip(result.worst, worst)]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return out

@@ -1,0 +1,207 @@
+"""Simulated clicks, prediction, timing and IoU over a set of objects.
+
+Clicks are simulated from the ground truth with a generator seeded by ``(seed, object index)``,
+so two models evaluated with the same seed see exactly the same points, whatever runs between.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .. import geometry
+from ..errors import InputError
+from ..imageio import read_image
+from .grabcut import grabcut_baseline
+from .metrics import iou, mean_iou
+
+MaskFn = Callable[[np.ndarray, np.ndarray], Any]
+BASELINES: dict[str, MaskFn] = {"grabcut": grabcut_baseline}
+
+
+@dataclass
+class ObjectResult:
+    """One row of the per-object table; the model columns are ``None`` in baseline-only runs."""
+
+    index: int
+    image: str
+    object: str
+    points: np.ndarray              # (4, 2) int (x, y): the simulated clicks
+    iou: float | None = None        # 0-1
+    ms: float | None = None         # wall time of the predict call
+    baseline_iou: float | None = None
+    baseline_ms: float | None = None
+
+
+@dataclass
+class Case:
+    """What an overlay of one object needs; kept only for the worst few objects."""
+
+    row: ObjectResult
+    image: np.ndarray = field(repr=False)
+    gt: np.ndarray = field(repr=False)
+    ignore: np.ndarray = field(repr=False)
+    pred: np.ndarray = field(repr=False)
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+@dataclass
+class EvalResult:
+    rows: list[ObjectResult]
+    worst: list[Case] = field(default_factory=list, repr=False)  # lowest IoU first
+    jitter: int = 0
+    seed: int = 0
+    baseline: str | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @property
+    def miou(self) -> float | None:
+        """Mean IoU in percent (0-100); ``None`` without a model."""
+        return mean_iou(r.iou for r in self.rows)
+
+    @property
+    def ms_per_object(self) -> float | None:
+        return _mean(r.ms for r in self.rows)
+
+    @property
+    def baseline_miou(self) -> float | None:
+        return mean_iou(r.baseline_iou for r in self.rows)
+
+    @property
+    def baseline_ms_per_object(self) -> float | None:
+        return _mean(r.baseline_ms for r in self.rows)
+
+    def summary(self) -> dict:
+        def rnd(v, k):
+            return None if v is None else round(v, k)
+        return {"miou": rnd(self.miou, 3), "n": self.n, "ms_per_object": rnd(self.ms_per_object, 2),
+                "baseline": self.baseline, "baseline_miou": rnd(self.baseline_miou, 3),
+                "baseline_ms_per_object": rnd(self.baseline_ms_per_object, 2),
+                "jitter": self.jitter, "seed": self.seed}
+
+
+def _as_mask_fn(fn) -> MaskFn | None:
+    """Accept a predictor (``.predict``) or a callable returning a mask or a ``Prediction``."""
+    if fn is None:
+        return None
+    call = fn if callable(fn) else getattr(fn, "predict", None)
+    if call is None:
+        raise InputError(f"cannot predict with {type(fn).__name__}: need a callable or an object with .predict")
+
+    def mask_fn(image, points):
+        out = call(image, points)
+        return np.asarray(getattr(out, "mask", out), dtype=bool)
+    return mask_fn
+
+
+def _as_baseline(baseline) -> tuple[str | None, MaskFn | None]:
+    if baseline is None or callable(baseline):
+        return (getattr(baseline, "__name__", "custom") if baseline else None), baseline
+    try:
+        return baseline, BASELINES[baseline]
+    except KeyError:
+        raise InputError(f"unknown baseline {baseline!r}; known: {', '.join(BASELINES)}") from None
+
+
+def _timed(fn: MaskFn, image, points) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    mask = fn(image, points)
+    return mask, (time.perf_counter() - start) * 1000.0
+
+
+def evaluate_objects(predict_fn, objects: Iterable, *, jitter: int = 0, seed: int = 0, baseline=None,
+                     progress: bool = True, keep_worst: int = 0, warmup: bool = True,
+                     total: int | None = None) -> EvalResult:
+    """Click, predict and score every object; returns per-object rows and the summary.
+
+    ``predict_fn``: a :class:`~dextr_backend.predictor.DextrPredictor`, or ``fn(image, points)``
+    returning a bool mask or a ``Prediction``; ``None`` scores the baseline alone.
+    ``objects``: :class:`~.datasets.EvalObject` items (anything with ``image_path``, ``object_id``,
+    ``mask``, ``ignore`` and optionally a decoded ``image``).
+    ``baseline``: ``"grabcut"`` or ``fn(image, points) -> mask``, run on the same clicks.
+    ``keep_worst``: keep images and masks of this many lowest-IoU objects for overlays.
+    ``warmup``: one untimed call first, so one-off start-up costs do not count as speed.
+    """
+    if jitter < 0:
+        raise InputError(f"jitter must be 0 or more pixels, got {jitter}")
+    model = _as_mask_fn(predict_fn)
+    baseline_name, base = _as_baseline(baseline)
+    if model is None and base is None:
+        raise InputError("nothing to evaluate: give a model, a baseline or both")
+    if total is None:
+        total = len(objects) if hasattr(objects, "__len__") else getattr(objects, "size_hint", None)
+
+    from tqdm import tqdm
+
+    rows: list[ObjectResult] = []
+    worst: list[Case] = []
+    cached_path, cached_image = None, None
+    bar = tqdm(total=total, desc="evaluate", unit="obj", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True, mininterval=0.5)
+    try:
+        for index, obj in enumerate(objects):
+            image = getattr(obj, "image", None)
+            if image is None:
+                if obj.image_path != cached_path:
+                    cached_path, cached_image = obj.image_path, read_image(obj.image_path)
+                image = cached_image
+            mask, ignore = np.asarray(obj.mask, dtype=bool), np.asarray(obj.ignore, dtype=bool)
+            if mask.shape != image.shape[:2]:
+                raise InputError(f"{obj.image_path}: mask {obj.object_id} is {mask.shape[1]}x{mask.shape[0]} "
+                                 f"but the picture is {image.shape[1]}x{image.shape[0]}")
+            rng = np.random.default_rng((seed, index))
+            points = geometry.extreme_points(mask, jitter, rng)
+            row = ObjectResult(index, str(getattr(obj, "image_name", obj.image_path)), str(obj.object_id),
+                               points)
+            shown = None
+            if model is not None:
+                if warmup and index == 0:
+                    model(image, points)
+                pred, row.ms = _timed(model, image, points)
+                row.iou = iou(pred, mask, ignore)
+                shown = pred
+            if base is not None:
+                base_pred, row.baseline_ms = _timed(base, image, points)
+                row.baseline_iou = iou(base_pred, mask, ignore)
+                shown = base_pred if shown is None else shown
+            rows.append(row)
+            if keep_worst > 0:
+                worst.append(Case(row, image, mask, ignore, shown))
+                if len(worst) > 2 * keep_worst:
+                    worst = _lowest(worst, keep_worst)
+            bar.set_postfix_str(_postfix(rows), refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+    return EvalResult(rows, _lowest(worst, keep_worst), jitter, seed, baseline_name)
+
+
+def _score(case: Case) -> float:
+    r = case.row
+    return r.iou if r.iou is not None else r.baseline_iou
+
+
+def _lowest(cases: list[Case], k: int) -> list[Case]:
+    return sorted(cases, key=lambda c: (_score(c), c.row.index))[:k]
+
+
+def _postfix(rows: list[ObjectResult]) -> str:
+    parts = []
+    m = mean_iou(r.iou for r in rows)
+    if m is not None:
+        parts.append(f"mIoU {m:.1f}")
+    b = mean_iou(r.baseline_iou for r in rows)
+    if b is not None:
+        parts.append(f"baseline {b:.1f}")
+    return ", ".join(parts)

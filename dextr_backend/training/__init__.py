@@ -1,0 +1,1 @@
+"""Training: datasets of objects, DEXTR-style samples, the loss, and the trainer."""

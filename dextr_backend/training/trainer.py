@@ -1,0 +1,241 @@
+"""The training loop: resumable, time-boxed, seeded, with early stopping on validation mIoU.
+
+A run lives in one folder (``run_dir``): ``checkpoint.pt`` is rewritten atomically after every
+epoch with the model, optimiser, epoch, best score and RNG state, so a killed run resumes
+where it stopped. ``best.pt`` holds the best validation weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..geometry import extreme_points
+from ..models import build_model, get_architecture, load_state
+from ..predictor import DextrPredictor
+from .datasets import ObjectRef, load_object
+from .loss import balanced_bce
+from .samples import Augment, make_sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "lite0"
+    resolution: int | None = None      # default: the architecture's working size
+    epochs: int = 10
+    samples_per_epoch: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-3                   # decoder; the backbone gets lr * backbone_lr_scale
+    backbone_lr_scale: float = 0.3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    max_minutes: float | None = None
+    patience: int = 3                  # epochs without validation gain before stopping
+    val_objects: int = 200
+    freeze_bn: bool | None = None      # default: freeze when fewer than 500 training objects
+    seed: int = 0
+    threads: int | None = None
+    augment: Augment = field(default_factory=Augment)
+
+
+@dataclass
+class TrainResult:
+    state_dict: dict
+    best_val_miou: float | None
+    epochs_done: int
+    steps: int
+    seconds: float
+    history: list[dict]
+    stopped: str
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def validation_miou(predictor: DextrPredictor, refs: Sequence[ObjectRef]) -> float:
+    """mIoU (percent) with exact extreme points from each object's mask."""
+    ious = []
+    for ref in refs:
+        image, mask = load_object(ref)
+        pred = predictor.predict(image, extreme_points(mask)).mask
+        union = np.logical_or(pred, mask).sum()
+        ious.append(np.logical_and(pred, mask).sum() / union if union else 1.0)
+    return 100.0 * float(np.mean(ious)) if ious else float("nan")
+
+
+def _freeze_bn(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, train_refs: Sequence[ObjectRef], val_refs: Sequence[ObjectRef],
+                 run_dir: str | Path, init_state: dict | None = None, device: str = "auto",
+                 on_epoch: Callable[[dict], None] | None = None):
+        self.cfg = config
+        self.train_refs = list(train_refs)
+        self.val_refs = list(val_refs)[: config.val_objects]
+        if not self.train_refs:
+            raise ValueError("no training objects")
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                   else ("cpu" if device == "auto" else device))
+        self.resolution = config.resolution or get_architecture(config.arch).input_size
+        self.on_epoch = on_epoch
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.model = build_model(config.arch, imagenet=init_state is None)
+        if init_state is not None:
+            load_state(self.model, init_state)
+        self.model.to(self.device)
+        freeze = config.freeze_bn if config.freeze_bn is not None else len(self.train_refs) < 500
+        self.freeze_bn = freeze
+        backbone = [p for n, p in self.model.named_parameters() if n.startswith(("backbone.", "conv1", "bn1", "layer"))
+                    and not n.startswith("layer5")]
+        ids = {id(p) for p in backbone}
+        head = [p for p in self.model.parameters() if id(p) not in ids]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": backbone, "lr": config.lr * config.backbone_lr_scale}, {"params": head, "lr": config.lr}],
+            weight_decay=config.weight_decay)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        self.epoch, self.step, self.best, self.bad_epochs = 0, 0, -1.0, 0
+        self.history: list[dict] = []
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self._resume()
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def _resume(self) -> None:
+        if not self.checkpoint_path.exists():
+            return
+        ck = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.epoch, self.step, self.best = ck["epoch"], ck["step"], ck["best"]
+        self.bad_epochs, self.history = ck["bad_epochs"], ck["history"]
+        self.rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        log.info("resumed training", extra={"epoch": self.epoch, "step": self.step, "run_dir": str(self.run_dir)})
+
+    def _save(self) -> None:
+        _atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                      "epoch": self.epoch, "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs,
+                      "history": self.history, "rng": self.rng.bit_generator.state,
+                      "torch_rng": torch.get_rng_state(), "config": asdict(self.cfg)}, self.checkpoint_path)
+
+    def _batch(self):
+        xs, ys = [], []
+        while len(xs) < self.cfg.batch_size:
+            ref = self.train_refs[int(self.rng.integers(len(self.train_refs)))]
+            image, mask = load_object(ref)
+            sample = make_sample(image, mask, self.resolution, self.cfg.augment, self.rng)
+            if sample is not None:
+                xs.append(sample[0])
+                ys.append(sample[1])
+        x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).to(self.device)
+        y = torch.from_numpy(np.stack(ys))[:, None].to(self.device)
+        return x, y
+
+    def _set_lr(self, total_steps: int) -> None:
+        if self.step < self.cfg.warmup_steps:
+            f = (self.step + 1) / self.cfg.warmup_steps
+        else:
+            f = 0.5 * (1 + math.cos(math.pi * min(1.0, self.step / max(total_steps, 1))))
+            f = max(f, 0.02)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * f
+
+    def validate(self) -> float | None:
+        if not self.val_refs:
+            return None
+        predictor = DextrPredictor(self.model, self.resolution, threshold=0.5, device=self.device)
+        score = validation_miou(predictor, self.val_refs)
+        return score
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        steps_per_epoch = max(1, cfg.samples_per_epoch // cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        start = time.monotonic()
+        deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else None
+        stopped = "epochs"
+        while self.epoch < cfg.epochs:
+            self.model.train()
+            if self.freeze_bn:
+                _freeze_bn(self.model)
+            losses = []
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step",
+                       dynamic_ncols=True, leave=False, disable=None)
+            for _ in bar:
+                self._set_lr(total_steps)
+                x, y = self._batch()
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+                    loss = balanced_bce(self.model(x), y)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.step += 1
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+                if deadline and time.monotonic() > deadline:
+                    break
+            bar.close()
+            timed_out = bool(deadline and time.monotonic() > deadline)
+            if timed_out and len(losses) < steps_per_epoch:
+                stopped = "time budget"
+                self._save()   # keep the partial epoch's progress for a resumed run
+                break
+            self.epoch += 1
+            val = self.validate()
+            row = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)), "val_miou": val,
+                   "minutes": (time.monotonic() - start) / 60}
+            self.history.append(row)
+            log.info("epoch done", extra=row)
+            if val is None or val > self.best:
+                self.best = val if val is not None else self.best
+                self.bad_epochs = 0
+                _atomic_save(self.model.state_dict(), self.run_dir / "best.pt")
+            else:
+                self.bad_epochs += 1
+            self._save()
+            if self.on_epoch:
+                self.on_epoch(row)
+            if self.bad_epochs >= cfg.patience:
+                stopped = "early stop"
+                break
+            if timed_out:
+                stopped = "time budget"
+                break
+        best_path = self.run_dir / "best.pt"
+        state = (torch.load(best_path, map_location="cpu", weights_only=True) if best_path.exists()
+                 else self.model.state_dict())
+        return TrainResult(state_dict=state, best_val_miou=self.best if self.best >= 0 else None,
+                           epochs_done=self.epoch, steps=self.step, seconds=time.monotonic() - start,
+                           history=self.history, stopped=stopped)

@@ -1,0 +1,96 @@
+"""The predictor on real tensors: shapes, batching, device handling and input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dextr_backend.errors import InputError
+from dextr_backend.models import build_model
+from dextr_backend.predictor import DextrPredictor
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    return DextrPredictor(build_model("lite0"), input_size=64, threshold=0.5, device="cpu")
+
+
+@pytest.fixture()
+def scene():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    points = np.array([[30, 60], [110, 62], [70, 20], [72, 100]], dtype=float)
+    return image, points
+
+
+def test_predict_returns_image_sized_mask_probabilities_and_score(predictor, scene):
+    image, points = scene
+    pred = predictor.predict(image, points)
+    assert pred.mask.shape == (120, 160) and pred.mask.dtype == bool
+    assert pred.probabilities.shape == (120, 160) and pred.probabilities.dtype == np.float32
+    assert 0.0 <= pred.probabilities.min() and pred.probabilities.max() <= 1.0
+    assert 0.0 <= pred.score <= 1.0
+
+
+def test_nothing_outside_the_points_box(predictor, scene):
+    image, points = scene
+    pred = predictor.predict(image, points)
+    outside = np.ones((120, 160), bool)
+    outside[20:101, 30:111] = False
+    assert not pred.probabilities[outside].any()
+    assert not pred.mask[outside].any()
+
+
+def test_batch_matches_single_calls(predictor, scene):
+    image, points = scene
+    other = points + [5, 3]
+    singles = [predictor.predict(image, p).probabilities for p in (points, other)]
+    many = [p.probabilities for p in predictor.predict_objects(image, [points, other])]
+    for a, b in zip(singles, many):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_batch_over_several_images_of_different_sizes(predictor, scene):
+    image, points = scene
+    small = image[:80, :100]
+    preds = predictor.predict_batch([(image, points), (small, [[10, 40], [90, 40], [50, 5], [50, 75]])])
+    assert [p.mask.shape for p in preds] == [(120, 160), (80, 100)]
+
+
+def test_gray_and_rgba_images_are_accepted(predictor, scene):
+    image, points = scene
+    assert predictor.predict(image[:, :, 0], points).mask.shape == (120, 160)
+    rgba = np.concatenate([image, np.full((120, 160, 1), 255, np.uint8)], axis=2)
+    np.testing.assert_allclose(predictor.predict(rgba, points).probabilities,
+                               predictor.predict(image, points).probabilities, atol=1e-5)
+
+
+@pytest.mark.parametrize("points, message", [
+    ([[1, 1], [2, 2], [3, 3]], "at least 4"),
+    ([[1, 1], [2, 2], [3, 3], [500, 3]], "outside"),
+    ([[1, 1], [2, 2], [3, 3], [-1, 3]], "outside"),
+    ([[1, 1], [2, 2], [3, 3], [float("nan"), 3]], "finite"),
+    ("not points", "pairs"),
+])
+def test_bad_points_raise_clear_errors(predictor, scene, points, message):
+    image, _ = scene
+    with pytest.raises(InputError, match=message):
+        predictor.predict(image, points)
+
+
+def test_bad_images_raise_clear_errors(predictor, scene):
+    _, points = scene
+    with pytest.raises(InputError, match="uint8"):
+        predictor.predict(np.zeros((120, 160, 3), np.float32), points)
+    with pytest.raises(InputError, match="RGB"):
+        predictor.predict(np.zeros((120, 160, 2), np.uint8), points)
+
+
+def test_more_than_four_points_are_used(predictor, scene):
+    image, points = scene
+    five = np.vstack([points, [[70, 60]]])
+    a = predictor.predict(image, points).probabilities
+    b = predictor.predict(image, five).probabilities
+    assert not np.allclose(a, b)
