@@ -114,7 +114,7 @@ class DextrPredictor:
         results = []
         for prob, crop, pts in zip(probs, crops, points):
             full = geometry.paste_back(prob, crop)
-            mask = self.postprocess(full >= self.threshold, pts)
+            mask = self.postprocess(full > self.threshold, pts)
             score = float(full[mask].mean()) if mask.any() else 0.0
             results.append(Prediction(mask=mask, probabilities=full, score=score, points=pts))
         return results

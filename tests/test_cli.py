@@ -1,0 +1,96 @@
+"""The command line: --help everywhere, one-line errors for bad input, real predictions."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dextr_backend.cli import build_parser, main
+from dextr_backend.models import build_model
+
+
+def _subcommands(parser):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield [name], sub
+                for path, deeper in _subcommands(sub):
+                    yield [name] + path, deeper
+
+
+def test_every_command_has_help(capsys):
+    paths = [p for p, _ in _subcommands(build_parser())]
+    assert ["predict"] in paths and ["evaluate"] in paths and ["weights", "download"] in paths
+    for path in [[]] + paths:
+        with pytest.raises(SystemExit) as exc:
+            main(path + ["--help"])
+        assert exc.value.code == 0
+        assert "usage:" in capsys.readouterr().out
+
+
+@pytest.fixture()
+def image_file(tmp_path):
+    img = np.zeros((100, 120, 3), np.uint8)
+    cv2.circle(img, (60, 50), 30, (0, 0, 255), -1)
+    path = tmp_path / "disk.png"
+    cv2.imwrite(str(path), img)
+    return path
+
+
+@pytest.fixture()
+def weights_file(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "random-lite0.pt"
+    torch.save(build_model("lite0").state_dict(), path)
+    return path
+
+
+def _error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("dextr-backend: error: "), err
+    return err[0]
+
+
+def test_predict_writes_mask_overlay_and_polygons(tmp_path, capsys, image_file, weights_file):
+    out = tmp_path / "out"
+    code = main(["predict", str(image_file), "--points", "30,50 90,50 60,20 60,80", "--weights", str(weights_file),
+                 "-o", str(out / "mask.png"), "--overlay", str(out / "overlay.png"),
+                 "--polygons", str(out / "poly.json"), "--threshold", "0.0"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    mask = cv2.imread(str(out / "mask.png"), cv2.IMREAD_GRAYSCALE)
+    assert mask.shape == (100, 120)
+    # threshold 0 keeps exactly the points' box (everything outside it is zeroed by the pipeline)
+    assert summary["area"] == int((mask > 0).sum()) == 61 * 61
+    assert cv2.imread(str(out / "overlay.png")).shape == (100, 120, 3)
+    assert isinstance(json.loads((out / "poly.json").read_text()), list)
+
+
+@pytest.mark.parametrize("points, message", [
+    ("30,50 90,50 60,20", "at least 4"),
+    ("30,50 90,50 60,20 500,80", "outside"),
+    ("30;50 90,50", "x,y"),
+    ("a,b c,d e,f g,h", "x,y"),
+])
+def test_predict_bad_points(capsys, image_file, weights_file, points, message):
+    assert message in _error(capsys, ["predict", str(image_file), "--points", points, "--weights", str(weights_file)])
+
+
+def test_predict_unreadable_image(tmp_path, capsys, weights_file):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    assert "not a readable image" in _error(capsys, ["predict", str(bad), "--points", "1,1 2,2 3,3 4,4",
+                                                     "--weights", str(weights_file)])
+    assert "no such file" in _error(capsys, ["predict", str(tmp_path / "missing.png"), "--points", "1,1 2,2 3,3 4,4"])
+
+
+def test_predict_unknown_weights(capsys, image_file, weights_dir):
+    msg = _error(capsys, ["predict", str(image_file), "--points", "30,50 90,50 60,20 60,80",
+                          "--weights", "no-such-version"])
+    assert "no-such-version" in msg

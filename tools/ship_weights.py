@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""Put a trained weights file into the repository's ``weights/`` folder as a shipped version.
+
+Shipped versions are what ``predict``, ``evaluate`` and the server use right after install,
+offline. This writes ``weights/<name>.pt`` (fp32 state dict), records it with its sha256,
+size and metrics in ``weights/index.json``, makes it the default, and keeps the model card
+(``weights/<name>.md``) beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from dextr_backend.models import detect_architecture, get_architecture
+from dextr_backend.weights.store import read_state_file, sha256_file
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("state", help="trained .pt file (a state dict)")
+    p.add_argument("--name", required=True, help="version name, e.g. bsds-lite0-v1")
+    p.add_argument("--threshold", type=float, required=True, help="probability threshold chosen on validation")
+    p.add_argument("--metrics", default="{}", help="JSON object of measured metrics")
+    p.add_argument("--card", required=True, help="markdown model card to ship beside the weights")
+    p.add_argument("--parent", default=None, help="version it was fine-tuned from")
+    p.add_argument("--no-default", action="store_true", help="ship it without making it the default")
+    args = p.parse_args(argv)
+
+    state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_file(Path(args.state)).items()}
+    arch = detect_architecture(state)
+    dest = WEIGHTS / f"{args.name}.pt"
+    torch.save(state, dest)
+    card = WEIGHTS / f"{args.name}.md"
+    card.write_text(Path(args.card).read_text(encoding="utf-8"), encoding="utf-8")
+    index_path = WEIGHTS / "index.json"
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    record = {"name": args.name, "arch": arch, "input_size": get_architecture(arch).input_size,
+              "threshold": args.threshold, "file": dest.name, "sha256": sha256_file(dest),
+              "size": dest.stat().st_size, "metrics": json.loads(args.metrics), "parent": args.parent,
+              "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "source": "shipped", "card": card.name}
+    index["versions"] = [v for v in index["versions"] if v["name"] != args.name] + [record]
+    if not args.no_default:
+        index["default"] = args.name
+    index_path.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: record[k] for k in ("name", "arch", "size", "sha256")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
