@@ -35,7 +35,6 @@ setup(
     entry_points={"console_scripts": ["dextr-backend=dextr_backend.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: MIT License",
         "Topic :: Scientific/Engineering :: Image Recognition",
     ],
 )

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "dextr_backend.commands.demo",
     "dextr_backend.evaluation.cli",
     "dextr_backend.weights.cli",
+    "dextr_backend.training.cli",
 )
 
 

@@ -94,3 +94,10 @@ def test_more_than_four_points_are_used(predictor, scene):
     a = predictor.predict(image, points).probabilities
     b = predictor.predict(image, five).probabilities
     assert not np.allclose(a, b)
+
+
+def test_cpu_bf16_stays_close_to_fp32(predictor, scene):
+    image, points = scene
+    fp32 = predictor.predict(image, points).probabilities
+    bf16 = DextrPredictor(predictor.model, 64, threshold=0.5, device="cpu", cpu_bf16=True)
+    assert np.abs(bf16.predict(image, points).probabilities - fp32).max() < 0.1

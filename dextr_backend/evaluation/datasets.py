@@ -159,9 +159,9 @@ class Dataset:
         self.root = resolve_root(root)
         self.images_dir = _find_dir(self.root, IMAGE_DIRS, "picture")
         self.masks_dir = _find_dir(self.root, MASK_DIRS, "mask")
-        # ``_rule`` may be the internal ``auto-half``; ``mask_format`` is what users are shown
-        self._rule = FOLDER_FORMATS[self.masks_dir.name] if mask_format == "auto" else mask_format
-        self.mask_format = self._rule.replace("auto-", "")
+        # ``rule`` may be the internal ``auto-half`` (decided per mask); ``mask_format`` is what users see
+        self.rule = FOLDER_FORMATS[self.masks_dir.name] if mask_format == "auto" else mask_format
+        self.mask_format = self.rule.replace("auto-", "")
         self.limit = limit
         self.pairs = match_pairs(self.images_dir, self.masks_dir)
         if not self.pairs:
@@ -180,7 +180,7 @@ class Dataset:
             if self.limit is not None and count >= self.limit:
                 return
             raw = read_mask_file(pair.mask_path)
-            for instance, mask, ignore in decode_objects(raw, self._rule):
+            for instance, mask, ignore in decode_objects(raw, self.rule):
                 if self.limit is not None and count >= self.limit:
                     return
                 object_id = pair.mask_path.stem if instance is None else f"{pair.mask_path.stem}:{instance}"

@@ -16,15 +16,17 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+from ..evaluation.datasets import decode_objects, load_dataset, read_mask_file
 from ..imageio import read_image
 
 
 @dataclass(frozen=True)
 class ObjectRef:
-    image: str        # path or key of the picture
-    source: str       # path of the label map holding the object
-    label: int        # value of the object in the label map
+    image: str        # path of the picture
+    source: str       # path of the mask file holding the object
+    label: int        # value of the object in a label map, or its index among the file's objects
     area: int
+    fmt: str = "labels"   # "labels" (value == label) or an evaluation mask format (see decode_objects)
 
 
 def is_validation(image_key: str, fraction: float = 0.1) -> bool:
@@ -46,9 +48,31 @@ def _image(path: str) -> np.ndarray:
     return read_image(path)
 
 
+@lru_cache(maxsize=512)
+def _decoded(path: str, fmt: str) -> list[np.ndarray]:
+    return [obj for _, obj, _ in decode_objects(read_mask_file(Path(path)), fmt)]
+
+
 def load_object(ref: ObjectRef) -> tuple[np.ndarray, np.ndarray]:
     """``(RGB image, bool mask)`` of one object."""
-    return _image(ref.image), _label_map(ref.source) == ref.label
+    if ref.fmt == "labels":
+        return _image(ref.image), _label_map(ref.source) == ref.label
+    return _image(ref.image), _decoded(ref.source, ref.fmt)[ref.label]
+
+
+def folder_objects(root: str | Path, mask_format: str = "auto", min_area: int = 64) -> list[ObjectRef]:
+    """Objects of a benchmark-layout folder (the layouts ``evaluate`` reads), including the plain
+    ``images/`` + ``masks/`` layout whose masks hold instance ids."""
+    ds = load_dataset(root, mask_format)
+    refs = []
+    for pair in ds.pairs:
+        fmt = ds.rule
+        for i, obj in enumerate(_decoded(str(pair.mask_path), fmt)):
+            if obj.sum() >= min_area:
+                refs.append(ObjectRef(str(pair.image_path), str(pair.mask_path), i, int(obj.sum()), fmt))
+    if not refs:
+        raise InputError(f"{root}: no objects of at least {min_area} pixels")
+    return refs
 
 
 def bsds_regions(root: str | Path, min_area: float = 0.01, max_area: float = 0.8) -> list[ObjectRef]:
@@ -80,3 +104,68 @@ def split(refs: list[ObjectRef], fraction: float = 0.1) -> tuple[list[ObjectRef]
     train = [r for r in refs if not is_validation(r.image, fraction)]
     val = [r for r in refs if is_validation(r.image, fraction)]
     return train, val
+
+
+def export_labelstudio(client, project: int, folder: str | Path, image_key: str | None = None) -> Path:
+    """Write a project's accepted brush and polygon regions as a benchmark-layout folder.
+
+    ``images/<task>.<ext>`` holds each task's picture, fetched through the Label Studio API;
+    ``masks/<k>_<task>.png`` one region each (the COCO-MVal naming ``folder_objects`` reads).
+    Re-running refreshes the folder, so training always sees the project as it is now.
+    """
+    import shutil
+
+    from ..imageio import decode_image
+    from ..labelstudio.regions import accepted_annotation, image_url, result_regions
+
+    folder = Path(folder)
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "images").mkdir(parents=True)
+    (staging / "masks").mkdir()
+    count = 0
+    for task in client.tasks(project):
+        ann = accepted_annotation(task)
+        regions = result_regions(ann["result"]) if ann else []
+        if not regions:
+            continue
+        url = image_url(task, image_key)
+        data = client.fetch(url)
+        image = decode_image(data, url)
+        tid = int(task["id"])
+        cv2.imwrite(str(staging / "images" / f"{tid}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        for k, region in enumerate(regions):
+            if region.mask.shape != image.shape[:2]:
+                region_mask = cv2.resize(region.mask.astype(np.uint8), image.shape[1::-1],
+                                         interpolation=cv2.INTER_NEAREST) > 0
+            else:
+                region_mask = region.mask
+            cv2.imwrite(str(staging / "masks" / f"{k}_{tid}.png"), region_mask.astype(np.uint8) * 255)
+            count += 1
+    if count == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise InputError(f"project {project} has no accepted brush or polygon regions to train on")
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder
+
+
+def folder_hash(folder: str | Path) -> str:
+    """sha256 over every file's relative path and content: names the exact data a model saw."""
+    h = hashlib.sha256()
+    root = Path(folder)
+    for p in sorted(x for x in root.rglob("*") if x.is_file()):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def as_eval_objects(refs: list[ObjectRef]):
+    """The objects in the form ``evaluation.evaluate_objects`` scores, so training and
+    ``evaluate`` measure alike."""
+    from ..evaluation.datasets import EvalObject
+
+    for i, ref in enumerate(refs):
+        image, mask = load_object(ref)
+        yield EvalObject(Path(ref.image), f"{Path(ref.source).stem}:{ref.label}", mask,
+                         np.zeros(mask.shape, bool), image=image)

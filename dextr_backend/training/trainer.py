@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..geometry import extreme_points
+from ..evaluation.runner import evaluate_objects
 from ..models import build_model, get_architecture, load_state
 from ..predictor import DextrPredictor
-from .datasets import ObjectRef, load_object
+from .datasets import ObjectRef, as_eval_objects, load_object
 from .loss import balanced_bce
 from .samples import Augment, make_sample
 
@@ -46,6 +46,7 @@ class TrainConfig:
     val_objects: int = 200
     freeze_bn: bool | None = None      # default: freeze when fewer than 500 training objects
     seed: int = 0
+    threshold: float = 0.5             # for validation masks; the parent version's threshold
     threads: int | None = None
     augment: Augment = field(default_factory=Augment)
 
@@ -69,15 +70,10 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def validation_miou(predictor: DextrPredictor, refs: Sequence[ObjectRef]) -> float:
-    """mIoU (percent) with exact extreme points from each object's mask."""
-    ious = []
-    for ref in refs:
-        image, mask = load_object(ref)
-        pred = predictor.predict(image, extreme_points(mask)).mask
-        union = np.logical_or(pred, mask).sum()
-        ious.append(np.logical_and(pred, mask).sum() / union if union else 1.0)
-    return 100.0 * float(np.mean(ious)) if ious else float("nan")
+def validation_miou(predictor: DextrPredictor, refs: Sequence[ObjectRef], seed: int = 0) -> float:
+    """mIoU (percent) with the exact extreme points of each object, as ``evaluate`` computes it."""
+    result = evaluate_objects(predictor, as_eval_objects(list(refs)), seed=seed, progress=False, warmup=False)
+    return float(result.miou) if result.miou is not None else float("nan")
 
 
 def _freeze_bn(model: torch.nn.Module) -> None:
@@ -174,9 +170,11 @@ class Trainer:
     def validate(self) -> float | None:
         if not self.val_refs:
             return None
-        predictor = DextrPredictor(self.model, self.resolution, threshold=0.5, device=self.device)
-        score = validation_miou(predictor, self.val_refs)
-        return score
+        # Validate as the model will be used: at the architecture's working size, whatever the crop
+        # size used for training.
+        size = get_architecture(self.cfg.arch).input_size
+        predictor = DextrPredictor(self.model, size, threshold=self.cfg.threshold, device=self.device)
+        return validation_miou(predictor, self.val_refs, self.cfg.seed)
 
     def run(self) -> TrainResult:
         cfg = self.cfg

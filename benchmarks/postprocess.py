@@ -1,0 +1,68 @@
+"""Which post-processing steps help? mIoU of the same model and clicks with each step on or off.
+
+One forward pass per object; every post-processing variant is applied to the same
+probabilities, so the differences are the steps' alone.
+
+    python benchmarks/postprocess.py ../shared/data/GrabCut ../shared/data/Berkeley
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+from tqdm import tqdm
+
+from dextr_backend import geometry
+from dextr_backend.evaluation.datasets import load_dataset
+from dextr_backend.evaluation.metrics import iou
+from dextr_backend.imageio import read_image
+from dextr_backend.postprocess import PostProcess
+from dextr_backend.predictor import DextrPredictor
+
+VARIANTS = {
+    "none": PostProcess(keep_connected=False, max_hole_fraction=0.0),
+    "connected": PostProcess(keep_connected=True, max_hole_fraction=0.0),
+    "holes 1%": PostProcess(keep_connected=False, max_hole_fraction=0.01),
+    "connected + holes 1%": PostProcess(keep_connected=True, max_hole_fraction=0.01),
+    "connected + holes 5%": PostProcess(keep_connected=True, max_hole_fraction=0.05),
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("datasets", nargs="+", help="benchmark folders (layouts as for `dextr-backend evaluate`)")
+    p.add_argument("--weights", default=None, help="weights version or file (default: current)")
+    p.add_argument("--thresholds", default=None, help="comma-separated thresholds to sweep too (default: the weights')")
+    p.add_argument("--jitter", type=int, default=0, help="click jitter in pixels (default 0)")
+    p.add_argument("--json", action="store_true", help="print the table as one JSON line last")
+    args = p.parse_args(argv)
+
+    predictor = DextrPredictor.from_weights(args.weights, postprocess=VARIANTS["none"])
+    thresholds = ([float(t) for t in args.thresholds.split(",")] if args.thresholds else [predictor.threshold])
+    table = {}
+    for root in args.datasets:
+        ds = load_dataset(root)
+        scores = {(t, name): [] for t in thresholds for name in VARIANTS}
+        for i, obj in enumerate(tqdm(ds, desc=str(root), unit="obj", disable=None)):
+            image = obj.image if obj.image is not None else read_image(obj.image_path)
+            rng = np.random.default_rng([0, i])
+            points = geometry.extreme_points(obj.mask, args.jitter, rng)
+            prob = predictor.predict(image, points).probabilities
+            for t in thresholds:
+                for name, post in VARIANTS.items():
+                    scores[(t, name)].append(iou(post(prob > t, points), obj.mask, obj.ignore))
+        table[str(root)] = {f"t={t:g} {name}": round(100 * float(np.mean(v)), 2) for (t, name), v in scores.items()}
+    names = list(next(iter(table.values())))
+    width = max(len(n) for n in names)
+    print(f"{'variant':<{width}}  " + "  ".join(f"{r[-20:]:>20}" for r in table))
+    for n in names:
+        print(f"{n:<{width}}  " + "  ".join(f"{table[r][n]:>20.2f}" for r in table))
+    if args.json:
+        print(json.dumps(table))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Label Studio results <-> masks: brush RLE and polygons, in the JSON shapes LS uses.
+
+Percent coordinates are LS's: ``x`` and ``y`` in 0-100 of the original width and height.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..errors import InputError
+
+
+@dataclass
+class Region:
+    label: str
+    mask: np.ndarray     # bool (H, W)
+
+
+def _labels(value: dict, kind: str) -> str:
+    labels = value.get(kind) or value.get("labels") or ["Object"]
+    return str(labels[0])
+
+
+def brush_to_mask(value: dict, height: int, width: int) -> np.ndarray:
+    from label_studio_sdk.converter.brush import decode_rle
+
+    if value.get("format", "rle") != "rle" or "rle" not in value:
+        raise InputError("brush result without an RLE")
+    flat = np.asarray(decode_rle(value["rle"]), dtype=np.uint8)
+    if flat.size != height * width * 4:
+        raise InputError(f"brush RLE holds {flat.size} values, expected {height}x{width}x4")
+    return flat.reshape(height, width, 4)[:, :, 3] > 127
+
+
+def mask_to_brush(mask: np.ndarray) -> list[int]:
+    from label_studio_sdk.converter.brush import mask2rle
+
+    return mask2rle(mask.astype(np.uint8) * 255)
+
+
+def polygon_to_mask(value: dict, height: int, width: int) -> np.ndarray:
+    pts = np.asarray(value.get("points") or [], dtype=np.float64)
+    if pts.ndim != 2 or len(pts) < 3:
+        raise InputError("polygon result with fewer than 3 points")
+    px = np.round(pts * [width / 100.0, height / 100.0]).astype(np.int32)
+    mask = np.zeros((height, width), np.uint8)
+    cv2.fillPoly(mask, [px], 1)
+    return mask.astype(bool)
+
+
+def result_regions(results: list[dict]) -> list[Region]:
+    """Objects of one annotation's ``result`` list (brushlabels and polygonlabels; others skipped)."""
+    regions = []
+    for r in results or []:
+        kind = r.get("type")
+        if kind not in ("brushlabels", "polygonlabels"):
+            continue
+        h, w = int(r.get("original_height", 0)), int(r.get("original_width", 0))
+        if h <= 0 or w <= 0:
+            raise InputError(f"{kind} result without original_width/original_height")
+        value = r.get("value") or {}
+        mask = brush_to_mask(value, h, w) if kind == "brushlabels" else polygon_to_mask(value, h, w)
+        if mask.any():
+            regions.append(Region(_labels(value, kind), mask))
+    return regions
+
+
+def accepted_annotation(task: dict) -> dict | None:
+    """The newest annotation that was not cancelled (skipped), if any."""
+    anns = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    if not anns:
+        return None
+    return max(anns, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
+
+
+def image_url(task: dict, key: str | None = None) -> str:
+    """The task's picture URL: ``data[key]``, else the first string value that looks like one."""
+    data = task.get("data") or {}
+    if key and isinstance(data.get(key), str):
+        return data[key]
+    for v in data.values():
+        if isinstance(v, str) and (v.startswith(("http://", "https://", "/data/", "s3://", "gs://"))):
+            return v
+    raise InputError(f"task {task.get('id')} has no image URL in its data")

@@ -1,0 +1,107 @@
+"""``dextr-backend train``: fine-tune the current weights on a folder or a Label Studio project,
+and promote the result only if it validates at least as well."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import InputError
+
+FORMATS = ("auto", "bsds", "grabcut", "half", "nonzero", "instances")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="fine-tune on new labels; promote only if better",
+        description="Fine-tune a weights version on a dataset folder or a Label Studio project. The new "
+                    "version is scored against its parent on the same validation images and clicks and "
+                    "becomes current only if it is at least as good (--force overrides). Re-running the "
+                    "same command after a kill resumes from the last epoch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  dextr-backend train --dataset ../shared/data/DAVIS --epochs 5 --max-minutes 10\n"
+               "  dextr-backend train --labelstudio-url http://localhost:8080 --project 3 --api-key $KEY\n"
+               "  dextr-backend train --dataset ../shared/data/BSDS500 --format bsds --init imagenet:lite0")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", help="folder in a benchmark layout (images|img|data_GT + masks|gt|boundary_GT), "
+                                       "plain images/ + masks/ with instance ids, or BSDS500")
+    src.add_argument("--labelstudio-url", default=None,
+                     help="Label Studio base URL (default: $LABEL_STUDIO_URL when --project is given)")
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help="how the folder's masks encode objects (default: auto; bsds for BSDS500)")
+    p.add_argument("--project", type=int, help="Label Studio project id")
+    p.add_argument("--api-key", default=None, help="Label Studio token (default: $LABEL_STUDIO_API_KEY)")
+    p.add_argument("--init", default=None, help="weights version to start from (default: the current one); "
+                                                "imagenet:lite0 starts from the ImageNet backbone alone")
+    p.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
+    p.add_argument("--samples-per-epoch", type=int, default=None,
+                   help="augmented samples per epoch (default: 10 per training object, 200 to 2000)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
+    p.add_argument("--lr", type=float, default=None, help="decoder learning rate (default: 1e-3, 3e-4 for "
+                                                          "fine-tuning a trained version)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes (default: none)")
+    p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out (default: 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--name", default=None, help="name of the new version (default: v1, v2, ...)")
+    p.add_argument("--force", action="store_true", help="make the new version current even if it is worse")
+    p.add_argument("--run-dir", default=None, help="checkpoint folder (default: under $DEXTR_WEIGHTS_DIR/runs)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.set_defaults(func=run)
+
+
+def load_refs(args: argparse.Namespace):
+    """The objects and a description of where they came from (for the model card)."""
+    from .datasets import bsds_regions, export_labelstudio, folder_hash, folder_objects
+
+    if args.dataset:
+        root = Path(args.dataset)
+        if not root.is_dir():
+            raise InputError(f"dataset folder {root} does not exist")
+        if args.format == "bsds" or (args.format == "auto" and (root / "segmentations").is_dir()):
+            refs = bsds_regions(root)
+            fmt = "bsds"
+        else:
+            refs = folder_objects(root, args.format)
+            fmt = args.format
+        return refs, {"kind": "folder", "path": str(root.resolve()), "format": fmt, "hash": folder_hash(root)}
+    from ..labelstudio.client import LabelStudioClient
+
+    url = args.labelstudio_url or os.environ.get("LABEL_STUDIO_URL")
+    if not url or args.project is None:
+        raise InputError("--labelstudio-url (or $LABEL_STUDIO_URL) and --project are needed to train from Label Studio")
+    client = LabelStudioClient(url, args.api_key or os.environ.get("LABEL_STUDIO_API_KEY"))
+    cache = Path(os.environ.get("DEXTR_DATA_DIR", Path(tempfile.gettempdir()) / "dextr-backend")) / f"ls-{args.project}"
+    folder = export_labelstudio(client, args.project, cache)
+    return folder_objects(folder, "half"), {"kind": "labelstudio", "url": url, "project": args.project,
+                                            "hash": folder_hash(folder)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from .promotion import train_and_promote
+    from .trainer import TrainConfig
+
+    if args.labelstudio_url is None and args.dataset is None:
+        raise InputError("give --dataset DIR or --labelstudio-url URL --project ID")
+    refs, source = load_refs(args)
+    n_train = len(refs)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_minutes=args.max_minutes,
+                         patience=args.patience, seed=args.seed, threads=args.threads,
+                         samples_per_epoch=args.samples_per_epoch or min(2000, max(200, 10 * n_train)))
+    if args.lr is not None:
+        config.lr = args.lr
+    elif not (args.init or "").startswith("imagenet:"):
+        config.lr = 3e-4       # fine-tuning a trained version: gentler than training from ImageNet
+    outcome = train_and_promote(refs, source=source, config=config, init=args.init, run_dir=args.run_dir,
+                                force=args.force, name=args.name, device=args.device,
+                                val_fraction=args.val_fraction)
+    verdict = "promoted: now current" if outcome.promoted else "kept, not promoted (worse than its parent)"
+    print(f"{outcome.version.name}: val mIoU {outcome.val_miou:.2f} vs {outcome.baseline_val_miou:.2f} "
+          f"for {outcome.baseline} -> {verdict} ({outcome.minutes:.1f} min, stopped: {outcome.stopped})")
+    print(json.dumps(outcome.summary()))
+    return 0

@@ -1,0 +1,167 @@
+"""Training on tiny synthetic data: the loss falls, a killed run resumes, promotion is guarded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dextr_backend.errors import WeightsError
+from dextr_backend.training.datasets import folder_objects, split
+from dextr_backend.training.loss import balanced_bce
+from dextr_backend.training.promotion import train_and_promote
+from dextr_backend.training.samples import Augment, make_sample
+from dextr_backend.training.trainer import TrainConfig, Trainer
+from dextr_backend.weights.store import WeightsStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_shapes(root: Path, n: int = 12, size: int = 96, seed: int = 0) -> Path:
+    """Pictures of one coloured triangle or ring each on textured noise, masks 0/255 (img06 and
+    img09 fall in the validation split)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        img = rng.integers(0, 120, (size, size, 3)).astype(np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        c = rng.integers(30, 66, 2)
+        r = int(rng.integers(16, 26))
+        if i % 2:
+            pts = np.array([[c[0] - r, c[1] + r], [c[0] + r, c[1] + r], [c[0], c[1] - r]], np.int32)
+            cv2.fillPoly(mask, [pts], 255)
+        else:
+            cv2.circle(mask, (int(c[0]), int(c[1])), r, 255, -1)
+            cv2.circle(mask, (int(c[0]), int(c[1])), r // 2, 0, -1)
+        img[mask > 0] = (230, 200, 40)
+        cv2.imwrite(str(root / "images" / f"img{i:02d}.png"), img)
+        cv2.imwrite(str(root / "masks" / f"img{i:02d}.png"), mask)
+    return root
+
+
+@pytest.fixture()
+def shapes(tmp_path):
+    return make_shapes(tmp_path / "shapes")
+
+
+def small_config(**kw) -> TrainConfig:
+    base = dict(arch="lite0", resolution=64, epochs=1, samples_per_epoch=48, batch_size=4, val_objects=2,
+                warmup_steps=2, seed=0, augment=Augment(jitter=2, margin=(8, 12)))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_split_is_by_image_and_deterministic(shapes):
+    refs = folder_objects(shapes)
+    train, val = split(refs)
+    assert {Path(r.image).stem for r in val} == {"img06", "img09"}
+    assert not {r.image for r in train} & {r.image for r in val}
+    assert split(refs) == (train, val)
+
+
+def test_samples_match_inference_inputs(shapes):
+    refs = folder_objects(shapes)
+    from dextr_backend.training.datasets import load_object
+
+    image, mask = load_object(refs[0])
+    x, y = make_sample(image, mask, 64, Augment(margin=(8, 12)), np.random.default_rng(0))
+    assert x.shape == (64, 64, 4) and y.shape == (64, 64)
+    assert x[:, :, 3].max() == pytest.approx(255.0) and set(np.unique(y)) <= {0.0, 1.0}
+    assert 0.05 < y.mean() < 0.95
+
+
+def test_a_few_steps_lower_the_loss(shapes, tmp_path):
+    refs = folder_objects(shapes)
+    trainer = Trainer(small_config(samples_per_epoch=96), refs, [], tmp_path / "run")
+    rng = np.random.default_rng(123)
+    from dextr_backend.training.datasets import load_object
+
+    batch = [make_sample(*load_object(r), 64, Augment.none(), rng) for r in refs[:6]]
+    x = torch.from_numpy(np.stack([b[0] for b in batch])).permute(0, 3, 1, 2)
+    y = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None]
+
+    def loss():
+        trainer.model.eval()
+        with torch.no_grad():
+            return float(balanced_bce(trainer.model(x), y))
+
+    before = loss()
+    trainer.run()
+    assert loss() < 0.8 * before
+
+
+def test_training_resumes_after_a_kill(shapes, tmp_path):
+    run_dir = tmp_path / "run"
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import sys, time, torch\n"
+        "torch.set_num_threads(1)\n"
+        "sys.path.insert(0, %r)\n"
+        "from test_training import small_config, folder_objects\n"
+        "from dextr_backend.training.trainer import Trainer\n"
+        "refs = folder_objects(sys.argv[1])\n"
+        "Trainer(small_config(epochs=30, samples_per_epoch=16), refs, [], sys.argv[2]).run()\n" % str(Path(__file__).parent))
+    proc = subprocess.Popen([sys.executable, str(script), str(shapes), str(run_dir)])
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoint.pt").exists():
+            assert proc.poll() is None, "training exited before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=False)["epoch"]
+    assert 1 <= killed_at < 30
+    resumed = Trainer(small_config(epochs=killed_at + 1, samples_per_epoch=16), folder_objects(shapes), [], run_dir)
+    assert resumed.epoch == killed_at and resumed.step == killed_at * 4
+    result = resumed.run()
+    assert result.epochs_done == killed_at + 1 and len(result.history) == killed_at + 1
+
+
+def test_first_version_is_promoted_and_carries_a_model_card(shapes, tmp_path):
+    store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
+    refs = folder_objects(shapes)
+    outcome = train_and_promote(refs, source={"kind": "folder", "path": str(shapes), "hash": "abc123"},
+                                config=small_config(), init="imagenet:lite0", store=store, name="first")
+    assert outcome.promoted and store.current().name == "first"
+    card = store.get("first").card
+    assert card["data"]["hash"] == "abc123" and card["data"]["train_objects"] == 10
+    assert card["data"]["val_objects"] == 2 and card["hyper_parameters"]["batch_size"] == 4
+    assert card["parent"] == "imagenet:lite0" and card["duration_minutes"] >= 0
+    assert len(card["history"]) == 1 and "val_miou" in card["metrics"]
+    # the store refuses the version's file once it is cut short
+    path = store.get("first").path
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(WeightsError, match="truncated or corrupt"):
+        store.load("first")
+
+
+def test_a_worse_model_is_not_promoted(shapes, tmp_path):
+    shipped = REPO / "weights"
+    index = json.loads((shipped / "index.json").read_text())
+    if not index.get("default"):
+        pytest.skip("no shipped default model to compare against")
+    store = WeightsStore(tmp_path / "store", shipped_dir=shipped)
+    before = store.current().name
+    # A dozen steps from the bare ImageNet backbone cannot match a trained model.
+    outcome = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
+                                config=small_config(), init="imagenet:lite0", store=store, name="undertrained")
+    assert not outcome.promoted and outcome.val_miou < outcome.baseline_val_miou
+    assert store.current().name == before
+    assert store.get("undertrained").card["promoted"] is False
+    forced = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
+                               config=small_config(), init="imagenet:lite0", store=store, name="forced", force=True)
+    assert forced.promoted and store.current().name == "forced"
+    assert store.get("forced").card["forced"] is True
