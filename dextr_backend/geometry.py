@@ -136,8 +136,9 @@ def prepare_input(image: np.ndarray, points: np.ndarray, resolution: int = PAPER
     resized = cv2.resize(crop, (resolution, resolution), interpolation=cv2.INTER_CUBIC).astype(np.float32)
     if resized.ndim == 2:
         resized = resized[:, :, None]
-    local = (pts.astype(np.int64) - [box[0], box[1]]) * [resolution / cw, resolution / ch]
-    hm = heatmap(local.astype(np.int64), (resolution, resolution), sigma)
+    # Integer arithmetic: truncates like the official code without float rounding surprises.
+    local = (pts.astype(np.int64) - [box[0], box[1]]) * resolution // [cw, ch]
+    hm = heatmap(local, (resolution, resolution), sigma)
     x = np.concatenate([resized, hm[:, :, None]], axis=2)
     return x, Crop(box=box, tight_box=points_box(pts, 0), image_shape=tuple(image.shape[:2]),
                    resolution=resolution)
