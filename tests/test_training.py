@@ -165,3 +165,25 @@ def test_a_worse_model_is_not_promoted(shapes, tmp_path):
                                config=small_config(), init="imagenet:lite0", store=store, name="forced", force=True)
     assert forced.promoted and store.current().name == "forced"
     assert store.get("forced").card["forced"] is True
+
+
+def test_train_command_records_a_version(shapes, weights_dir, capsys):
+    from dextr_backend.cli import main
+
+    code = main(["train", "--dataset", str(shapes), "--init", "imagenet:lite0", "--epochs", "1",
+                 "--samples-per-epoch", "8", "--batch-size", "4", "--val-objects", "2", "--name", "cli-v1"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["version"] == "cli-v1" and 0 <= summary["val_miou"] <= 100
+    assert main(["weights", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert "cli-v1" in json.dumps(listed)
+    assert not (weights_dir / "runs").exists() or not any((weights_dir / "runs").iterdir())
+
+
+def test_train_command_needs_a_source(capsys, weights_dir, monkeypatch):
+    from dextr_backend.cli import main
+
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    assert main(["train", "--project", "3"]) == 2
+    assert "--labelstudio-url" in capsys.readouterr().err

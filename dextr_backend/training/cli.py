@@ -46,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes (default: none)")
     p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out (default: 0.1)")
+    p.add_argument("--val-objects", type=int, default=200, help="validation objects scored per epoch (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--name", default=None, help="name of the new version (default: v1, v2, ...)")
     p.add_argument("--force", action="store_true", help="make the new version current even if it is worse")
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     refs, source = load_refs(args)
     n_train = len(refs)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_minutes=args.max_minutes,
-                         patience=args.patience, seed=args.seed, threads=args.threads,
+                         patience=args.patience, seed=args.seed, threads=args.threads, val_objects=args.val_objects,
                          samples_per_epoch=args.samples_per_epoch or min(2000, max(200, 10 * n_train)))
     if args.lr is not None:
         config.lr = args.lr
