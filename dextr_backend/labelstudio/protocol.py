@@ -1,0 +1,214 @@
+"""Label Studio's side of a prediction: label configs, clicks in, brush and polygon results out.
+
+Everything here is pure data (dicts and numpy), shared by the HTTP server and the queue workers.
+Shapes follow ``shared/reference/label-studio.md``: coordinates in results and contexts are
+percentages (0-100) of the image's original width and height.
+"""
+
+from __future__ import annotations
+
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError
+from ..postprocess import mask_to_polygons
+from .regions import mask_to_brush
+
+CONTROL_TAGS = ("BrushLabels", "PolygonLabels", "KeyPointLabels", "RectangleLabels")
+
+
+@dataclass(frozen=True)
+class Control:
+    """A labeling control of the config: ``from_name`` = ``name``, pointing at image ``to_name``."""
+
+    tag: str
+    name: str
+    to_name: str
+    labels: tuple[str, ...]
+    smart: bool
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    images: dict[str, str]          # Image tag name -> task data key ($image -> "image")
+    controls: tuple[Control, ...]
+
+    @classmethod
+    def parse(cls, xml: str) -> "LabelConfig":
+        if not isinstance(xml, str) or not xml.strip():
+            raise InputError("label_config is missing or empty")
+        try:
+            root = ET.fromstring(xml)
+        except ET.ParseError as exc:
+            raise InputError(f"label_config is not valid XML: {exc}") from None
+        images = {el.get("name"): (el.get("value") or "").lstrip("$")
+                  for el in root.iter() if el.tag == "Image" and el.get("name")}
+        controls = []
+        for el in root.iter():
+            if el.tag in CONTROL_TAGS and el.get("name") and el.get("toName"):
+                labels = tuple(lab.get("value") for lab in el.iter("Label") if lab.get("value"))
+                smart = el.get("smart", "").lower() == "true" or any(
+                    lab.get("smart", "").lower() == "true" for lab in el.iter("Label"))
+                controls.append(Control(el.tag, el.get("name"), el.get("toName"), labels, smart))
+        if not images:
+            raise InputError("label_config has no <Image> tag: this backend segments images")
+        return cls(images, tuple(controls))
+
+    def output(self, tag: str, to_name: str, label: str) -> Control | None:
+        """The ``tag`` control for this image, preferring one that offers ``label``."""
+        candidates = [c for c in self.controls if c.tag == tag and c.to_name == to_name]
+        for c in candidates:
+            if label in c.labels:
+                return c
+        return candidates[0] if candidates else None
+
+
+@dataclass
+class Prompt:
+    """One object to segment: its image, label, clicks in pixels, and the original image size."""
+
+    to_name: str
+    label: str
+    width: int
+    height: int
+    points: list[tuple[float, float]] = field(default_factory=list)
+    negatives: list[tuple[float, float]] = field(default_factory=list)
+    box: tuple[float, float, float, float] | None = None   # x0, y0, x1, y1 in pixels
+
+    def extreme_points(self) -> np.ndarray:
+        """The clicks DEXTR uses: the extreme points, or a box's side midpoints (see README)."""
+        if self.box is not None and len(self.points) < 4:
+            return box_points(self.box, self.width, self.height)
+        return np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
+
+    @property
+    def ready(self) -> bool:
+        return self.box is not None or len(self.points) >= 4
+
+
+def box_points(box, width: int, height: int) -> np.ndarray:
+    """A rectangle's side midpoints as stand-ins for the extreme points.
+
+    Each side of a tight box touches the object somewhere along it; the midpoint is the
+    best single guess of where. ``benchmarks`` and README give the measured cost of guessing.
+    """
+    x0, y0, x1, y1 = box
+    x0, x1 = np.clip([x0, x1], 0, width - 1)
+    y0, y1 = np.clip([y0, y1], 0, height - 1)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return np.array([[x0, cy], [x1, cy], [cx, y0], [cx, y1]], dtype=np.float64)
+
+
+def _size(item: dict) -> tuple[int, int]:
+    try:
+        w, h = int(item["original_width"]), int(item["original_height"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError("a context item lacks original_width/original_height") from None
+    if w <= 0 or h <= 0:
+        raise InputError(f"bad image size {w}x{h} in a context item")
+    return w, h
+
+
+def _pixel(value: dict, w: int, h: int) -> tuple[float, float]:
+    """Percent to pixels. 0-100 % is the image (100 % is its last pixel); beyond is an error."""
+    try:
+        x, y = float(value["x"]), float(value["y"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError("a point needs numeric 'x' and 'y' in percent") from None
+    if not (np.isfinite(x) and np.isfinite(y)):
+        raise InputError("point coordinates must be finite")
+    if not (0.0 <= x <= 100.0 and 0.0 <= y <= 100.0):
+        raise InputError(f"point ({x:g}%, {y:g}%) lies outside the image")
+    return min(x * w / 100.0, w - 1.0), min(y * h / 100.0, h - 1.0)
+
+
+def _label(value: dict, kind: str) -> str:
+    labels = value.get(kind) or value.get("labels") or []
+    if not isinstance(labels, list) or not labels:
+        return ""
+    return str(labels[0])
+
+
+def prompts_from_results(results: list, *, group_keypoints: bool = False) -> list[Prompt]:
+    """Objects in a list of LS result items (an interactive context, or a stored annotation).
+
+    Keypoints of the same image and label form one object in interactive mode (LS re-sends
+    every click of the label each time). In stored annotations (``group_keypoints``) each run of
+    four keypoints of a label is one object, so a whole project's clicks convert in one go.
+    Rectangles are objects of their own.
+    """
+    if not isinstance(results, list):
+        raise InputError("context.result must be a list")
+    prompts: list[Prompt] = []
+    groups: dict[tuple[str, str], list[Prompt]] = {}
+    for item in results:
+        if not isinstance(item, dict):
+            raise InputError("every context.result item must be an object")
+        kind = item.get("type")
+        value = item.get("value")
+        if kind not in ("keypointlabels", "rectanglelabels"):
+            continue
+        if not isinstance(value, dict):
+            raise InputError(f"{kind} item without a 'value' object")
+        w, h = _size(item)
+        to_name = str(item.get("to_name") or "")
+        label = _label(value, kind)
+        if kind == "rectanglelabels":
+            x0, y0 = _pixel(value, w, h)
+            try:
+                bw, bh = float(value["width"]) * w / 100.0, float(value["height"]) * h / 100.0
+            except (KeyError, TypeError, ValueError):
+                raise InputError("a rectangle needs numeric 'width' and 'height' in percent") from None
+            if float(value.get("rotation") or 0) != 0:
+                raise InputError("rotated rectangles are not supported; draw the box unrotated")
+            prompts.append(Prompt(to_name, label, w, h, box=(x0, y0, x0 + bw, y0 + bh)))
+            continue
+        point = _pixel(value, w, h)
+        key = (to_name, label)
+        open_groups = groups.setdefault(key, [])
+        if not open_groups or (group_keypoints and len(open_groups[-1].points) >= 4):
+            open_groups.append(Prompt(to_name, label, w, h))
+            prompts.append(open_groups[-1])
+        target = open_groups[-1]
+        if item.get("is_positive", True) is False:
+            target.negatives.append(point)
+        else:
+            target.points.append(point)
+    return prompts
+
+
+def _region_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def brush_result(mask: np.ndarray, prompt: Prompt, control: Control, score: float) -> dict:
+    return {"id": _region_id(), "from_name": control.name, "to_name": prompt.to_name,
+            "original_width": prompt.width, "original_height": prompt.height, "image_rotation": 0,
+            "type": "brushlabels", "value": {"format": "rle", "rle": mask_to_brush(mask),
+                                            "brushlabels": [prompt.label] if prompt.label else []},
+            "score": round(float(score), 4), "readonly": False}
+
+
+def polygon_results(mask: np.ndarray, prompt: Prompt, control: Control, score: float) -> list[dict]:
+    """One polygon result per outer boundary. LS polygons cannot have holes, so each hole is
+    returned as a polygon of its own, marked ``"hole": true`` in ``meta`` for downstream tools."""
+    out = []
+    sx, sy = 100.0 / prompt.width, 100.0 / prompt.height
+    label = [prompt.label] if prompt.label else []
+    for poly in mask_to_polygons(mask):
+        rings = [(poly.exterior, False)] + [(h, True) for h in poly.holes]
+        for ring, is_hole in rings:
+            if len(ring) < 3:
+                continue
+            pts = [[round(float(x) * sx, 4), round(float(y) * sy, 4)] for x, y in ring]
+            item = {"id": _region_id(), "from_name": control.name, "to_name": prompt.to_name,
+                    "original_width": prompt.width, "original_height": prompt.height, "image_rotation": 0,
+                    "type": "polygonlabels", "value": {"points": pts, "polygonlabels": label, "closed": True},
+                    "score": round(float(score), 4), "readonly": False}
+            if is_hole:
+                item["meta"] = {"hole": True}
+            out.append(item)
+    return out

@@ -1,0 +1,76 @@
+"""Settings from the environment, with Label Studio's own names where they exist.
+
+Every variable is listed in README's *Settings* table; `Settings.from_env()` is the only
+place that reads them for the server, the workers and the queue.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+from .errors import InputError
+
+OUTPUTS = ("auto", "brush", "polygon", "both")
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw.strip() else default
+    except ValueError:
+        raise InputError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw.strip() else default
+    except ValueError:
+        raise InputError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None            # REDIS_URL: queue mode; unset = in-process inference
+    label_studio_url: str | None = None     # LABEL_STUDIO_URL
+    label_studio_api_key: str | None = None  # LABEL_STUDIO_API_KEY (legacy token or personal access token)
+    basic_auth_user: str | None = None      # BASIC_AUTH_USER
+    basic_auth_pass: str | None = None      # BASIC_AUTH_PASS
+    weights: str | None = None              # DEXTR_WEIGHTS: version to serve (default: the current one)
+    device: str = "auto"                    # DEXTR_DEVICE
+    output: str = "auto"                    # DEXTR_OUTPUT: auto | brush | polygon | both
+    predict_timeout: float = 30.0           # DEXTR_PREDICT_TIMEOUT: seconds /predict waits for a worker
+    allowed_hosts: tuple[str, ...] = ()     # DEXTR_ALLOWED_HOSTS: extra image hosts, comma-separated
+    image_cache_mb: int = 512               # DEXTR_IMAGE_CACHE_MB: decoded images kept per process
+    max_image_mb: int = 50                  # DEXTR_MAX_IMAGE_MB: larger downloads are refused
+    train_every: int = 0                    # DEXTR_TRAIN_EVERY: retrain after N new/updated annotations (0 = off)
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        env = os.environ
+        output = env.get("DEXTR_OUTPUT", "auto").strip().lower() or "auto"
+        if output not in OUTPUTS:
+            raise InputError(f"DEXTR_OUTPUT must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        hosts = tuple(h.strip() for h in env.get("DEXTR_ALLOWED_HOSTS", "").split(",") if h.strip())
+        return cls(
+            redis_url=env.get("REDIS_URL") or None,
+            label_studio_url=env.get("LABEL_STUDIO_URL") or None,
+            label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or None,
+            basic_auth_user=env.get("BASIC_AUTH_USER") or None,
+            basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            weights=env.get("DEXTR_WEIGHTS") or None,
+            device=env.get("DEXTR_DEVICE", "auto") or "auto",
+            output=output,
+            predict_timeout=_float("DEXTR_PREDICT_TIMEOUT", 30.0),
+            allowed_hosts=hosts,
+            image_cache_mb=_int("DEXTR_IMAGE_CACHE_MB", 512),
+            max_image_mb=_int("DEXTR_MAX_IMAGE_MB", 50),
+            train_every=_int("DEXTR_TRAIN_EVERY", 0),
+        )
+
+    def public(self) -> dict:
+        """For /health and logs: everything but secrets."""
+        hidden = {"label_studio_api_key", "basic_auth_pass"}
+        return {f.name: ("***" if f.name in hidden and getattr(self, f.name) else getattr(self, f.name))
+                for f in fields(self)}

@@ -1,0 +1,193 @@
+"""Label Studio /predict requests -> brush and polygon results, with images over real HTTP."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dextr_backend.errors import InputError
+from dextr_backend.labelstudio.predict import Segmenter, parse_request, stored_prompts
+from dextr_backend.labelstudio.protocol import LabelConfig, box_points, prompts_from_results
+from dextr_backend.labelstudio.regions import brush_to_mask
+from dextr_backend.models import build_model
+from dextr_backend.settings import Settings
+from dextr_backend.weights.store import WeightsStore
+
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="tag" toName="image"><Label value="Object"/><Label value="Car"/></BrushLabels>
+  <PolygonLabels name="poly" toName="image"><Label value="Object"/></PolygonLabels>
+  <KeyPointLabels name="tag2" toName="image" smart="true"><Label value="Object" smart="true"/></KeyPointLabels>
+  <RectangleLabels name="box" toName="image" smart="true"><Label value="Object"/></RectangleLabels>
+</View>"""
+W, H = 160, 120
+
+
+def kp(x, y, label="Object", positive=True, w=W, h=H):
+    return {"original_width": w, "original_height": h, "image_rotation": 0, "from_name": "tag2", "to_name": "image",
+            "type": "keypointlabels", "is_positive": positive,
+            "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": [label]}}
+
+
+def rect(x0, y0, x1, y1, label="Object"):
+    return {"original_width": W, "original_height": H, "from_name": "box", "to_name": "image",
+            "type": "rectanglelabels", "value": {"x": 100 * x0 / W, "y": 100 * y0 / H, "width": 100 * (x1 - x0) / W,
+                                                 "height": 100 * (y1 - y0) / H, "rotation": 0,
+                                                 "rectanglelabels": [label]}}
+
+
+CLICKS = [kp(30, 60), kp(130, 62), kp(80, 20), kp(82, 100)]
+
+
+def test_label_config_pairs_and_labels():
+    cfg = LabelConfig.parse(CONFIG)
+    assert cfg.images == {"image": "image"}
+    assert cfg.output("BrushLabels", "image", "Car").name == "tag"
+    assert cfg.output("PolygonLabels", "image", "Object").name == "poly"
+    assert cfg.output("KeyPointLabels", "image", "Object").smart
+    with pytest.raises(InputError, match="XML"):
+        LabelConfig.parse("<View><Image")
+    with pytest.raises(InputError, match="Image"):
+        LabelConfig.parse("<View><Text name='t' value='$t'/></View>")
+
+
+def test_context_points_in_pixels_grouped_by_label():
+    prompts = prompts_from_results(CLICKS + [kp(5, 5, positive=False), kp(10, 10, label="Car")])
+    assert [p.label for p in prompts] == ["Object", "Car"]
+    obj = prompts[0]
+    np.testing.assert_allclose(obj.extreme_points(), [[30, 60], [130, 62], [80, 20], [82, 100]])
+    np.testing.assert_allclose(obj.negatives, [(5.0, 5.0)])
+    assert obj.ready and not prompts[1].ready
+
+
+def test_edge_clicks_are_clamped_and_outside_clicks_refused():
+    p = prompts_from_results([kp(W, H)])[0]
+    assert p.points == [(W - 1, H - 1)]
+    bad = kp(10, 10)
+    bad["value"]["x"] = 130.0
+    with pytest.raises(InputError, match="outside"):
+        prompts_from_results([bad])
+
+
+def test_stored_annotations_give_one_object_per_four_keypoints():
+    more = [kp(10, 10), kp(40, 12), kp(25, 2), kp(24, 30)]
+    task = {"annotations": [{"id": 1, "result": CLICKS + more}]}
+    prompts = stored_prompts(task)
+    assert len(prompts) == 2 and all(len(p.points) == 4 for p in prompts)
+    assert stored_prompts({"predictions": [{"result": [rect(10, 10, 50, 40)]}]})[0].box is not None
+
+
+def test_box_midpoints():
+    np.testing.assert_allclose(box_points((10, 20, 50, 60), 100, 100), [[10, 40], [50, 40], [30, 20], [30, 60]])
+
+
+@pytest.mark.parametrize("body, message", [
+    ([], "JSON object"),
+    ({}, "tasks"),
+    ({"tasks": []}, "tasks"),
+    ({"tasks": ["x"]}, "task must be an object"),
+    ({"tasks": [{}]}, "label_config"),
+    ({"tasks": [{}], "label_config": CONFIG, "params": {"context": "nope"}}, "context"),
+])
+def test_malformed_requests(body, message):
+    with pytest.raises(InputError, match=message):
+        parse_request(body)
+
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    img = np.full((H, W, 3), 30, np.uint8)
+    cv2.ellipse(img, (80, 60), (50, 40), 0, 0, 360, (40, 40, 230), -1)
+    cv2.imwrite(str(root / "ellipse.png"), img)
+    (root / "corrupt.png").write_bytes(b"\x89PNG not really")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(root), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture()
+def segmenter(tmp_path, image_server):
+    torch.manual_seed(0)
+    store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "none")
+    store.add_version(build_model("lite0").state_dict(), "lite0", name="random", make_current=True, threshold=0.0)
+    return Segmenter(Settings(allowed_hosts=(image_server,), device="cpu"), store)
+
+
+def request(host, context_result=None, task=None, image="ellipse.png"):
+    task = task or {"id": 7, "data": {"image": f"http://{host}/{image}"}}
+    params = {"context": {"result": context_result}} if context_result is not None else {"context": None}
+    return {"tasks": [task], "project": "3.1700000000", "label_config": CONFIG, "params": params}
+
+
+def test_interactive_four_clicks_give_a_brush_mask(segmenter, image_server):
+    out = segmenter.predict(request(image_server, CLICKS))
+    (entry,) = out["results"]
+    assert entry["model_version"] == out["model_version"] == "random"
+    brush = [r for r in entry["result"] if r["type"] == "brushlabels"]
+    assert len(brush) == 1 and brush[0]["from_name"] == "tag" and brush[0]["value"]["brushlabels"] == ["Object"]
+    mask = brush_to_mask(brush[0]["value"], H, W)
+    # threshold 0 keeps the clicks' box: the whole pipeline ran, paste-back included
+    assert mask[20:101, 30:131].all() and not mask[:20].any()
+    assert segmenter.cache.misses == 1
+    segmenter.predict(request(image_server, CLICKS))
+    assert segmenter.cache.hits >= 1 and len(segmenter.cache) == 1   # repeated clicks: no re-download
+
+
+def test_fewer_than_four_clicks_give_an_empty_result_not_an_empty_list(segmenter, image_server):
+    out = segmenter.predict(request(image_server, CLICKS[:3]))
+    assert out["results"] == [{"result": [], "score": 0.0, "model_version": "random"}]
+
+
+def test_rectangle_and_polygon_output(segmenter, image_server):
+    both = Segmenter(Settings(allowed_hosts=(image_server,), device="cpu", output="both"), segmenter.store)
+    out = both.predict(request(image_server, [rect(30, 20, 130, 100)]))
+    kinds = sorted({r["type"] for r in out["results"][0]["result"]})
+    assert kinds == ["brushlabels", "polygonlabels"]
+
+
+def test_batch_mode_converts_stored_clicks(segmenter, image_server):
+    task = {"id": 9, "data": {"image": f"http://{image_server}/ellipse.png"},
+            "annotations": [{"id": 1, "result": CLICKS + [kp(10, 10), kp(40, 12), kp(25, 2), kp(24, 30)]}]}
+    out = segmenter.predict(request(image_server, task=task))
+    assert len([r for r in out["results"][0]["result"] if r["type"] == "brushlabels"]) == 2
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://10.1.2.3/x.png", "not allowed"),
+    ("file:///etc/passwd", "scheme"),
+    ("/data/upload/1/x.png", "LABEL_STUDIO_URL"),
+])
+def test_image_urls_outside_the_allowed_hosts_are_refused(segmenter, url, message):
+    task = {"id": 1, "data": {"image": url}}
+    with pytest.raises(InputError, match=message):
+        segmenter.predict(request("unused", CLICKS, task=task))
+
+
+def test_corrupt_and_missing_images_are_clear_errors(segmenter, image_server):
+    from dextr_backend.errors import DextrError
+
+    with pytest.raises(InputError, match="not a readable image"):
+        segmenter.predict(request(image_server, CLICKS, image="corrupt.png"))
+    with pytest.raises(DextrError, match="404"):
+        segmenter.predict(request(image_server, CLICKS, image="missing.png"))
+
+
+def test_a_newly_promoted_version_is_taken_up_without_restart(segmenter, image_server):
+    segmenter.predict(request(image_server, CLICKS))
+    segmenter.store.add_version(build_model("lite0").state_dict(), "lite0", name="v-next", make_current=True)
+    assert segmenter.predict(request(image_server, CLICKS))["model_version"] == "v-next"
