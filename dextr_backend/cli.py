@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "dextr_backend.evaluation.cli",
     "dextr_backend.weights.cli",
     "dextr_backend.training.cli",
+    "dextr_backend.server.cli",
+    "dextr_backend.queue.worker",
 )
 
 

@@ -11,3 +11,11 @@ class InputError(DextrError, ValueError):
 
 class WeightsError(DextrError):
     """Unknown, missing, corrupt or incompatible weights."""
+
+
+class ServiceUnavailable(DextrError):
+    """Redis is down or no worker is alive: the request can be retried later (HTTP 503)."""
+
+
+class ServiceTimeout(DextrError):
+    """A worker did not answer in time (HTTP 504)."""

@@ -31,7 +31,12 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0:
         raise InputError(f"{name}: empty file")
-    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        if "MAX_IMAGE_PIXELS" in str(exc):
+            raise InputError(f"{name}: image has more than {MAX_PIXELS} pixels (DEXTR_MAX_IMAGE_PIXELS)") from None
+        raise InputError(f"{name}: not a readable image ({str(exc).strip().splitlines()[-1][:120]})") from None
     if image is None:
         raise InputError(f"{name}: not a readable image (corrupt or unsupported format)")
     if image.shape[0] * image.shape[1] > MAX_PIXELS:

@@ -46,3 +46,67 @@ def label_studio(tmp_path_factory):
         pytest.skip(f"Label Studio unavailable: {exc}")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """``REDIS_URL`` if set, else a private ``redis-server`` on a free port (stoppable by tests)."""
+    from services import RedisServer
+
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield RedisServer.external(url)
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        server.start()
+    except FileNotFoundError:
+        pytest.skip("redis-server not installed and REDIS_URL not set (apt-get install redis-server)")
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def private_redis(tmp_path):
+    """A redis-server of this test's own, for tests that stop and restart it."""
+    from services import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        server.start()
+    except FileNotFoundError:
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def image_server(tmp_path_factory):
+    """A real HTTP server on 127.0.0.1 holding test pictures; yields ``host:port``.
+
+    ``ellipse.png`` 160x120 with a red ellipse centred at (80, 60), radii (50, 40);
+    ``corrupt.png`` is not an image; ``huge.png`` is small on disk but 10000x9000 pixels."""
+    import http.server
+    import threading
+
+    import cv2
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("images")
+    img = np.full((120, 160, 3), 30, np.uint8)
+    cv2.ellipse(img, (80, 60), (50, 40), 0, 0, 360, (40, 40, 230), -1)
+    cv2.imwrite(str(root / "ellipse.png"), img)
+    (root / "corrupt.png").write_bytes(b"\x89PNG not really")
+    cv2.imwrite(str(root / "huge.png"), np.zeros((10000, 9000), np.uint8))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(root), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
-
 import cv2
 import numpy as np
 import pytest
@@ -97,27 +94,6 @@ def test_box_midpoints():
 def test_malformed_requests(body, message):
     with pytest.raises(InputError, match=message):
         parse_request(body)
-
-
-@pytest.fixture(scope="module")
-def image_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    img = np.full((H, W, 3), 30, np.uint8)
-    cv2.ellipse(img, (80, 60), (50, 40), 0, 0, 360, (40, 40, 230), -1)
-    cv2.imwrite(str(root / "ellipse.png"), img)
-    (root / "corrupt.png").write_bytes(b"\x89PNG not really")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 @pytest.fixture()

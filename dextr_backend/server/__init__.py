@@ -1,0 +1,1 @@
+"""The HTTP side: Label Studio's ML-backend protocol served with FastAPI."""

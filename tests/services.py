@@ -1,0 +1,89 @@
+"""Real services for tests: a redis-server we can stop and restart, and dextr-backend workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    def __init__(self, workdir: Path | None, port: int | None = None):
+        self.workdir = Path(workdir) if workdir else None
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    @classmethod
+    def external(cls, url: str) -> "RedisServer":
+        server = cls(None, port=0)
+        server.url = url
+        return server
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class Worker:
+    """``dextr-backend worker`` as a real subprocess."""
+
+    def __init__(self, redis_url: str, env: dict, queues: str = "dextr-predict", log: Path | None = None):
+        self.redis_url, self.env, self.queues, self.log = redis_url, env, queues, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: float = 60.0) -> "Worker":
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen([sys.executable, "-m", "dextr_backend", "worker", "--queues", self.queues,
+                                      "--redis-url", self.redis_url],
+                                     env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT)
+        conn = redis.Redis.from_url(self.redis_url)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log}")
+            for key in conn.scan_iter("dextr:alive:*"):
+                if f"-{self.proc.pid}-" in key.decode():
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError("worker did not come up")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
