@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "dextr_backend.training.cli",
     "dextr_backend.server.cli",
     "dextr_backend.queue.worker",
+    "dextr_backend.queue.status",
 )
 
 

@@ -45,6 +45,9 @@ class Settings:
     image_cache_mb: int = 512               # DEXTR_IMAGE_CACHE_MB: decoded images kept per process
     max_image_mb: int = 50                  # DEXTR_MAX_IMAGE_MB: larger downloads are refused
     train_every: int = 0                    # DEXTR_TRAIN_EVERY: retrain after N new/updated annotations (0 = off)
+    train_epochs: int = 5                   # DEXTR_TRAIN_EPOCHS: epochs of a retraining job
+    train_max_minutes: float = 30.0         # DEXTR_TRAIN_MAX_MINUTES: time budget of a retraining job
+    train_samples: int = 0                  # DEXTR_TRAIN_SAMPLES: samples per epoch (0 = 10 per object, 200-2000)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -67,6 +70,9 @@ class Settings:
             image_cache_mb=_int("DEXTR_IMAGE_CACHE_MB", 512),
             max_image_mb=_int("DEXTR_MAX_IMAGE_MB", 50),
             train_every=_int("DEXTR_TRAIN_EVERY", 0),
+            train_epochs=_int("DEXTR_TRAIN_EPOCHS", 5),
+            train_max_minutes=_float("DEXTR_TRAIN_MAX_MINUTES", 30.0),
+            train_samples=_int("DEXTR_TRAIN_SAMPLES", 0),
         )
 
     def public(self) -> dict:

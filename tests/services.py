@@ -87,3 +87,39 @@ class Worker:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class Backend:
+    """``dextr-backend serve`` as a real subprocess on a free port."""
+
+    def __init__(self, env: dict, log: Path | None = None):
+        self.env, self.log = env, log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: float = 60.0) -> "Backend":
+        import urllib.request
+
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen([sys.executable, "-m", "dextr_backend", "serve", "--host", "127.0.0.1",
+                                      "--port", str(self.port)], env={**os.environ, **self.env},
+                                     stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"backend exited with {self.proc.returncode}; log: {self.log}")
+            try:
+                with urllib.request.urlopen(self.url + "/versions", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("backend did not come up")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

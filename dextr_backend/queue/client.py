@@ -139,6 +139,13 @@ class QueueClient:
         except redis.RedisError as exc:
             raise self._redis_down(exc) from None
 
+    def count_annotation(self, project: int) -> int:
+        """Shared across API processes: new or updated annotations of a project so far."""
+        try:
+            return int(self.redis.incr(f"dextr:annotations:{int(project)}"))
+        except redis.RedisError as exc:
+            raise self._redis_down(exc) from None
+
     def training_status(self) -> list[dict]:
         """Every project's latest training job: status, progress and result."""
         try:
@@ -148,7 +155,7 @@ class QueueClient:
                 job = Job.fetch(key.split(":", 2)[2], connection=self.redis)
                 result = job.latest_result()
                 out.append({"job": job.id, "project": job.args[0] if job.args else None,
-                            "status": str(job.get_status(refresh=True) or "unknown"),
+                            "status": _status_name(job.get_status(refresh=True)),
                             "progress": dict(job.meta), "enqueued_at": _iso(job.enqueued_at),
                             "ended_at": _iso(job.ended_at),
                             "result": result.return_value if result is not None and
@@ -158,6 +165,10 @@ class QueueClient:
             return out
         except redis.RedisError as exc:
             raise self._redis_down(exc) from None
+
+
+def _status_name(status) -> str:
+    return getattr(status, "value", None) or (str(status) if status else "unknown")
 
 
 def _iso(value) -> str | None:

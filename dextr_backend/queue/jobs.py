@@ -30,9 +30,24 @@ def predict(request: dict) -> dict:
                 "kind": "InternalError"}
 
 
-def train_project(project: int, label_studio_url: str, api_key: str | None, epochs: int = 5,
-                  max_minutes: float | None = 30.0) -> dict:
-    """Fine-tune on a Label Studio project's accepted labels; promote only if better."""
+def train_project(project: int, label_studio_url: str, api_key: str | None) -> dict:
+    """Fine-tune on a Label Studio project's accepted labels; promote only if better.
+
+    If another request for this project came while this one ran, the job runs once more, so
+    the labels accepted meanwhile are not left out and two runs never overlap."""
+    from rq import get_current_job
+
+    from .client import TRAIN_AGAIN_KEY
+
+    job = get_current_job()
+    again = TRAIN_AGAIN_KEY.format(project=int(project))
+    while True:
+        result = _train_project(project, label_studio_url, api_key)
+        if job is None or not job.connection.delete(again):
+            return result
+
+
+def _train_project(project: int, label_studio_url: str, api_key: str | None) -> dict:
     import os
     import tempfile
     from pathlib import Path
@@ -40,6 +55,7 @@ def train_project(project: int, label_studio_url: str, api_key: str | None, epoc
     from rq import get_current_job
 
     from ..labelstudio.client import LabelStudioClient
+    from ..settings import Settings
     from ..training.datasets import export_labelstudio, folder_hash, folder_objects
     from ..training.promotion import train_and_promote
     from ..training.trainer import TrainConfig
@@ -57,9 +73,10 @@ def train_project(project: int, label_studio_url: str, api_key: str | None, epoc
         cache = Path(os.environ.get("DEXTR_DATA_DIR", Path(tempfile.gettempdir()) / "dextr-backend")) / f"ls-{project}"
         folder = export_labelstudio(client, project, cache)
         refs = folder_objects(folder, "half")
-        config = TrainConfig(epochs=epochs, max_minutes=max_minutes, lr=3e-4, patience=2,
-                             samples_per_epoch=min(2000, max(200, 10 * len(refs))))
-        progress(stage="training", objects=len(refs), epoch=0, epochs=epochs)
+        settings = Settings.from_env()
+        config = TrainConfig(epochs=settings.train_epochs, max_minutes=settings.train_max_minutes, lr=3e-4,
+                             patience=2, samples_per_epoch=settings.train_samples or min(2000, max(200, 10 * len(refs))))
+        progress(stage="training", objects=len(refs), epoch=0, epochs=config.epochs)
         outcome = train_and_promote(
             refs, source={"kind": "labelstudio", "url": label_studio_url, "project": project,
                           "hash": folder_hash(folder)},

@@ -13,7 +13,6 @@ import binascii
 import json
 import logging
 import secrets
-import threading
 import time
 
 from fastapi import FastAPI, Request
@@ -67,8 +66,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         queue = QueueClient(settings.redis_url)
     setups: dict[int, dict] = {}          # project -> hostname and token sent by /setup
-    counts_lock = threading.Lock()
-    annotation_counts: dict[int, int] = {}
     app.state.settings, app.state.segmenter, app.state.queue = settings, segmenter, queue
 
     async def body_of(request: Request):
@@ -155,11 +152,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if action in TRAIN_EVENTS:
             if not settings.train_every:
                 return JSONResponse({"status": "ok", "training": "off (DEXTR_TRAIN_EVERY=0)"}, status_code=201)
-            with counts_lock:
-                annotation_counts[pid] = annotation_counts.get(pid, 0) + 1
-                due = annotation_counts[pid] % settings.train_every == 0
-            return JSONResponse({"status": "ok", **(enqueue_training(pid) if due else {"training": "not yet"})},
-                                status_code=201)
+            if queue is None or pid is None:
+                return JSONResponse({"status": "ok", "training": "needs REDIS_URL and a project"}, status_code=201)
+            count = await run_in_threadpool(queue.count_annotation, pid)
+            due = count % settings.train_every == 0
+            return JSONResponse({"status": "ok", "annotations_since_start": count,
+                                 **(enqueue_training(pid) if due else {"training": "not yet"})}, status_code=201)
         return JSONResponse({"status": "Unknown event"}, status_code=200)
 
     def enqueue_training(pid: int | None) -> dict:
