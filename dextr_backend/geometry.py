@@ -183,3 +183,16 @@ def extreme_points(mask: np.ndarray, jitter: int = 0, rng: np.random.Generator |
             j = idx[order[len(order) // 2]]
         out[i] = (xs[j], ys[j])
     return out
+
+
+def box_points(box, width: int, height: int) -> np.ndarray:
+    """A rectangle's side midpoints as stand-ins for the extreme points (left, right, top, bottom).
+
+    Each side of a tight box touches the object somewhere along it; the midpoint is the best
+    single guess of where. ``dextr-backend evaluate --clicks box`` measures what the guess costs.
+    """
+    x0, y0, x1, y1 = box
+    x0, x1 = np.clip([x0, x1], 0, width - 1)
+    y0, y1 = np.clip([y0, y1], 0, height - 1)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return np.array([[x0, cy], [x1, cy], [cx, y0], [cx, y1]], dtype=np.float64)

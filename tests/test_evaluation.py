@@ -353,3 +353,21 @@ def test_real_grabcut_reader_and_baseline(shared_data):
     result = evaluate_objects(None, ds, baseline="grabcut", progress=False)
     assert result.n == 2
     assert result.baseline_miou > 50.0
+
+
+def test_box_clicks_are_the_tight_box_side_midpoints():
+    from dextr_backend.evaluation.datasets import EvalObject
+    from dextr_backend.evaluation.runner import evaluate_objects
+
+    mask = np.zeros((50, 80), bool)
+    mask[10:31, 20:61] = True
+    seen = []
+    obj = EvalObject(Path("synthetic.png"), "box", mask, np.zeros_like(mask), image=np.zeros((50, 80, 3), np.uint8))
+
+    def record(image, points):
+        seen.append(np.asarray(points))
+        return mask
+
+    result = evaluate_objects(record, [obj], clicks="box", progress=False, warmup=False)
+    np.testing.assert_allclose(seen[0], [[20, 20], [60, 20], [40, 10], [40, 30]])
+    assert result.miou == 100.0

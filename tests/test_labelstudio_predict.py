@@ -9,7 +9,8 @@ import torch
 
 from dextr_backend.errors import InputError
 from dextr_backend.labelstudio.predict import Segmenter, parse_request, stored_prompts
-from dextr_backend.labelstudio.protocol import LabelConfig, box_points, prompts_from_results
+from dextr_backend.geometry import box_points
+from dextr_backend.labelstudio.protocol import LabelConfig, prompts_from_results
 from dextr_backend.labelstudio.regions import brush_to_mask
 from dextr_backend.models import build_model
 from dextr_backend.settings import Settings

@@ -80,6 +80,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print one JSON line last on stdout: miou, n, ms_per_object, baseline_miou, "
                         "baseline_ms_per_object, weights, dataset, jitter")
+    p.add_argument("--clicks", choices=("extreme", "box"), default="extreme",
+                   help="extreme: the 4 extreme points; box: the tight box's side midpoints, which is what a "
+                        "Label Studio rectangle becomes (default: extreme)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the click jitter; same seed, same clicks (default: 0)")
     p.add_argument("--device", default="auto",
@@ -104,18 +107,19 @@ def run(args: argparse.Namespace) -> int:
     log.info("evaluating %s", dataset)
     predictor = DextrPredictor.from_weights(args.weights, device=args.device)
     log.info("weights %s on %s", predictor.version, predictor.device)
-    result = evaluate_objects(predictor, dataset, jitter=args.jitter, seed=args.seed,
+    result = evaluate_objects(predictor, dataset, jitter=args.jitter, seed=args.seed, clicks=args.clicks,
                               baseline=args.baseline, progress=not args.no_progress,
                               keep_worst=WORST if args.out else 0)
     if result.n == 0:
         raise InputError(f"{dataset.root}: every mask is empty, nothing to evaluate")
-    info = {"weights": predictor.version, "dataset": str(dataset.root), "jitter": args.jitter,
+    info = {"weights": predictor.version, "dataset": str(dataset.root), "jitter": args.jitter, "clicks": args.clicks,
             "seed": args.seed, "mask_format": dataset.mask_format, "device": str(predictor.device)}
 
     print(f"dataset         {dataset.root} ({result.n} objects, masks {dataset.masks_dir.name}/, "
           f"format {dataset.mask_format})")
     print(f"weights         {predictor.version} on {predictor.device}")
-    print(f"clicks          4 extreme points, jitter {args.jitter} px, seed {args.seed}")
+    what = "4 extreme points" if args.clicks == "extreme" else "box side midpoints"
+    print(f"clicks          {what}, jitter {args.jitter} px, seed {args.seed}")
     print(f"mIoU            {_pct(result.miou)} %")
     print(f"ms per object   {_pct(result.ms_per_object)}")
     if args.baseline:

@@ -19,6 +19,7 @@ from ..imageio import read_image
 from .grabcut import grabcut_baseline
 from .metrics import iou, mean_iou
 
+CLICK_MODES = ("extreme", "box")
 MaskFn = Callable[[np.ndarray, np.ndarray], Any]
 BASELINES: dict[str, MaskFn] = {"grabcut": grabcut_baseline}
 
@@ -122,7 +123,7 @@ def _timed(fn: MaskFn, image, points) -> tuple[np.ndarray, float]:
 
 def evaluate_objects(predict_fn, objects: Iterable, *, jitter: int = 0, seed: int = 0, baseline=None,
                      progress: bool = True, keep_worst: int = 0, warmup: bool = True,
-                     total: int | None = None) -> EvalResult:
+                     total: int | None = None, clicks: str = "extreme") -> EvalResult:
     """Click, predict and score every object; returns per-object rows and the summary.
 
     ``predict_fn``: a :class:`~dextr_backend.predictor.DextrPredictor`, or ``fn(image, points)``
@@ -132,7 +133,11 @@ def evaluate_objects(predict_fn, objects: Iterable, *, jitter: int = 0, seed: in
     ``baseline``: ``"grabcut"`` or ``fn(image, points) -> mask``, run on the same clicks.
     ``keep_worst``: keep images and masks of this many lowest-IoU objects for overlays.
     ``warmup``: one untimed call first, so one-off start-up costs do not count as speed.
+    ``clicks``: ``extreme`` (the 4 extreme points) or ``box`` (the tight box's side midpoints,
+    which is what a Label Studio rectangle becomes).
     """
+    if clicks not in CLICK_MODES:
+        raise InputError(f"clicks must be one of {', '.join(CLICK_MODES)}, got {clicks!r}")
     if jitter < 0:
         raise InputError(f"jitter must be 0 or more pixels, got {jitter}")
     model = _as_mask_fn(predict_fn)
@@ -162,6 +167,8 @@ def evaluate_objects(predict_fn, objects: Iterable, *, jitter: int = 0, seed: in
                                  f"but the picture is {image.shape[1]}x{image.shape[0]}")
             rng = np.random.default_rng((seed, index))
             points = geometry.extreme_points(mask, jitter, rng)
+            if clicks == "box":
+                points = geometry.box_points(geometry.points_box(points), mask.shape[1], mask.shape[0])
             row = ObjectResult(index, str(getattr(obj, "image_name", obj.image_path)), str(obj.object_id),
                                points)
             shown = None

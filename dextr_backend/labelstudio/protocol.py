@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
+from ..geometry import box_points
 from ..postprocess import mask_to_polygons
 from .regions import mask_to_brush
 
@@ -87,19 +88,6 @@ class Prompt:
     @property
     def ready(self) -> bool:
         return self.box is not None or len(self.points) >= 4
-
-
-def box_points(box, width: int, height: int) -> np.ndarray:
-    """A rectangle's side midpoints as stand-ins for the extreme points.
-
-    Each side of a tight box touches the object somewhere along it; the midpoint is the
-    best single guess of where. ``benchmarks`` and README give the measured cost of guessing.
-    """
-    x0, y0, x1, y1 = box
-    x0, x1 = np.clip([x0, x1], 0, width - 1)
-    y0, y1 = np.clip([y0, y1], 0, height - 1)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    return np.array([[x0, cy], [x1, cy], [cx, y0], [cx, y1]], dtype=np.float64)
 
 
 def _size(item: dict) -> tuple[int, int]:

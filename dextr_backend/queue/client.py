@@ -32,6 +32,7 @@ class QueueClient:
                                           health_check_interval=10)
         self.predict_queue = Queue(PREDICT_QUEUE, connection=self.redis)
         self.train_queue = Queue(TRAIN_QUEUE, connection=self.redis)
+        self._alive, self._alive_checked = False, 0.0
 
     def _redis_down(self, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable(f"Redis is unreachable at {self.redis_url} ({exc.__class__.__name__}); "
@@ -56,6 +57,14 @@ class QueueClient:
         except redis.RedisError as exc:
             raise self._redis_down(exc) from None
 
+    def _workers_recently(self, max_age: float = 1.0) -> bool:
+        """Whether a predict worker is alive, asked of Redis at most once a second (hot path)."""
+        now = time.monotonic()
+        if now - self._alive_checked > max_age or not self._alive:
+            self._alive = bool(self.workers())
+            self._alive_checked = now
+        return self._alive
+
     def depth(self, queue: Queue | None = None) -> int:
         try:
             return (queue or self.predict_queue).count
@@ -66,7 +75,7 @@ class QueueClient:
     def predict(self, request: dict, timeout: float) -> dict:
         """Run ``jobs.predict`` on a worker; returns its payload (``ok`` or ``error``)."""
         deadline = time.monotonic() + timeout
-        if not self.workers():
+        if not self._workers_recently():
             raise ServiceUnavailable(f"no worker is serving the {PREDICT_QUEUE!r} queue; start one with "
                                      "`dextr-backend worker`")
         retried = False

@@ -1,0 +1,148 @@
+"""Latency of interactive /predict: in-process versus through the Redis queue, and throughput.
+
+Starts everything it measures as real processes on this machine: a private redis-server, the
+backend (`dextr-backend serve`) once without and once with REDIS_URL, and `dextr-backend
+worker` processes. Every request is a real Label Studio interactive body with 4 clicks on the
+same picture (so the image cache is warm after the first), sent over loopback HTTP.
+
+    python benchmarks/serve_latency.py                  # 50 requests each, 2-worker throughput for 20 s
+    python benchmarks/serve_latency.py --requests 200 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from services import Backend, RedisServer, Worker  # noqa: E402  (the tests' real-process helpers)
+
+CONFIG = """<View><Image name="image" value="$image"/>
+<BrushLabels name="tag" toName="image"><Label value="Object"/></BrushLabels>
+<KeyPointLabels name="kp" toName="image" smart="true"><Label value="Object" smart="true"/></KeyPointLabels></View>"""
+
+
+def serve_folder(folder: Path) -> str:
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(folder), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"127.0.0.1:{server.server_address[1]}"
+
+
+def request_body(host: str, w: int, h: int, points) -> bytes:
+    result = [{"original_width": w, "original_height": h, "from_name": "kp", "to_name": "image",
+               "type": "keypointlabels", "is_positive": True,
+               "value": {"x": 100 * x / w, "y": 100 * y / h, "keypointlabels": ["Object"]}} for x, y in points]
+    return json.dumps({"tasks": [{"id": 1, "data": {"image": f"http://{host}/picture.png"}}], "project": "1.1",
+                       "label_config": CONFIG, "params": {"context": {"result": result}}}).encode()
+
+
+def post(url: str, body: bytes) -> float:
+    req = urllib.request.Request(url + "/predict", data=body, headers={"Content-Type": "application/json"})
+    t = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=60) as r:
+        r.read()
+        if r.status != 200:
+            raise RuntimeError(f"/predict answered {r.status}")
+    return (time.perf_counter() - t) * 1000
+
+
+def latency(url: str, body: bytes, n: int) -> dict:
+    for _ in range(3):
+        post(url, body)                  # warm: model loaded, image cached
+    ms = sorted(post(url, body) for _ in range(n))
+    return {"p50": statistics.median(ms), "p95": ms[min(len(ms) - 1, int(0.95 * len(ms)))], "n": n}
+
+
+def throughput(url: str, body: bytes, clients: int, seconds: float) -> float:
+    done = []
+    stop = time.monotonic() + seconds
+
+    def loop():
+        while time.monotonic() < stop:
+            post(url, body)
+            done.append(1)
+
+    threads = [threading.Thread(target=loop) for _ in range(clients)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(done) / (time.monotonic() - start)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--requests", type=int, default=50, help="timed sequential requests per mode")
+    p.add_argument("--seconds", type=float, default=20.0, help="duration of the throughput run")
+    p.add_argument("--clients", type=int, default=4, help="concurrent clients in the throughput run")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (OMP_NUM_THREADS)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON line last")
+    args = p.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="dextr-serve-bench-"))
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 90, (480, 640, 3)).astype(np.uint8)
+    cv2.ellipse(picture, (320, 240), (180, 120), 15, 0, 360, (40, 60, 220), -1)
+    cv2.imwrite(str(tmp / "picture.png"), picture)
+    host = serve_folder(tmp)
+    body = request_body(host, 640, 480, [[140, 240], [500, 240], [320, 110], [320, 370]])
+    env = {"DEXTR_ALLOWED_HOSTS": host, "DEXTR_DEVICE": "cpu", "OMP_NUM_THREADS": str(args.threads),
+           "LOG_LEVEL": "WARNING"}
+    redis_server = RedisServer(tmp / "redis")
+    redis_server.start()
+    out = {}
+    procs = []
+    try:
+        local = Backend(env, log=tmp / "inprocess.log").start()
+        procs.append(local)
+        out["in_process"] = latency(local.url, body, args.requests)
+        local.stop()
+        queued_env = {**env, "REDIS_URL": redis_server.url}
+        w1 = Worker(redis_server.url, queued_env, log=tmp / "worker1.log").start()
+        procs.append(w1)
+        api = Backend(queued_env, log=tmp / "queue.log").start()
+        procs.append(api)
+        out["queue_1_worker"] = latency(api.url, body, args.requests)
+        out["throughput_1_worker"] = throughput(api.url, body, args.clients, args.seconds)
+        w2 = Worker(redis_server.url, queued_env, log=tmp / "worker2.log").start()
+        procs.append(w2)
+        out["throughput_2_workers"] = throughput(api.url, body, args.clients, args.seconds)
+    finally:
+        for proc in procs:
+            proc.stop()
+        redis_server.stop()
+
+    overhead = out["queue_1_worker"]["p50"] - out["in_process"]["p50"]
+    print(f"{'mode':<22}{'p50 ms':>9}{'p95 ms':>9}")
+    for mode in ("in_process", "queue_1_worker"):
+        print(f"{mode:<22}{out[mode]['p50']:>9.1f}{out[mode]['p95']:>9.1f}")
+    print(f"queue overhead (p50)  {overhead:+.1f} ms")
+    print(f"throughput, {args.clients} clients: 1 worker {out['throughput_1_worker']:.1f} req/s, "
+          f"2 workers {out['throughput_2_workers']:.1f} req/s")
+    if args.json:
+        print(json.dumps({**out, "queue_overhead_p50_ms": overhead}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
