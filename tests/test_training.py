@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dextr_backend.errors import WeightsError
+from dextr_backend.models import build_model
 from dextr_backend.training.datasets import folder_objects, split
 from dextr_backend.training.loss import balanced_bce
 from dextr_backend.training.promotion import train_and_promote
@@ -23,7 +24,6 @@ from dextr_backend.training.samples import Augment, make_sample
 from dextr_backend.training.trainer import TrainConfig, Trainer
 from dextr_backend.weights.store import WeightsStore
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def make_shapes(root: Path, n: int = 12, size: int = 96, seed: int = 0) -> Path:
@@ -148,21 +148,29 @@ def test_first_version_is_promoted_and_carries_a_model_card(shapes, tmp_path):
         store.load("first")
 
 
+def constant_model(logit: float) -> dict:
+    """lite0 whose last layer ignores its input: +logit everywhere (the clicks' whole box) or
+    -logit (nothing). Deterministic stand-ins for a passable and a useless model."""
+    model = build_model("lite0")
+    final = model.decoder.head[-1]
+    torch.nn.init.zeros_(final.weight)
+    torch.nn.init.constant_(final.bias, logit)
+    return model.state_dict()
+
+
 def test_a_worse_model_is_not_promoted(shapes, tmp_path):
-    shipped = REPO / "weights"
-    index = json.loads((shipped / "index.json").read_text())
-    if not index.get("default"):
-        pytest.skip("no shipped default model to compare against")
-    store = WeightsStore(tmp_path / "store", shipped_dir=shipped)
-    before = store.current().name
-    # A dozen steps from the bare ImageNet backbone cannot match a trained model.
+    store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
+    store.add_version(constant_model(20.0), "lite0", name="whole-box", make_current=True)
+    store.add_version(constant_model(-20.0), "lite0", name="empty")
+    # Fine-tuning "empty" with a zero learning rate keeps it empty: IoU 0 against the box's > 0.
+    frozen = small_config(lr=0.0)
     outcome = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
-                                config=small_config(), init="imagenet:lite0", store=store, name="undertrained")
-    assert not outcome.promoted and outcome.val_miou < outcome.baseline_val_miou
-    assert store.current().name == before
-    assert store.get("undertrained").card["promoted"] is False
+                                config=frozen, init="empty", store=store, name="worse")
+    assert outcome.val_miou == 0.0 < outcome.baseline_val_miou
+    assert not outcome.promoted and store.current().name == "whole-box"
+    assert store.get("worse").card["promoted"] is False and store.get("worse").parent == "empty"
     forced = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
-                               config=small_config(), init="imagenet:lite0", store=store, name="forced", force=True)
+                               config=small_config(lr=0.0), init="empty", store=store, name="forced", force=True)
     assert forced.promoted and store.current().name == "forced"
     assert store.get("forced").card["forced"] is True
 
