@@ -4,6 +4,10 @@ One forward pass per object; every post-processing variant is applied to the sam
 probabilities, so the differences are the steps' alone.
 
     python benchmarks/postprocess.py ../shared/data/GrabCut ../shared/data/Berkeley
+    python benchmarks/postprocess.py --bsds-val ../shared/data/BSDS500 --thresholds 0.3,0.4,0.5,0.6,0.7
+
+Choose defaults on the training data's validation split (``--bsds-val``: the same held-out
+BSDS500 images training validates on), and only report the benchmarks.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ VARIANTS = {
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("datasets", nargs="+", help="benchmark folders (layouts as for `dextr-backend evaluate`)")
+    p.add_argument("datasets", nargs="*", help="benchmark folders (layouts as for `dextr-backend evaluate`)")
+    p.add_argument("--bsds-val", default=None, help="BSDS500 folder: score its validation split's regions too")
+    p.add_argument("--val-objects", type=int, default=300, help="validation regions to score (default 300)")
     p.add_argument("--weights", default=None, help="weights version or file (default: current)")
     p.add_argument("--thresholds", default=None, help="comma-separated thresholds to sweep too (default: the weights')")
     p.add_argument("--jitter", type=int, default=0, help="click jitter in pixels (default 0)")
@@ -41,9 +47,16 @@ def main(argv=None) -> int:
 
     predictor = DextrPredictor.from_weights(args.weights, postprocess=VARIANTS["none"])
     thresholds = ([float(t) for t in args.thresholds.split(",")] if args.thresholds else [predictor.threshold])
+    sources = [(str(root), load_dataset(root)) for root in args.datasets]
+    if args.bsds_val:
+        from dextr_backend.training.datasets import as_eval_objects, bsds_regions, split
+
+        val = split(bsds_regions(args.bsds_val))[1][: args.val_objects]
+        sources.append(("BSDS500 validation", list(as_eval_objects(val))))
+    if not sources:
+        p.error("give at least one dataset folder or --bsds-val")
     table = {}
-    for root in args.datasets:
-        ds = load_dataset(root)
+    for root, ds in sources:
         scores = {(t, name): [] for t in thresholds for name in VARIANTS}
         for i, obj in enumerate(tqdm(ds, desc=str(root), unit="obj", disable=None)):
             image = obj.image if obj.image is not None else read_image(obj.image_path)

@@ -1,0 +1,106 @@
+"""DEXTR as a CVAT *native* interaction function, served by ``cvat-cli``'s agent.
+
+Register it once, then keep an agent running next to the model (any machine that can reach CVAT)::
+
+    cvat-cli --server-host https://cvat.example.com --auth USER function create-native "DEXTR" \\
+        --function-file dextr_backend/cvat/native.py
+    cvat-cli --server-host https://cvat.example.com --auth USER function run-agent FUNCTION_ID \\
+        --function-file dextr_backend/cvat/native.py
+
+(``--function-module dextr_backend.cvat.native`` works too once the package is installed; the
+file is loaded under another module name by ``--function-file``, so it imports the package by
+absolute names only.)
+
+Prompts (see :mod:`dextr_backend.cvat.prompts`):
+
+- **four or more positive points** are the extreme points: the classic DEXTR clicks;
+- **a box alone** works: its side midpoints stand in for the extreme points, and each later
+  click replaces the midpoint of the box side it lies nearest to;
+- **negative points are not allowed** (``min_neg_points=None``). DEXTR's network sees only the
+  extreme points, so a negative click could not change the mask; accepting and ignoring them is
+  what CVAT users report as "negative points silently ignored". With ``None`` CVAT's UI offers no
+  negative clicks for this interactor and the agent refuses requests carrying any.
+
+Why ``min_pos_points=0`` and not 4: the agent refuses any request with fewer positive points
+than ``min_pos_points`` *even when it carries a box*, and CVAT's UI sends nothing until that many
+points are placed, so ``min_pos_points=4`` would make a box alone unusable. With 0 (and the box
+optional, ``min_bounding_boxes=0``), requests with one to three clicks and no box get no shape
+back, so CVAT shows no mask until the fourth click.
+
+The result is one ``mask`` shape (the only type CVAT's UI uses from interactors), encoded with
+:func:`cvat_sdk.masks.encode_mask`, with the model's confidence (mean probability inside the
+mask) as the ``CONFIDENCE`` attribute. ``preprocess_image`` decodes the frame once; the agent
+caches its result, so further clicks on the same frame skip the decoding.
+
+The predictor is built once per process, on first use: weights ``$DEXTR_WEIGHTS`` (a version
+name or a ``.pt`` file; default the current version), device ``$DEXTR_DEVICE`` (default auto).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import cvat_sdk.auto_annotation as cvataa
+import numpy as np
+import PIL.Image
+from cvat_sdk import models
+from cvat_sdk.masks import encode_mask
+
+from dextr_backend.cvat.prompts import extreme_clicks, predictor_from_env
+
+log = logging.getLogger("dextr_backend.cvat.native")
+
+spec = cvataa.InteractionFunctionSpec(min_pos_points=0, min_neg_points=None, min_bounding_boxes=0)
+
+_predictor = None
+_lock = threading.Lock()
+
+
+def get_predictor():
+    """The process's predictor, loaded on first use."""
+    global _predictor
+    if _predictor is None:
+        with _lock:
+            if _predictor is None:
+                _predictor = predictor_from_env()
+                log.info("DEXTR weights %s loaded on %s", _predictor.version, _predictor.device)
+    return _predictor
+
+
+def set_predictor(predictor) -> None:
+    """Use this predictor from now on (``None``: load from the environment again on next use)."""
+    global _predictor
+    with _lock:
+        _predictor = predictor
+
+
+def image_array(image: PIL.Image.Image) -> np.ndarray:
+    """A frame as a read-only RGB uint8 ``(H, W, 3)`` array."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    arr = np.array(image, dtype=np.uint8)
+    arr.setflags(write=False)          # cached by the agent and shared between clicks
+    return arr
+
+
+def preprocess_image(context: cvataa.InteractionFunctionContext, image: PIL.Image.Image) -> np.ndarray:
+    """Decode the frame once; the agent keeps the result for further clicks on it."""
+    return image_array(image)
+
+
+def detect(context: cvataa.InteractionFunctionContext, image, prompts: cvataa.InteractionPrompts
+           ) -> list[cvataa.InteractionResultShape]:
+    """One mask shape for the object the prompts point at (none while the prompts are not enough)."""
+    if isinstance(image, PIL.Image.Image):        # called without preprocess_image
+        image = image_array(image)
+    height, width = image.shape[:2]
+    points = extreme_clicks(prompts.pos_points, prompts.bounding_box, width, height)
+    if points is None:
+        return []
+    pred = get_predictor().predict(image, points)
+    if not pred.mask.any():
+        return []
+    confidence = models.AttributeValRequest(spec_id=int(cvataa.InteractionResultAttributes.CONFIDENCE),
+                                            value=f"{min(max(pred.score, 0.0), 1.0):.4f}")
+    return [cvataa.InteractionResultShape(type="mask", points=encode_mask(pred.mask), attributes=[confidence])]

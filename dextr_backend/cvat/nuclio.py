@@ -1,0 +1,187 @@
+"""DEXTR as a CVAT nuclio interactor: request parsing and answers (``docker/nuclio/dextr/main.py`` is the shim).
+
+CVAT's lambda manager posts, for every click once ``min_pos_points`` are placed::
+
+    {"image": "<base64 frame>", "pos_points": [[x, y], ...], "neg_points": [[x, y], ...],
+     "obj_bbox": [[x1, y1], [x2, y2]] | null, "threshold": ...}
+
+and a version-2 interactor answers ``{"mask": <H x W 0/1 rows for the whole frame>, "points":
+[[x, y], ...]}`` (the outline of the largest piece; CVAT draws from the mask).
+
+Four or more positive points are the extreme points; with fewer, a box stands in
+(:mod:`dextr_backend.cvat.prompts`). Negative points and ``threshold`` are accepted and ignored:
+DEXTR's network sees only the extreme points, and each weights version records its own
+threshold. ``function.yaml`` leaves ``min_neg_points`` unset, so CVAT's UI offers no negative
+clicks anyway.
+
+Every bad request (not JSON, no image, corrupt base64 or picture, too few points, points
+outside the frame) is answered 400 with ``{"error": "..."}``; a bug is answered 500 and logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DextrError, InputError
+from ..imageio import decode_image
+from ..labelstudio.images import ImageCache
+from ..postprocess import mask_to_polygons
+from .prompts import extreme_clicks, pixel_points, predictor_from_env
+
+MAX_BODY_MB = 64
+
+
+@dataclass
+class Request:
+    image: np.ndarray            # RGB uint8 (H, W, 3)
+    points: np.ndarray           # (N >= 4, 2) extreme points in pixels
+
+
+def _body_dict(body) -> dict:
+    """``event.body``: bytes or str of JSON, or a dict where nuclio already decoded it."""
+    if isinstance(body, dict):
+        return body
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        if len(body) > MAX_BODY_MB * 1024 * 1024:
+            raise InputError(f"request body over {MAX_BODY_MB} MB")
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError("request body is not JSON (not UTF-8 text)") from None
+    if not isinstance(body, str) or not body.strip():
+        raise InputError("request body is empty; expected a JSON object with 'image' and 'pos_points'")
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise InputError(f"request body is not JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(data, dict):
+        raise InputError("request body must be a JSON object with 'image' and 'pos_points'")
+    return data
+
+
+def _image_bytes(value) -> bytes:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError("'image' is missing: expected the frame as a base64 string")
+    text = value.strip()
+    if text.startswith("data:") and "," in text:       # a data URL is fine too
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("'image' is not valid base64") from None
+
+
+def decode_frame(value, cache: ImageCache | None = None) -> np.ndarray:
+    """The base64 frame as RGB; decoded frames are cached by content, since every click resends it."""
+    key = None
+    if cache is not None and isinstance(value, str):
+        key = hashlib.sha1(value.encode("utf-8", "surrogatepass")).hexdigest()
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+    image = decode_image(_image_bytes(value), "'image'")
+    if key is not None:
+        cache.put(key, image)
+    return image
+
+
+def parse_request(body, cache: ImageCache | None = None) -> Request:
+    """Check and decode a CVAT interactor request; :class:`InputError` says what is wrong."""
+    data = _body_dict(body)
+    for key in ("pos_points", "neg_points"):
+        if data.get(key) is not None and not isinstance(data[key], list):
+            raise InputError(f"'{key}' must be a list of [x, y] pairs")
+    image = decode_frame(data.get("image"), cache)
+    height, width = image.shape[:2]
+    pixel_points(data.get("neg_points"), width, height, "negative point")   # checked, not used
+    points = extreme_clicks(data.get("pos_points"), data.get("obj_bbox"), width, height)
+    if points is None:
+        got = len(data.get("pos_points") or [])
+        raise InputError(f"need at least 4 positive points (the object's extreme points) or a box, got {got}")
+    return Request(image=image, points=points)
+
+
+def mask_json(mask: np.ndarray) -> str:
+    """``mask`` as JSON rows of 0/1, built with numpy: ``json.dumps`` of a full-HD list takes a second."""
+    h, w = mask.shape
+    row = np.empty((h, 2 * w + 2), dtype=np.uint8)       # "[d,d,...,d],"
+    row[:, 0] = ord("[")
+    row[:, 1:2 * w:2] = np.asarray(mask, dtype=np.uint8) + ord("0")
+    row[:, 2:2 * w - 1:2] = ord(",")
+    row[:, 2 * w] = ord("]")
+    row[:, 2 * w + 1] = ord(",")
+    return "[" + row.tobytes()[:-1].decode("ascii") + "]"
+
+
+def answer(predictor, request: Request) -> str:
+    """The version-2 response body: the full-frame mask and the largest piece's outline."""
+    pred = predictor.predict(request.image, request.points)
+    polygons = mask_to_polygons(pred.mask, epsilon=1.0)
+    outline = max(polygons, key=lambda p: len(p.exterior)).exterior if polygons else np.zeros((0, 2))
+    points = json.dumps(np.round(np.asarray(outline, dtype=np.float64), 2).tolist())
+    return f'{{"mask":{mask_json(pred.mask)},"points":{points},"score":{pred.score:.4f}}}'
+
+
+def _error(message: str) -> str:
+    return json.dumps({"error": message})
+
+
+def handle(predictor, body, cache: ImageCache | None = None, logger=None) -> tuple[int, str]:
+    """``(status, JSON text)`` for one request body; never raises."""
+    try:
+        request = parse_request(body, cache)
+        return 200, answer(predictor, request)
+    except InputError as exc:
+        return 400, _error(str(exc))
+    except DextrError as exc:              # weights missing or broken: the deployment's fault
+        if logger is not None:
+            logger.error(f"DEXTR cannot answer: {exc}")
+        return 503, _error(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a bug: log it, answer without internals
+        if logger is not None:
+            logger.error(f"DEXTR request crashed: {type(exc).__name__}: {exc}")
+        return 500, _error("internal error; see the function's log")
+
+
+# --------------------------------------------------------------------------- nuclio entry points
+class _State:
+    """What ``init_context`` keeps in ``context.user_data``."""
+
+    def __init__(self, predictor, cache: ImageCache):
+        self.predictor = predictor
+        self.cache = cache
+        self.lock = threading.Lock()
+
+
+def init_context(context, predictor=None) -> None:
+    """Load the model once per nuclio worker (weights ``$DEXTR_WEIGHTS``, device ``$DEXTR_DEVICE``)."""
+    predictor = predictor if predictor is not None else predictor_from_env()
+    cache_mb = int(os.environ.get("DEXTR_IMAGE_CACHE_MB", "").strip() or 256)
+    context.user_data.dextr = _State(predictor, ImageCache(cache_mb * 1024 * 1024))
+    context.logger.info(f"DEXTR weights {predictor.version} loaded on {predictor.device}")
+
+
+def handler(context, event):
+    """One interactor request: 200 with the mask, 400 with a message for bad input."""
+    state = getattr(context.user_data, "dextr", None)
+    if state is None:                 # init_context failed or was not run: try once more
+        try:
+            init_context(context)
+            state = context.user_data.dextr
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, not raised
+            context.logger.error(f"DEXTR model could not be loaded: {exc}")
+            status, body = 503, _error(f"model could not be loaded: {exc}")
+            return context.Response(body=body, headers={}, content_type="application/json", status_code=status)
+    with state.lock:
+        status, body = handle(state.predictor, event.body, state.cache, context.logger)
+    if status == 400:
+        context.logger.info(f"DEXTR bad request: {json.loads(body)['error']}")
+    return context.Response(body=body, headers={}, content_type="application/json", status_code=status)
