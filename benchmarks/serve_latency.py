@@ -12,7 +12,6 @@ same picture (so the image cache is warm after the first), sent over loopback HT
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import statistics
 import sys
@@ -26,24 +25,11 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from services import Backend, RedisServer, Worker  # noqa: E402  (the tests' real-process helpers)
+from services import Backend, RedisServer, Worker, serve_folder  # noqa: E402  (the tests' real-process helpers)
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <BrushLabels name="tag" toName="image"><Label value="Object"/></BrushLabels>
 <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Object" smart="true"/></KeyPointLabels></View>"""
-
-
-def serve_folder(folder: Path) -> str:
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(folder), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"127.0.0.1:{server.server_address[1]}"
 
 
 def request_body(host: str, w: int, h: int, points) -> bytes:

@@ -86,11 +86,9 @@ def image_server(tmp_path_factory):
 
     ``ellipse.png`` 160x120 with a red ellipse centred at (80, 60), radii (50, 40);
     ``corrupt.png`` is not an image; ``huge.png`` is small on disk but 10000x9000 pixels."""
-    import http.server
-    import threading
-
     import cv2
     import numpy as np
+    from services import serve_folder
 
     root = tmp_path_factory.mktemp("images")
     img = np.full((120, 160, 3), 30, np.uint8)
@@ -99,14 +97,4 @@ def image_server(tmp_path_factory):
     (root / "corrupt.png").write_bytes(b"\x89PNG not really")
     cv2.imwrite(str(root / "huge.png"), np.zeros((10000, 9000), np.uint8))
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    yield serve_folder(root)

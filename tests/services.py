@@ -52,7 +52,43 @@ class RedisServer:
             self.proc.wait(10)
 
 
-class Worker:
+class _Process:
+    """Stop politely, then kill: the lifecycle our server subprocesses share."""
+
+    proc: subprocess.Popen | None = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def serve_folder(folder: Path) -> str:
+    """A threaded static HTTP server on 127.0.0.1 for ``folder``; returns ``host:port``."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(folder), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"127.0.0.1:{server.server_address[1]}"
+
+
+class Worker(_Process):
     """``dextr-backend worker`` as a real subprocess."""
 
     def __init__(self, redis_url: str, env: dict, queues: str = "dextr-predict", log: Path | None = None):
@@ -75,21 +111,8 @@ class Worker:
             time.sleep(0.1)
         raise RuntimeError("worker did not come up")
 
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-class Backend:
+class Backend(_Process):
     """``dextr-backend serve`` as a real subprocess on a free port."""
 
     def __init__(self, env: dict, log: Path | None = None):
@@ -115,11 +138,3 @@ class Backend:
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError("backend did not come up")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
