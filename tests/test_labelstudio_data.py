@@ -94,3 +94,20 @@ def test_a_wrong_token_gets_a_clear_error(label_studio):
     client = LabelStudioClient(label_studio.url, "wrong-token")
     with pytest.raises(LabelStudioError, match="check the API key"):
         list(client.tasks(1))
+
+
+@pytest.mark.labelstudio
+def test_a_personal_access_token_is_exchanged_and_used(label_studio):
+    ls = label_studio
+    pat = ls.api("POST", "/api/token/", {})["token"]
+    assert is_personal_access_token(pat)
+    image, *_ = shapes()
+    pid = ls.api("POST", "/api/projects", {"title": "pat test", "label_config": CONFIG})["id"]
+    ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    ls.api("POST", f"/api/projects/{pid}/import", files={"file": ("pat.png", png.tobytes())})
+    client = LabelStudioClient(ls.url, pat)
+    assert client.auth_header()["Authorization"].startswith("Bearer ")
+    (task,) = list(client.tasks(pid))
+    data = client.fetch(task["data"]["image"])            # /data/upload/... with the Bearer token
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (H, W, 3)
