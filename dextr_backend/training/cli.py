@@ -102,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
                                 force=args.force, name=args.name, device=args.device,
                                 val_fraction=args.val_fraction)
     verdict = "promoted: now current" if outcome.promoted else "kept, not promoted (worse than its parent)"
-    print(f"{outcome.version.name}: val mIoU {outcome.val_miou:.2f} vs {outcome.baseline_val_miou:.2f} "
-          f"for {outcome.baseline} -> {verdict} ({outcome.minutes:.1f} min, stopped: {outcome.stopped})")
+    versus = (f"vs {outcome.baseline_val_miou:.2f} for {outcome.baseline}" if outcome.baseline
+              else "(no current version to compare with)")
+    print(f"{outcome.version.name}: val mIoU {outcome.val_miou:.2f} {versus} -> {verdict} "
+          f"({outcome.minutes:.1f} min, stopped: {outcome.stopped})")
     print(json.dumps(outcome.summary()))
     return 0

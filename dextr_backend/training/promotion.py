@@ -40,7 +40,8 @@ class Outcome:
 
     def summary(self) -> dict:
         return {"version": self.version.name, "promoted": self.promoted, "baseline": self.baseline,
-                "baseline_val_miou": round(self.baseline_val_miou, 2), "val_miou": round(self.val_miou, 2),
+                "baseline_val_miou": (None if self.baseline is None else round(self.baseline_val_miou, 2)),
+                "val_miou": round(self.val_miou, 2),
                 "minutes": round(self.minutes, 2), "stopped": self.stopped}
 
 
