@@ -57,7 +57,7 @@ class PostProcess:
     """What the predictor does to a thresholded mask; the defaults are set from evaluations."""
 
     keep_connected: bool = True
-    max_hole_fraction: float = 0.0
+    max_hole_fraction: float = 0.05   # chosen on BSDS500 validation (benchmarks/postprocess.py): +0.07 mIoU
 
     def __call__(self, mask: np.ndarray, points: np.ndarray) -> np.ndarray:
         mask = np.asarray(mask, dtype=bool)
