@@ -128,10 +128,27 @@ class LabelStudioClient:
             raise InputError(f"cloud storage URL {url!r} needs Label Studio to presign it; "
                              "serve it through a Label Studio storage (use_blob_urls) instead")
         with self._open(url) as resp:
-            length = resp.headers.get("Content-Length")
-            if length and int(length) > max_bytes:
-                raise InputError(f"{url}: {int(length)} bytes exceeds the {max_bytes}-byte limit")
-            data = resp.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise InputError(f"{url}: larger than the {max_bytes}-byte limit")
-        return data
+            return read_limited(resp, url, max_bytes)
+
+
+def read_limited(resp, url: str, max_bytes: int) -> bytes:
+    """The body of an HTTP response, refused (not truncated) when it exceeds ``max_bytes``."""
+    length = resp.headers.get("Content-Length")
+    if length and int(length) > max_bytes:
+        raise InputError(f"{url}: {int(length)} bytes exceeds the {max_bytes}-byte limit")
+    data = resp.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InputError(f"{url}: larger than the {max_bytes}-byte limit")
+    return data
+
+
+def fetch_public(url: str, max_bytes: int = MAX_IMAGE_BYTES, timeout: float = 30.0) -> bytes:
+    """An absolute URL on an allowed host other than Label Studio: fetched without credentials."""
+    req = urllib.request.Request(url, method="GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return read_limited(resp, url, max_bytes)
+    except urllib.error.HTTPError as exc:
+        raise LabelStudioError(f"{url} answered {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise LabelStudioError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..imageio import decode_image
-from .client import LabelStudioClient
+from .client import LabelStudioClient, fetch_public
 
 
 class ImageCache:
@@ -88,8 +88,10 @@ class ImageFetcher:
         if cached is not None:
             return cached
         self._check(url)
-        client = self.client or LabelStudioClient("http://unused.invalid")
-        data = client.fetch(url, max_bytes=self.max_bytes)
+        if self.client is not None and self.client.is_own_url(url):
+            data = self.client.fetch(url, max_bytes=self.max_bytes)
+        else:
+            data = fetch_public(url, max_bytes=self.max_bytes)
         image = decode_image(data, url)
         self.cache.put(url, image)
         return image

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
-from ..errors import InputError
+from . import redis_url
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,10 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .client import QueueClient
 
-    url = args.redis_url or os.environ.get("REDIS_URL")
-    if not url:
-        raise InputError("set REDIS_URL (or --redis-url): training jobs live in Redis")
-    client = QueueClient(url)
+    client = QueueClient(redis_url(args.redis_url, "training jobs live in Redis"))
     client.ping()
     jobs = client.training_status()
     if args.json:

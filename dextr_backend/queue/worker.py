@@ -20,7 +20,7 @@ import redis
 from rq.worker import SimpleWorker
 
 from ..errors import DextrError, InputError
-from . import PREDICT_QUEUE, TRAIN_QUEUE
+from . import PREDICT_QUEUE, TRAIN_QUEUE, redis_url
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..settings import Settings
 
-    url = args.redis_url or os.environ.get("REDIS_URL")
-    if not url:
-        raise InputError("the worker needs Redis: set REDIS_URL (e.g. redis://localhost:6379/0) or --redis-url")
+    url = redis_url(args.redis_url, "the worker needs Redis")
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = set(queues) - {PREDICT_QUEUE, TRAIN_QUEUE}
     if unknown:
