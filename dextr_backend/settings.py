@@ -7,7 +7,7 @@ place that reads them for the server, the workers and the queue.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from .errors import InputError
 
@@ -74,9 +74,3 @@ class Settings:
             train_max_minutes=_float("DEXTR_TRAIN_MAX_MINUTES", 30.0),
             train_samples=_int("DEXTR_TRAIN_SAMPLES", 0),
         )
-
-    def public(self) -> dict:
-        """For /health and logs: everything but secrets."""
-        hidden = {"label_studio_api_key", "basic_auth_pass"}
-        return {f.name: ("***" if f.name in hidden and getattr(self, f.name) else getattr(self, f.name))
-                for f in fields(self)}

@@ -37,10 +37,7 @@ def is_validation(image_key: str, fraction: float = 0.1) -> bool:
 
 @lru_cache(maxsize=512)
 def _label_map(path: str) -> np.ndarray:
-    m = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if m is None:
-        raise InputError(f"{path}: not a readable label map")
-    return m if m.ndim == 2 else m.max(axis=2)
+    return read_mask_file(Path(path))
 
 
 @lru_cache(maxsize=512)
@@ -89,7 +86,7 @@ def bsds_regions(root: str | Path, min_area: float = 0.01, max_area: float = 0.8
         image = img_dir / (seg.stem.rsplit("_", 1)[0] + ".jpg")
         if not image.exists():
             continue
-        labels = cv2.imread(str(seg), cv2.IMREAD_UNCHANGED)
+        labels = read_mask_file(seg)
         values, counts = np.unique(labels, return_counts=True)
         total = labels.size
         for v, c in zip(values, counts):
