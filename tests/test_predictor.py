@@ -101,3 +101,27 @@ def test_cpu_bf16_stays_close_to_fp32(predictor, scene):
     fp32 = predictor.predict(image, points).probabilities
     bf16 = DextrPredictor(predictor.model, 64, threshold=0.5, device="cpu", cpu_bf16=True)
     assert np.abs(bf16.predict(image, points).probabilities - fp32).max() < 0.1
+
+
+class LeftToRight(torch.nn.Module):
+    """Logits rising from -4 on the crop's left edge to +4 on its right: anything but mirror-symmetric."""
+
+    def forward(self, x):
+        ramp = torch.linspace(-4.0, 4.0, x.shape[-1])
+        return ramp.expand(x.shape[0], 1, x.shape[-2], x.shape[-1]).clone()
+
+
+def test_flip_averages_in_the_mirrored_crop(scene):
+    image, points = scene
+    plain = DextrPredictor(LeftToRight(), 64, threshold=0.5, device="cpu", flip=False).predict(image, points)
+    flipped = DextrPredictor(LeftToRight(), 64, threshold=0.5, device="cpu", flip=True).predict(image, points)
+    row = plain.probabilities[60, 30:111]
+    assert row[-1] - row[0] > 0.5                      # without the flip: a left-to-right ramp
+    np.testing.assert_allclose(flipped.probabilities[20:101, 30:111], 0.5, atol=1e-6)  # mirrored: cancels out
+
+
+def test_flip_follows_the_environment(monkeypatch):
+    monkeypatch.setenv("DEXTR_FLIP", "1")
+    assert DextrPredictor(LeftToRight(), 64, device="cpu").flip is True
+    monkeypatch.setenv("DEXTR_FLIP", "0")
+    assert DextrPredictor(LeftToRight(), 64, device="cpu").flip is False

@@ -198,7 +198,6 @@ def _slow_batch(host, n_tasks=40):
 
 def _kill_when_busy(workers, url, after_start=0.3):
     import redis
-    from rq import Queue
     from rq.registry import StartedJobRegistry
 
     conn = redis.Redis.from_url(url)

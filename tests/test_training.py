@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -80,9 +79,10 @@ def test_samples_match_inference_inputs(shapes):
     assert 0.05 < y.mean() < 0.95
 
 
-def test_a_few_steps_lower_the_loss(shapes, tmp_path):
+@pytest.mark.parametrize("cpu_bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_a_few_steps_lower_the_loss(shapes, tmp_path, cpu_bf16):
     refs = folder_objects(shapes)
-    trainer = Trainer(small_config(samples_per_epoch=96), refs, [], tmp_path / "run")
+    trainer = Trainer(small_config(samples_per_epoch=96, cpu_bf16=cpu_bf16), refs, [], tmp_path / "run")
     rng = np.random.default_rng(123)
     from dextr_backend.training.datasets import load_object
 
@@ -136,6 +136,7 @@ def test_first_version_is_promoted_and_carries_a_model_card(shapes, tmp_path):
     outcome = train_and_promote(refs, source={"kind": "folder", "path": str(shapes), "hash": "abc123"},
                                 config=small_config(), init="imagenet:lite0", store=store, name="first")
     assert outcome.promoted and store.current().name == "first"
+    assert store.get("first").input_size == 64          # the version works at the size it was trained at
     card = store.get("first").card
     assert card["data"]["hash"] == "abc123" and card["data"]["train_objects"] == 10
     assert card["data"]["val_objects"] == 2 and card["hyper_parameters"]["batch_size"] == 4
@@ -146,6 +147,27 @@ def test_first_version_is_promoted_and_carries_a_model_card(shapes, tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(WeightsError, match="truncated or corrupt"):
         store.load("first")
+
+
+def make_bsds(root: Path) -> Path:
+    """One BSDS-style picture: a sky band spanning the width, a ground band, a box object."""
+    (root / "images").mkdir(parents=True)
+    (root / "segmentations").mkdir()
+    labels = np.full((60, 80), 2, np.uint16)      # ground
+    labels[:20] = 1                                # sky: touches left and right
+    labels[30:50, 30:50] = 3                       # the object: touches no border
+    labels[55:, 70:] = 4                           # a corner patch: two adjacent borders, kept
+    cv2.imwrite(str(root / "images" / "1001.jpg"), np.zeros((60, 80, 3), np.uint8))
+    cv2.imwrite(str(root / "segmentations" / "1001_1.png"), labels)
+    return root
+
+
+def test_bsds_background_regions_can_be_left_out(tmp_path):
+    from dextr_backend.training.datasets import bsds_regions
+
+    root = make_bsds(tmp_path / "bsds")
+    assert sorted(r.label for r in bsds_regions(root)) == [1, 2, 3, 4]
+    assert sorted(r.label for r in bsds_regions(root, drop_background=True)) == [3, 4]
 
 
 def constant_model(logit: float) -> dict:

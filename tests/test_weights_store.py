@@ -44,7 +44,8 @@ def test_add_use_current_load_round_trip(store, lite_state):
     assert v1.sha256 == hashlib.sha256(v1.path.read_bytes()).hexdigest()
     assert v1.size == v1.path.stat().st_size and v1.created.endswith("Z")
 
-    v2 = store.add_version(lite_state, "lite0", parent="v1", threshold=0.6, make_current=True)
+    v2 = store.add_version(lite_state, "lite0", parent="v1", threshold=0.6, input_size=384, make_current=True)
+    assert v2.input_size == 384 and v2.threshold == 0.6
     assert [v.name for v in store.versions()] == ["v1", "v2"]
     assert store.current().name == "v2" and store.get("v2").parent == "v1"
 

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, required=True, help="probability threshold chosen on validation")
     p.add_argument("--metrics", default="{}", help="JSON object of measured metrics")
     p.add_argument("--card", required=True, help="markdown model card to ship beside the weights")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="crop side it was trained for (default: the architecture's)")
     p.add_argument("--parent", default=None, help="version it was fine-tuned from")
     p.add_argument("--no-default", action="store_true", help="ship it without making it the default")
     args = p.parse_args(argv)
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     card.write_text(Path(args.card).read_text(encoding="utf-8"), encoding="utf-8")
     index_path = WEIGHTS / "index.json"
     index = json.loads(index_path.read_text(encoding="utf-8"))
-    record = {"name": args.name, "arch": arch, "input_size": get_architecture(arch).input_size,
+    record = {"name": args.name, "arch": arch, "input_size": args.input_size or get_architecture(arch).input_size,
               "threshold": args.threshold, "file": dest.name, "sha256": sha256_file(dest),
               "size": dest.stat().st_size, "metrics": json.loads(args.metrics), "parent": args.parent,
               "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

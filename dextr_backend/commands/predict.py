@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlay", default=None, help="write the image with the mask and points drawn on it")
     p.add_argument("--polygons", default=None, help="write the mask's polygons (with holes) as JSON")
     p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the weights')")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average in the mirrored crop's prediction (default: $DEXTR_FLIP)")
     p.set_defaults(func=run)
 
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     points = parse_points(args.points)
     image = read_image(args.image)
-    kwargs = {} if args.threshold is None else {"threshold": args.threshold}
+    kwargs = {"flip": args.flip} if args.threshold is None else {"threshold": args.threshold, "flip": args.flip}
     predictor = DextrPredictor.from_weights(args.weights, device=args.device, **kwargs)
     t0 = time.perf_counter()
     pred = predictor.predict(image, points)

@@ -90,6 +90,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(default: auto)")
     p.add_argument("--mask-format", choices=MASK_FORMATS, default="auto",
                    help="how masks encode the object; auto decides by mask folder name (default: auto)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average in the mirrored crop's prediction: twice the network time (default: $DEXTR_FLIP)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
     return p
@@ -105,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.dataset, args.mask_format, args.limit)
     log.info("evaluating %s", dataset)
-    predictor = DextrPredictor.from_weights(args.weights, device=args.device)
-    log.info("weights %s on %s", predictor.version, predictor.device)
+    predictor = DextrPredictor.from_weights(args.weights, device=args.device, flip=args.flip)
+    log.info("weights %s on %s (flip: %s)", predictor.version, predictor.device, predictor.flip)
     result = evaluate_objects(predictor, dataset, jitter=args.jitter, seed=args.seed, clicks=args.clicks,
                               baseline=args.baseline, progress=not args.no_progress,
                               keep_worst=WORST if args.out else 0)

@@ -18,7 +18,8 @@ from ..settings import Settings
 from ..weights.store import WeightsStore
 from .client import LabelStudioClient
 from .images import ImageCache, ImageFetcher
-from .protocol import LabelConfig, Prompt, brush_result, polygon_results, prompts_from_results
+from .protocol import (LabelConfig, Prompt, brush_result, polygon_results, prompts_from_results,
+                       task_image_url)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Segmenter:
             return {"result": [], "score": 0.0, "model_version": predictor.version}
         items, owners = [], []
         for p in ready:
-            image = fetcher.get(task_image_url(task, config, p.to_name))
+            image = fetcher.get(task_image_url(task, config.image_key(p.to_name)))
             points = p.extreme_points()
             h, w = image.shape[:2]
             if (w, h) != (p.width, p.height):     # LS measured another size (e.g. EXIF rotation)
@@ -148,14 +149,6 @@ def stored_prompts(task: dict) -> list[Prompt]:
             if prompts:
                 return prompts
     return []
-
-
-def task_image_url(task: dict, config: LabelConfig, to_name: str) -> str:
-    key = config.images.get(to_name) or next(iter(config.images.values()))
-    url = (task.get("data") or {}).get(key)
-    if not isinstance(url, str) or not url:
-        raise InputError(f"task {task.get('id')} has no image under data[{key!r}]")
-    return url
 
 
 _SEGMENTER: Segmenter | None = None

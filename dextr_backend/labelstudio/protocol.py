@@ -66,6 +66,18 @@ class LabelConfig:
                 return c
         return candidates[0] if candidates else None
 
+    def image_key(self, to_name: str | None = None) -> str:
+        """The task data key of the ``<Image>`` called ``to_name`` (default: the first one)."""
+        return self.images.get(to_name) or next(iter(self.images.values()))
+
+
+def task_image_url(task: dict, key: str) -> str:
+    """The picture of ``task`` under ``data[key]``: the one rule predictions and training exports share."""
+    url = (task.get("data") or {}).get(key)
+    if not isinstance(url, str) or not url:
+        raise InputError(f"task {task.get('id')} has no image under data[{key!r}]")
+    return url
+
 
 @dataclass
 class Prompt:

@@ -74,14 +74,3 @@ def accepted_annotation(task: dict) -> dict | None:
     if not anns:
         return None
     return max(anns, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
-
-
-def image_url(task: dict, key: str | None = None) -> str:
-    """The task's picture URL: ``data[key]``, else the first string value that looks like one."""
-    data = task.get("data") or {}
-    if key and isinstance(data.get(key), str):
-        return data[key]
-    for v in data.values():
-        if isinstance(v, str) and (v.startswith(("http://", "https://", "/data/", "s3://", "gs://"))):
-            return v
-    raise InputError(f"task {task.get('id')} has no image URL in its data")

@@ -43,6 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
     p.add_argument("--lr", type=float, default=None, help="decoder learning rate (default: 1e-3, 3e-4 for "
                                                           "fine-tuning a trained version)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="crop side to train at; the new version works at it (default: the architecture's)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast on the CPU (faster on CPUs with native bf16; GPUs always use AMP)")
+    p.add_argument("--drop-background", action="store_true",
+                   help="BSDS500 only: leave out regions spanning the image side to side (sky, ground, walls)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes (default: none)")
     p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out (default: 0.1)")
@@ -65,8 +71,8 @@ def load_refs(args: argparse.Namespace):
         if not root.is_dir():
             raise InputError(f"dataset folder {root} does not exist")
         if args.format == "bsds" or (args.format == "auto" and (root / "segmentations").is_dir()):
-            refs = bsds_regions(root)
-            fmt = "bsds"
+            refs = bsds_regions(root, drop_background=args.drop_background)
+            fmt = "bsds" + ("-objects" if args.drop_background else "")
         else:
             refs = folder_objects(root, args.format)
             fmt = args.format
@@ -93,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     n_train = len(refs)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_minutes=args.max_minutes,
                          patience=args.patience, seed=args.seed, threads=args.threads, val_objects=args.val_objects,
+                         resolution=args.resolution, cpu_bf16=args.bf16,
                          samples_per_epoch=args.samples_per_epoch or min(2000, max(200, 10 * n_train)))
     if args.lr is not None:
         config.lr = args.lr

@@ -72,10 +72,18 @@ def folder_objects(root: str | Path, mask_format: str = "auto", min_area: int = 
     return refs
 
 
-def bsds_regions(root: str | Path, min_area: float = 0.01, max_area: float = 0.8) -> list[ObjectRef]:
+def spans_image(mask: np.ndarray) -> bool:
+    """True for a region touching two opposite borders: sky, ground, water, walls - background
+    "stuff" rather than an object anyone would outline with four clicks."""
+    return bool((mask[:, 0].any() and mask[:, -1].any()) or (mask[0].any() and mask[-1].any()))
+
+
+def bsds_regions(root: str | Path, min_area: float = 0.01, max_area: float = 0.8,
+                 drop_background: bool = False) -> list[ObjectRef]:
     """BSDS500 human segmentations (``segmentations/<id>_<k>.png``, uint16 region labels).
 
-    Most regions are tiny, so keep those covering ``min_area`` to ``max_area`` of the image.
+    Most regions are tiny, so keep those covering ``min_area`` to ``max_area`` of the image;
+    ``drop_background`` also leaves out regions spanning the image side to side (16 % of them).
     """
     root = Path(root)
     seg_dir, img_dir = root / "segmentations", root / "images"
@@ -91,6 +99,8 @@ def bsds_regions(root: str | Path, min_area: float = 0.01, max_area: float = 0.8
         total = labels.size
         for v, c in zip(values, counts):
             if v != 0 and min_area * total <= c <= max_area * total:
+                if drop_background and spans_image(labels == v):
+                    continue
                 refs.append(ObjectRef(str(image), str(seg), int(v), int(c)))
     if not refs:
         raise InputError(f"{root}: no regions found")
@@ -108,13 +118,16 @@ def export_labelstudio(client, project: int, folder: str | Path, image_key: str 
 
     ``images/<task>.<ext>`` holds each task's picture, fetched through the Label Studio API;
     ``masks/<k>_<task>.png`` one region each (the COCO-MVal naming ``folder_objects`` reads).
+    The picture is the task data value the project's label config names (``image_key`` overrides).
     Re-running refreshes the folder, so training always sees the project as it is now.
     """
     import shutil
 
     from ..imageio import decode_image
-    from ..labelstudio.regions import accepted_annotation, image_url, result_regions
+    from ..labelstudio.protocol import LabelConfig, task_image_url
+    from ..labelstudio.regions import accepted_annotation, result_regions
 
+    image_key = image_key or LabelConfig.parse(client.project(project).get("label_config", "")).image_key()
     folder = Path(folder)
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -126,7 +139,7 @@ def export_labelstudio(client, project: int, folder: str | Path, image_key: str 
         regions = result_regions(ann["result"]) if ann else []
         if not regions:
             continue
-        url = image_url(task, image_key)
+        url = task_image_url(task, image_key)
         data = client.fetch(url)
         image = decode_image(data, url)
         tid = int(task["id"])

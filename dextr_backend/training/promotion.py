@@ -84,7 +84,7 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     else:
         parent = store.load(init)
         arch, parent_name, init_state, threshold = parent.arch, parent.version, parent.state_dict, parent.threshold
-    input_size = get_architecture(arch).input_size
+    input_size = config.resolution or get_architecture(arch).input_size
     config.arch, config.threshold = arch, threshold
     try:
         incumbent = store.load(None)
@@ -124,7 +124,8 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
                         "device": str(trainer.device)},
     }
     version = store.add_version(result.state_dict, arch, name=name, parent=parent_name, metrics=metrics,
-                                card=card, threshold=threshold, make_current=promoted)
+                                card=card, threshold=threshold, input_size=input_size,
+                                make_current=promoted)
     shutil.rmtree(run_dir, ignore_errors=True)   # finished: the next run starts fresh
     log.info("training finished", extra={"version": version.name, "promoted": promoted, "val_miou": score,
                                          "baseline_val_miou": incumbent_score})

@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     threshold: float = 0.5             # for validation masks; the parent version's threshold
     threads: int | None = None
+    cpu_bf16: bool = False             # bf16 autocast on a CPU with native support (~30% faster steps)
     augment: Augment = field(default_factory=Augment)
 
 
@@ -167,13 +168,17 @@ class Trainer:
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = base * f
 
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.cpu_bf16)
+
     def validate(self) -> float | None:
         if not self.val_refs:
             return None
-        # Validate as the model will be used: at the architecture's working size, whatever the crop
-        # size used for training.
-        size = get_architecture(self.cfg.arch).input_size
-        predictor = DextrPredictor(self.model, size, threshold=self.cfg.threshold, device=self.device)
+        # Validate as the model will be used: the version records the training resolution as its
+        # working size.
+        predictor = DextrPredictor(self.model, self.resolution, threshold=self.cfg.threshold, device=self.device)
         return validation_miou(predictor, self.val_refs, self.cfg.seed)
 
     def run(self) -> TrainResult:
@@ -193,8 +198,8 @@ class Trainer:
             for _ in bar:
                 self._set_lr(total_steps)
                 x, y = self._batch()
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
-                    loss = balanced_bce(self.model(x), y)
+                with self._autocast():
+                    loss = balanced_bce(self.model(x).float(), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)

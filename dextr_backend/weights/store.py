@@ -371,16 +371,17 @@ class WeightsStore:
 
     def add_version(self, state_dict: dict[str, torch.Tensor], arch: str, *, name: str | None = None,
                     parent: str | None = None, metrics: dict | None = None, card: dict | None = None,
-                    threshold: float | None = None, source: str = "training",
+                    threshold: float | None = None, input_size: int | None = None, source: str = "training",
                     make_current: bool = False) -> Version:
-        """Save a new version (what training calls); ``name=None`` picks the next free ``vN``."""
+        """Save a new version (what training calls); ``name=None`` picks the next free ``vN``.
+        ``input_size`` is the crop side it was trained for (default: the architecture's)."""
         spec = get_architecture(arch)
         if name is not None:
             check_name(name)
         state = {k: v.detach().cpu() for k, v in state_dict.items()}
         check_fits(state, arch)
         staged = _write_temp(self.root, lambda fh: torch.save(state, fh))
-        fields = {"arch": arch, "input_size": spec.input_size,
+        fields = {"arch": arch, "input_size": int(input_size or spec.input_size),
                   "threshold": float(threshold if threshold is not None else default_threshold(arch)),
                   "sha256": sha256_file(staged), "size": staged.stat().st_size, "metrics": dict(metrics or {}),
                   "parent": parent, "source": source, "card": dict(card or {})}
