@@ -6,6 +6,7 @@ predictor (crop, resize, heatmap, forward, paste-back, post-processing) on a 640
 
     python benchmarks/latency.py                    # all architectures, all cores
     python benchmarks/latency.py --threads 1 --archs lite0 lite2 --bf16 --json out.json
+    python benchmarks/latency.py --archs lite0 --size 384 --flip   # the shipped default's settings
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    metavar="ARCH", help=f"architectures to time ({', '.join(ARCHITECTURES)})")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and input")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (check mask IoU before relying on it)")
+    p.add_argument("--size", type=int, default=None,
+                   help="input side for every architecture (default: each one's working size)")
+    p.add_argument("--flip", action="store_true", help="test-time flip: the mirrored crop is run too")
     p.add_argument("--no-predictor", action="store_true", help="skip the full predictor path")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
     return p.parse_args(argv)
@@ -81,17 +85,19 @@ def bench_arch(name: str, args) -> dict:
     model = build_model(name).eval()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    size = spec.input_size
+    size = args.size or spec.input_size
     x = (torch.rand(1, 4, size, size) * 255).contiguous(memory_format=fmt)
 
     def forward():
         with torch.inference_mode(), precision(args.bf16):
             model(x)
+            if args.flip:
+                model(x.flip(-1))
 
     row = {"arch": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "input_size": size,
            "network": summary(timed(forward, args.warmup, args.repeats, args.min_repeats, args.budget))}
     if not args.no_predictor:
-        predictor = DextrPredictor(model, size, device="cpu")
+        predictor = DextrPredictor(model, size, device="cpu", flip=args.flip)
         rng = np.random.default_rng(0)
         image = rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
         points = np.array([[180, 260], [470, 230], [330, 110], [310, 400]], dtype=np.float64)
@@ -112,7 +118,8 @@ def speedups(rows: list[dict], key: str) -> None:
 
 
 def print_table(rows: list[dict], args) -> None:
-    mode = ("channels_last " if args.channels_last else "") + ("bf16" if args.bf16 else "fp32")
+    mode = (("channels_last " if args.channels_last else "") + ("bf16" if args.bf16 else "fp32")
+            + (", flip" if args.flip else ""))
     print(f"\ntorch {torch.__version__}, {args.threads} thread(s), batch 1, {mode}; "
           f"{platform.processor() or platform.machine()}")
     head = f"{'arch':<10} {'params':>8} {'input':>6} {'median ms':>10} {'p90 ms':>9} {'runs':>5} {'x ' + BASELINE:>13}"
@@ -147,7 +154,7 @@ def main(argv=None) -> int:
     print_table(rows, args)
     if args.json:
         doc = {"torch": torch.__version__, "threads": args.threads, "channels_last": args.channels_last,
-               "bf16": args.bf16, "results": rows}
+               "bf16": args.bf16, "flip": args.flip, "results": rows}
         text = json.dumps(doc, indent=2)
         if args.json == "-":
             print(text)

@@ -41,17 +41,21 @@ def main(argv=None) -> int:
     p.add_argument("--val-objects", type=int, default=300, help="validation regions to score (default 300)")
     p.add_argument("--weights", default=None, help="weights version or file (default: current)")
     p.add_argument("--thresholds", default=None, help="comma-separated thresholds to sweep too (default: the weights')")
+    p.add_argument("--drop-background", action="store_true",
+                   help="with --bsds-val: leave out regions spanning the picture, as `train --drop-background` does")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time flip (default: $DEXTR_FLIP)")
     p.add_argument("--jitter", type=int, default=0, help="click jitter in pixels (default 0)")
     p.add_argument("--json", action="store_true", help="print the table as one JSON line last")
     args = p.parse_args(argv)
 
-    predictor = DextrPredictor.from_weights(args.weights, postprocess=VARIANTS["none"])
+    predictor = DextrPredictor.from_weights(args.weights, postprocess=VARIANTS["none"], flip=args.flip)
     thresholds = ([float(t) for t in args.thresholds.split(",")] if args.thresholds else [predictor.threshold])
     sources = [(str(root), load_dataset(root)) for root in args.datasets]
     if args.bsds_val:
         from dextr_backend.training.datasets import as_eval_objects, bsds_regions, split
 
-        val = split(bsds_regions(args.bsds_val))[1][: args.val_objects]
+        val = split(bsds_regions(args.bsds_val, drop_background=args.drop_background))[1][: args.val_objects]
         sources.append(("BSDS500 validation", list(as_eval_objects(val))))
     if not sources:
         p.error("give at least one dataset folder or --bsds-val")

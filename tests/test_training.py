@@ -68,6 +68,16 @@ def test_split_is_by_image_and_deterministic(shapes):
     assert split(refs) == (train, val)
 
 
+def test_capped_validation_covers_every_image(shapes):
+    from dextr_backend.training.datasets import spread
+
+    refs = folder_objects(shapes)                  # one object per image, ordered by image
+    picked = spread(refs, 4)
+    assert len(picked) == 4 and len({r.image for r in picked}) == 4
+    assert picked[0] == refs[0] and picked[-1].image > refs[len(refs) // 2].image
+    assert spread(refs, 100) == refs
+
+
 def test_samples_match_inference_inputs(shapes):
     refs = folder_objects(shapes)
     from dextr_backend.training.datasets import load_object

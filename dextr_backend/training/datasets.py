@@ -107,6 +107,14 @@ def bsds_regions(root: str | Path, min_area: float = 0.01, max_area: float = 0.8
     return refs
 
 
+def spread(refs: list[ObjectRef], n: int) -> list[ObjectRef]:
+    """``n`` objects evenly spaced through ``refs``: a capped validation set still covers every
+    image instead of the first few (the list is ordered by image)."""
+    if n >= len(refs):
+        return list(refs)
+    return [refs[int(i * len(refs) / n)] for i in range(n)]
+
+
 def split(refs: list[ObjectRef], fraction: float = 0.1) -> tuple[list[ObjectRef], list[ObjectRef]]:
     train = [r for r in refs if not is_validation(r.image, fraction)]
     val = [r for r in refs if is_validation(r.image, fraction)]

@@ -22,7 +22,7 @@ from ..models import build_model, get_architecture, load_state
 from ..predictor import DextrPredictor
 from ..weights.registry import default_threshold
 from ..weights.store import Version, WeightsStore
-from .datasets import ObjectRef, split
+from .datasets import ObjectRef, split, spread
 from .trainer import TrainConfig, Trainer, validation_miou
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     then make the result current only if it scores at least the current version's mIoU."""
     store = store or WeightsStore()
     train_refs, val_refs = split_for_training(refs, val_fraction)
-    val_refs = val_refs[: config.val_objects]
+    val_refs = spread(val_refs, config.val_objects)
     if init and init.startswith(IMAGENET):
         arch = get_architecture(init[len(IMAGENET):]).name
         parent_name, init_state, threshold = None, None, default_threshold(arch)

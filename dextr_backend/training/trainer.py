@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..evaluation.runner import evaluate_objects
 from ..models import build_model, get_architecture, load_state
 from ..predictor import DextrPredictor
-from .datasets import ObjectRef, as_eval_objects, load_object
+from .datasets import ObjectRef, as_eval_objects, load_object, spread
 from .loss import balanced_bce
 from .samples import Augment, make_sample
 
@@ -91,7 +91,7 @@ class Trainer:
                  on_epoch: Callable[[dict], None] | None = None):
         self.cfg = config
         self.train_refs = list(train_refs)
-        self.val_refs = list(val_refs)[: config.val_objects]
+        self.val_refs = spread(list(val_refs), config.val_objects)
         if not self.train_refs:
             raise ValueError("no training objects")
         self.run_dir = Path(run_dir)
