@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
         chosen = [pool[int(i)] for i in np.linspace(0, len(pool) - 1, n)]   # spread over the clips
-        cfg = TrainConfig(arch=loaded.arch, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
+        cfg = TrainConfig(arch=loaded.arch, resolution=loaded.input_size, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
                           lr=args.lr, max_minutes=args.max_minutes, threshold=loaded.threshold, val_objects=0,
                           freeze_bn=True, seed=0)
         with tempfile.TemporaryDirectory() as run_dir:

@@ -172,6 +172,15 @@ def make_bsds(root: Path) -> Path:
     return root
 
 
+def test_fine_tuning_keeps_the_parent_working_size(shapes, tmp_path):
+    store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
+    store.add_version(constant_model(20.0), "lite0", name="parent-72", input_size=72, make_current=True)
+    outcome = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
+                                config=small_config(resolution=None, samples_per_epoch=8), init="parent-72",
+                                store=store, name="child")
+    assert outcome.version.input_size == 72
+
+
 def test_bsds_background_regions_can_be_left_out(tmp_path):
     from dextr_backend.training.datasets import bsds_regions
 

@@ -52,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
 
     points = parse_points(args.points)
     image = read_image(args.image)
-    kwargs = {"flip": args.flip} if args.threshold is None else {"threshold": args.threshold, "flip": args.flip}
+    kwargs = {"flip": args.flip}
+    if args.threshold is not None:
+        kwargs["threshold"] = args.threshold
     predictor = DextrPredictor.from_weights(args.weights, device=args.device, **kwargs)
     t0 = time.perf_counter()
     pred = predictor.predict(image, points)

@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help="decoder learning rate (default: 1e-3, 3e-4 for "
                                                           "fine-tuning a trained version)")
     p.add_argument("--resolution", type=int, default=None,
-                   help="crop side to train at; the new version works at it (default: the architecture's)")
+                   help="crop side to train at; the new version works at it (default: the --init version's)")
     p.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast on the CPU (faster on CPUs with native bf16; GPUs always use AMP)")
     p.add_argument("--drop-background", action="store_true",

@@ -81,11 +81,14 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     if init and init.startswith(IMAGENET):
         arch = get_architecture(init[len(IMAGENET):]).name
         parent_name, init_state, threshold = None, None, default_threshold(arch)
+        parent_size = get_architecture(arch).input_size
     else:
         parent = store.load(init)
         arch, parent_name, init_state, threshold = parent.arch, parent.version, parent.state_dict, parent.threshold
-    input_size = config.resolution or get_architecture(arch).input_size
-    config.arch, config.threshold = arch, threshold
+        parent_size = parent.input_size
+    # A fine-tuned version keeps working at its parent's size unless told otherwise.
+    input_size = config.resolution or parent_size
+    config.arch, config.threshold, config.resolution = arch, threshold, input_size
     try:
         incumbent = store.load(None)
     except WeightsError:
