@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("datasets", nargs="*", help="benchmark folders (layouts as for `dextr-backend evaluate`)")
     p.add_argument("--bsds-val", default=None, help="BSDS500 folder: score its validation split's regions too")
     p.add_argument("--val-objects", type=int, default=300, help="validation regions to score (default 300)")
+    p.add_argument("--first", action="store_true",
+                   help="take the first --val-objects regions (as bsds-lite0-v2's card did) instead of "
+                        "spreading them over every validation image")
     p.add_argument("--weights", default=None, help="weights version or file (default: current)")
     p.add_argument("--thresholds", default=None, help="comma-separated thresholds to sweep too (default: the weights')")
     p.add_argument("--drop-background", action="store_true",
@@ -53,9 +56,10 @@ def main(argv=None) -> int:
     thresholds = ([float(t) for t in args.thresholds.split(",")] if args.thresholds else [predictor.threshold])
     sources = [(str(root), load_dataset(root)) for root in args.datasets]
     if args.bsds_val:
-        from dextr_backend.training.datasets import as_eval_objects, bsds_regions, split
+        from dextr_backend.training.datasets import as_eval_objects, bsds_regions, split, spread
 
-        val = split(bsds_regions(args.bsds_val, drop_background=args.drop_background))[1][: args.val_objects]
+        val = split(bsds_regions(args.bsds_val, drop_background=args.drop_background))[1]
+        val = val[: args.val_objects] if args.first else spread(val, args.val_objects)
         sources.append(("BSDS500 validation", list(as_eval_objects(val))))
     if not sources:
         p.error("give at least one dataset folder or --bsds-val")

@@ -236,3 +236,37 @@ def test_train_command_needs_a_source(capsys, weights_dir, monkeypatch):
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     assert main(["train", "--project", "3"]) == 2
     assert "--labelstudio-url" in capsys.readouterr().err
+
+
+def test_weight_average_follows_the_model_slowly():
+    from dextr_backend.training.trainer import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    avg = WeightAverage(model, decay=0.75)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(4.0)
+    model.train()
+    model(torch.randn(5, 2))                      # moves the BatchNorm statistics and its counter
+    avg.update(model)
+    now = model.state_dict()
+    assert torch.allclose(avg.state["0.weight"], start["0.weight"] + 1.0)        # a quarter of the step
+    expected_mean = 0.75 * start["1.running_mean"] + 0.25 * now["1.running_mean"]
+    assert torch.allclose(avg.state["1.running_mean"], expected_mean)
+    assert int(avg.state["1.num_batches_tracked"]) == 1                          # counters are copied
+    with pytest.raises(ValueError):
+        WeightAverage(model, decay=1.0)
+
+
+def test_moving_average_is_validated_shipped_and_resumed(shapes, tmp_path):
+    refs = folder_objects(shapes)
+    train, val = split(refs)
+    trainer = Trainer(small_config(ema_decay=0.9), train, val, tmp_path / "run")
+    result = trainer.run()
+    raw = trainer.model.state_dict()
+    assert result.best_val_miou is not None
+    for key, value in result.state_dict.items():   # the shipped weights are the average, not the last step
+        assert torch.equal(value, trainer.ema.state[key])
+    assert any(not torch.equal(raw[k], v) for k, v in result.state_dict.items() if v.is_floating_point())
+    resumed = Trainer(small_config(ema_decay=0.9, epochs=2), train, val, tmp_path / "run")
+    assert all(torch.equal(resumed.ema.state[k], v) for k, v in trainer.ema.state.items())

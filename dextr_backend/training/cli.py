@@ -47,6 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="crop side to train at; the new version works at it (default: the --init version's)")
     p.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast on the CPU (faster on CPUs with native bf16; GPUs always use AMP)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep a moving average of the weights (e.g. 0.998) and validate and ship it (default: off)")
     p.add_argument("--drop-background", action="store_true",
                    help="BSDS500 only: leave out regions spanning the image side to side (sky, ground, walls)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes (default: none)")
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     n_train = len(refs)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_minutes=args.max_minutes,
                          patience=args.patience, seed=args.seed, threads=args.threads, val_objects=args.val_objects,
-                         resolution=args.resolution, cpu_bf16=args.bf16,
+                         resolution=args.resolution, cpu_bf16=args.bf16, ema_decay=args.ema,
                          samples_per_epoch=args.samples_per_epoch or min(2000, max(200, 10 * n_train)))
     if args.lr is not None:
         config.lr = args.lr
