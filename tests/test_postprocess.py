@@ -106,7 +106,7 @@ def test_diagonal_gap_still_closes_a_hole():
 
 
 def test_default_postprocess_is_the_evaluated_choice():
-    # Chosen on BSDS500 validation with benchmarks/postprocess.py (see weights/bsds-lite0-v2.md).
+    # Chosen on BSDS500 validation with benchmarks/postprocess.py (see weights/bsds-lite0-v3.md).
     assert PostProcess() == PostProcess(keep_connected=True, max_hole_fraction=0.05)
 
 

@@ -189,6 +189,11 @@ def test_import_validates_against_the_architecture(store, lite_state, tmp_path):
     with pytest.raises(WeightsError, match="--name"):
         store.import_file(good)
     assert store.import_file(good, name="copy").name == "copy"
+    sized = store.import_file(good, name="sized", input_size=384, threshold=0.85)
+    assert (sized.input_size, sized.threshold) == (384, 0.85)
+    assert store.load("sized").input_size == 384
+    with pytest.raises(WeightsError, match="threshold"):
+        store.import_file(good, name="bad", threshold=1.5)
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -66,7 +66,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    v = _store().import_file(args.path, name=args.name, arch=args.arch, make_current=args.use)
+    v = _store().import_file(args.path, name=args.name, arch=args.arch, make_current=args.use,
+                             input_size=args.input_size, threshold=args.threshold)
     print(f"imported {v.name}: {v.arch}, sha256 {v.sha256}, at {v.path}" + ("; now current" if args.use else ""))
     return 0
 
@@ -123,6 +124,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("path", metavar="PATH", help="the weights file (state dict, or dict with 'state_dict')")
     p.add_argument("--name", help="version name (default: the file name without extension)")
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture (default: detected)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="crop side the file was trained for (default: the architecture's)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="mask probability threshold (default: the architecture's)")
     p.add_argument("--use", action="store_true", help="make it the current version")
     p.set_defaults(func=cmd_import)
 

@@ -388,8 +388,11 @@ class WeightsStore:
         return self._commit(staged, ".pt", fields, name, make_current)
 
     def import_file(self, path: Path | str, name: str | None = None, arch: str | None = None,
-                    make_current: bool = False) -> Version:
-        """Copy a weights file into the store after checking it strictly fits its architecture."""
+                    make_current: bool = False, input_size: int | None = None,
+                    threshold: float | None = None) -> Version:
+        """Copy a weights file into the store after checking it strictly fits its architecture.
+        ``input_size`` and ``threshold`` are what the file was trained and tuned for (default: the
+        architecture's)."""
         src = Path(path).expanduser()
         if not src.is_file():
             raise WeightsError(f"no weights file at {src}")
@@ -411,7 +414,12 @@ class WeightsStore:
                     fh.write(chunk)
 
         staged = _write_temp(self.root, copy)
-        fields = {"arch": arch, "input_size": spec.input_size, "threshold": default_threshold(arch),
+        if input_size is not None and input_size < 32:
+            raise WeightsError(f"input size {input_size} is too small (at least 32 pixels)")
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise WeightsError(f"threshold {threshold} must lie between 0 and 1")
+        fields = {"arch": arch, "input_size": int(input_size or spec.input_size),
+                  "threshold": float(threshold if threshold is not None else default_threshold(arch)),
                   "sha256": digest.hexdigest(), "size": staged.stat().st_size, "metrics": {},
                   "parent": None, "source": str(src.resolve()),
                   "card": {"imported_from": str(src.resolve())}}
