@@ -238,6 +238,13 @@ def test_train_command_needs_a_source(capsys, weights_dir, monkeypatch):
     assert "--labelstudio-url" in capsys.readouterr().err
 
 
+def test_train_command_refuses_a_bad_average_decay(shapes, capsys, weights_dir):
+    from dextr_backend.cli import main
+
+    assert main(["train", "--dataset", str(shapes), "--ema", "1.5"]) == 2
+    assert "--ema" in capsys.readouterr().err
+
+
 def test_weight_average_follows_the_model_slowly():
     from dextr_backend.training.trainer import WeightAverage
 
@@ -270,3 +277,12 @@ def test_moving_average_is_validated_shipped_and_resumed(shapes, tmp_path):
     assert any(not torch.equal(raw[k], v) for k, v in result.state_dict.items() if v.is_floating_point())
     resumed = Trainer(small_config(ema_decay=0.9, epochs=2), train, val, tmp_path / "run")
     assert all(torch.equal(resumed.ema.state[k], v) for k, v in trainer.ema.state.items())
+
+
+def test_average_added_on_resume_starts_from_the_resumed_weights(shapes, tmp_path):
+    refs = folder_objects(shapes)
+    plain = Trainer(small_config(), refs, [], tmp_path / "run")
+    plain.run()
+    resumed = Trainer(small_config(ema_decay=0.9, epochs=2), refs, [], tmp_path / "run")
+    trained = resumed.model.state_dict()
+    assert all(torch.equal(resumed.ema.state[k], v) for k, v in trained.items())

@@ -194,6 +194,7 @@ def test_import_validates_against_the_architecture(store, lite_state, tmp_path):
     assert store.load("sized").input_size == 384
     with pytest.raises(WeightsError, match="threshold"):
         store.import_file(good, name="bad", threshold=1.5)
+    assert not list(store.root.glob("*.tmp"))                  # nothing staged for a refused import
 
 
 # ---------------------------------------------------------------------------- CLI

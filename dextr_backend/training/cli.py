@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.labelstudio_url is None and args.dataset is None:
         raise InputError("give --dataset DIR or --labelstudio-url URL --project ID")
+    if not 0.0 <= args.ema < 1.0:
+        raise InputError(f"--ema {args.ema}: the decay must lie in [0, 1), e.g. 0.998 (0 = off)")
     refs, source = load_refs(args)
     n_train = len(refs)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_minutes=args.max_minutes,

@@ -163,8 +163,8 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.epoch, self.step, self.best = ck["epoch"], ck["step"], ck["best"]
         self.bad_epochs, self.history = ck["bad_epochs"], ck["history"]
-        if self.ema is not None and ck.get("ema") is not None:
-            self.ema.state = ck["ema"]
+        if self.ema is not None:   # a run started without an average starts one from here
+            self.ema.state = ck["ema"] if ck.get("ema") is not None else WeightAverage(self.model, self.cfg.ema_decay).state
         self.rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         log.info("resumed training", extra={"epoch": self.epoch, "step": self.step, "run_dir": str(self.run_dir)})

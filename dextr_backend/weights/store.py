@@ -393,6 +393,10 @@ class WeightsStore:
         """Copy a weights file into the store after checking it strictly fits its architecture.
         ``input_size`` and ``threshold`` are what the file was trained and tuned for (default: the
         architecture's)."""
+        if input_size is not None and input_size < 32:
+            raise WeightsError(f"input size {input_size} is too small (at least 32 pixels)")
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise WeightsError(f"threshold {threshold} must lie between 0 and 1")
         src = Path(path).expanduser()
         if not src.is_file():
             raise WeightsError(f"no weights file at {src}")
@@ -414,10 +418,6 @@ class WeightsStore:
                     fh.write(chunk)
 
         staged = _write_temp(self.root, copy)
-        if input_size is not None and input_size < 32:
-            raise WeightsError(f"input size {input_size} is too small (at least 32 pixels)")
-        if threshold is not None and not 0.0 < threshold < 1.0:
-            raise WeightsError(f"threshold {threshold} must lie between 0 and 1")
         fields = {"arch": arch, "input_size": int(input_size or spec.input_size),
                   "threshold": float(threshold if threshold is not None else default_threshold(arch)),
                   "sha256": digest.hexdigest(), "size": staged.stat().st_size, "metrics": {},
