@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dextr_backend.errors import DextrError
 from dextr_backend.evaluation.runner import evaluate_objects
 from dextr_backend.models import build_model, load_state
 from dextr_backend.predictor import DextrPredictor
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA / "DAVIS"), help="DAVIS folder (img/ + gt/)")
     p.add_argument("--sizes", default="10,25,50", help="numbers of fine-tuning images")
-    p.add_argument("--weights", default=None, help="starting weights version (default: current)")
+    p.add_argument("--weights", default=None, help="starting weights version; none means the current one")
     p.add_argument("--epochs", type=int, default=6, help="epochs per fine-tuning run")
     p.add_argument("--samples-per-epoch", type=int, default=160, help="augmented samples per epoch")
     p.add_argument("--max-minutes", type=float, default=6.0, help="time budget per fine-tuning run")
@@ -54,6 +55,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     args = p.parse_args(argv)
+    try:
+        return run(args)
+    except DextrError as exc:  # bad folder or weights: one line, not a traceback
+        p.exit(2, f"error: {exc}\n")
+
+
+def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dextr_backend import geometry
+from dextr_backend.errors import DextrError
 from dextr_backend.evaluation.datasets import load_dataset
 from dextr_backend.evaluation.metrics import iou
 from dextr_backend.imageio import read_image
@@ -51,7 +52,13 @@ def main(argv=None) -> int:
     p.add_argument("--jitter", type=int, default=0, help="click jitter in pixels (default 0)")
     p.add_argument("--json", action="store_true", help="print the table as one JSON line last")
     args = p.parse_args(argv)
+    try:
+        return run(args, p)
+    except DextrError as exc:  # bad folder or weights: one line, not a traceback
+        p.exit(2, f"error: {exc}\n")
 
+
+def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     predictor = DextrPredictor.from_weights(args.weights, postprocess=VARIANTS["none"], flip=args.flip)
     thresholds = ([float(t) for t in args.thresholds.split(",")] if args.thresholds else [predictor.threshold])
     sources = [(str(root), load_dataset(root)) for root in args.datasets]

@@ -8,7 +8,7 @@ import torch
 
 from dextr_backend.errors import InputError
 from dextr_backend.models import build_model
-from dextr_backend.predictor import DextrPredictor
+from dextr_backend.predictor import DextrPredictor, cpu_has_native_bf16
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,28 @@ def test_cpu_bf16_stays_close_to_fp32(predictor, scene):
     fp32 = predictor.predict(image, points).probabilities
     bf16 = DextrPredictor(predictor.model, 64, threshold=0.5, device="cpu", cpu_bf16=True)
     assert np.abs(bf16.predict(image, points).probabilities - fp32).max() < 0.1
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("flags\t\t: fpu sse avx avx2 fma\n", False),                     # AVX2-only EPYC: emulated
+    ("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n", True),
+    ("flags\t\t: fpu avx2 amx_tile amx_bf16\n", True),
+    ("processor\t: 0\n", None),                                         # no flags line: unknown
+])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\n" + flags)
+    assert cpu_has_native_bf16(str(cpuinfo)) is expected
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is None
+
+
+def test_bf16_on_an_emulating_cpu_warns(predictor, caplog, monkeypatch):
+    import dextr_backend.predictor as module
+
+    monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="dextr_backend.predictor"):
+        DextrPredictor(predictor.model, 64, device="cpu", cpu_bf16=True)
+    assert "no native bfloat16" in caplog.text
 
 
 class LeftToRight(torch.nn.Module):

@@ -46,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=None,
                    help="crop side to train at; the new version works at it (default: the --init version's)")
     p.add_argument("--bf16", action="store_true",
-                   help="bfloat16 autocast on the CPU (faster on CPUs with native bf16; GPUs always use AMP)")
+                   help="bfloat16 autocast on the CPU: faster only on CPUs with native bf16 (avx512_bf16/amx), "
+                        "several times slower elsewhere; GPUs always use AMP")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="keep a moving average of the weights (e.g. 0.998) and validate and ship it (default: off)")
     p.add_argument("--drop-background", action="store_true",
@@ -99,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give --dataset DIR or --labelstudio-url URL --project ID")
     if not 0.0 <= args.ema < 1.0:
         raise InputError(f"--ema {args.ema}: the decay must lie in [0, 1), e.g. 0.998 (0 = off)")
+    if args.bf16:
+        from ..predictor import warn_if_bf16_emulated
+        warn_if_bf16_emulated("--bf16")
     refs, source = load_refs(args)
     n_train = len(refs)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_minutes=args.max_minutes,
