@@ -48,6 +48,7 @@ class Settings:
     train_epochs: int = 5                   # DEXTR_TRAIN_EPOCHS: epochs of a retraining job
     train_max_minutes: float = 30.0         # DEXTR_TRAIN_MAX_MINUTES: time budget of a retraining job
     train_samples: int = 0                  # DEXTR_TRAIN_SAMPLES: samples per epoch (0 = 10 per object, 200-2000)
+    train_guard_dir: str = ""               # DEXTR_TRAIN_GUARD_DIR: objects a new version must not get worse on
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -73,4 +74,5 @@ class Settings:
             train_epochs=_int("DEXTR_TRAIN_EPOCHS", 5),
             train_max_minutes=_float("DEXTR_TRAIN_MAX_MINUTES", 30.0),
             train_samples=_int("DEXTR_TRAIN_SAMPLES", 0),
+            train_guard_dir=os.environ.get("DEXTR_TRAIN_GUARD_DIR", ""),
         )

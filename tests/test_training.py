@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from dextr_backend.errors import WeightsError
+from dextr_backend.errors import InputError, WeightsError
 from dextr_backend.models import build_model
 from dextr_backend.training.datasets import folder_objects, split
 from dextr_backend.training.loss import balanced_bce
-from dextr_backend.training.promotion import train_and_promote
+from dextr_backend.training.promotion import at_least_as_good, train_and_promote
 from dextr_backend.training.samples import Augment, make_sample
 from dextr_backend.training.trainer import TrainConfig, Trainer
 from dextr_backend.weights.store import WeightsStore
@@ -216,14 +216,54 @@ def test_a_worse_model_is_not_promoted(shapes, tmp_path):
     assert store.get("forced").card["forced"] is True
 
 
-def test_train_command_records_a_version(shapes, weights_dir, capsys):
+@pytest.mark.parametrize("val, base_val, guard, base_guard, promoted", [
+    (83.1, 82.8, None, None, True),      # no guard: validation alone decides
+    (83.1, 82.8, 89.6, 90.4, False),     # run 6 of bsds-lite0-v3's card: better on val, worse on the guard
+    (83.1, 82.8, 90.4, 90.4, True),      # a tie on the guard is not a loss
+    (82.7, 82.8, 95.0, 90.4, False),     # the guard cannot outvote a worse validation score
+])
+def test_promotion_needs_validation_and_the_guard(val, base_val, guard, base_guard, promoted):
+    assert at_least_as_good(val, base_val, guard, base_guard) is promoted
+
+
+def test_a_guard_folder_is_scored_for_both_versions_and_recorded(shapes, tmp_path):
+    store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
+    store.add_version(constant_model(-20.0), "lite0", name="empty", make_current=True)
+    store.add_version(constant_model(20.0), "lite0", name="whole-box")
+    guard = make_shapes(tmp_path / "guard", n=4, seed=7)       # other pictures, never trained on
+    outcome = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
+                                config=small_config(lr=0.0), init="whole-box", store=store, name="boxed",
+                                guard=guard)
+    assert outcome.baseline_guard_miou == 0.0 < outcome.guard_miou      # empty scores nothing; the box does
+    assert outcome.promoted and store.current().name == "boxed"
+    version = store.get("boxed")
+    assert version.metrics["guard_miou"] == round(outcome.guard_miou, 2)
+    assert version.metrics["baseline_guard_miou"] == 0.0
+    assert version.card["guard"] == {"path": str(guard), "objects": 4}
+    assert outcome.summary()["guard_miou"] == round(outcome.guard_miou, 2)
+
+
+def test_a_bad_guard_folder_fails_before_training(shapes, tmp_path):
+    store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
+    (tmp_path / "not-a-benchmark").mkdir()
+    with pytest.raises(InputError, match="not-a-benchmark"):
+        train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"}, config=small_config(),
+                          init="imagenet:lite0", store=store, guard=tmp_path / "not-a-benchmark")
+    assert store.versions() == []          # nothing trained, nothing written
+
+
+def test_train_command_records_a_version(shapes, weights_dir, capsys, tmp_path):
     from dextr_backend.cli import main
 
+    guard = make_shapes(tmp_path / "guard", n=3, seed=5)
     code = main(["train", "--dataset", str(shapes), "--init", "imagenet:lite0", "--epochs", "1",
-                 "--samples-per-epoch", "8", "--batch-size", "4", "--val-objects", "2", "--name", "cli-v1"])
+                 "--samples-per-epoch", "8", "--batch-size", "4", "--val-objects", "2", "--name", "cli-v1",
+                 "--guard", str(guard)])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
     assert summary["version"] == "cli-v1" and 0 <= summary["val_miou"] <= 100
+    assert 0 <= summary["guard_miou"] <= 100 and "guard mIoU" in out[-2]
     assert main(["weights", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert "cli-v1" in json.dumps(listed)

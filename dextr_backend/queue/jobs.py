@@ -80,7 +80,7 @@ def _train_project(project: int, label_studio_url: str, api_key: str | None) -> 
         outcome = train_and_promote(
             refs, source={"kind": "labelstudio", "url": label_studio_url, "project": project,
                           "hash": folder_hash(folder)},
-            config=config, val_fraction=0.2,
+            config=config, val_fraction=0.2, guard=settings.train_guard_dir or None,
             on_epoch=lambda row: progress(epoch=row["epoch"], val_miou=row["val_miou"], loss=row["loss"]))
         progress(stage="done")
         return {"ok": outcome.summary()}

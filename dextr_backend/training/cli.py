@@ -58,6 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-objects", type=int, default=200, help="validation objects scored per epoch (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--name", default=None, help="name of the new version (default: v1, v2, ...)")
+    p.add_argument("--guard", metavar="DIR", default=os.environ.get("DEXTR_TRAIN_GUARD_DIR") or None,
+                   help="a folder of whole objects you care about and never train on, in a layout `evaluate` "
+                        "reads; the new version must also score at least the current one there to become "
+                        "current (default: $DEXTR_TRAIN_GUARD_DIR)")
     p.add_argument("--force", action="store_true", help="make the new version current even if it is worse")
     p.add_argument("--run-dir", default=None, help="checkpoint folder (default: under $DEXTR_WEIGHTS_DIR/runs)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
@@ -115,10 +119,13 @@ def run(args: argparse.Namespace) -> int:
         config.lr = 3e-4       # fine-tuning a trained version: gentler than training from ImageNet
     outcome = train_and_promote(refs, source=source, config=config, init=args.init, run_dir=args.run_dir,
                                 force=args.force, name=args.name, device=args.device,
-                                val_fraction=args.val_fraction)
-    verdict = "promoted: now current" if outcome.promoted else "kept, not promoted (worse than its parent)"
+                                val_fraction=args.val_fraction, guard=args.guard)
+    verdict = "promoted: now current" if outcome.promoted else "kept, not promoted (worse than the current version)"
     versus = (f"vs {outcome.baseline_val_miou:.2f} for {outcome.baseline}" if outcome.baseline
               else "(no current version to compare with)")
+    if outcome.guard_miou is not None:
+        versus += f"; guard mIoU {outcome.guard_miou:.2f}" + (
+            "" if outcome.baseline_guard_miou is None else f" vs {outcome.baseline_guard_miou:.2f}")
     print(f"{outcome.version.name}: val mIoU {outcome.val_miou:.2f} {versus} -> {verdict} "
           f"({outcome.minutes:.1f} min, stopped: {outcome.stopped})")
     print(json.dumps(outcome.summary()))

@@ -1,7 +1,9 @@
 """Train a new version from the current one and promote it only if it is at least as good.
 
 Both models are scored on the same validation objects with the same simulated clicks and the
-same threshold, so "better" means better on identical inputs. Every trained version is kept
+same threshold, so "better" means better on identical inputs. A guard folder (whole objects the
+team cares about, never trained on) adds a second exam the new version must also pass: a split of
+the training data can keep improving while other objects get worse (see bsds-lite0-v3's card). Every trained version is kept
 (with its model card) whether or not it becomes current, so an admin can inspect or force it.
 """
 
@@ -37,11 +39,18 @@ class Outcome:
     val_miou: float
     minutes: float
     stopped: str
+    guard_miou: float | None = None            # the new version on the guard folder
+    baseline_guard_miou: float | None = None   # the current version there
+
 
     def summary(self) -> dict:
         return {"version": self.version.name, "promoted": self.promoted, "baseline": self.baseline,
                 "baseline_val_miou": (None if self.baseline is None else round(self.baseline_val_miou, 2)),
                 "val_miou": round(self.val_miou, 2),
+                **({} if self.guard_miou is None else {
+                    "guard_miou": round(self.guard_miou, 2),
+                    "baseline_guard_miou": (None if self.baseline_guard_miou is None
+                                            else round(self.baseline_guard_miou, 2))}),
                 "minutes": round(self.minutes, 2), "stopped": self.stopped}
 
 
@@ -69,13 +78,40 @@ def _score(arch: str, state: dict, input_size: int, threshold: float, refs, seed
     return validation_miou(DextrPredictor(model, input_size, threshold=threshold, device=device), refs, seed)
 
 
+def at_least_as_good(val: float, base_val: float, guard: float | None = None,
+                     base_guard: float | None = None) -> bool:
+    """The promotion rule: no worse on the validation split, and no worse on the guard if there is one."""
+    return val >= base_val and (guard is None or base_guard is None or guard >= base_guard)
+
+
+def _guard_score(arch: str, state: dict, input_size: int, threshold: float, objects, device: str) -> float:
+    from ..evaluation.runner import evaluate_objects
+
+    model = load_state(build_model(arch), state)
+    predictor = DextrPredictor(model, input_size, threshold=threshold, device=device)
+    return evaluate_objects(predictor, objects, progress=False, warmup=False).miou
+
+
+def load_guard(folder: str | Path) -> list:
+    """The guard folder's objects, decoded once (a benchmark layout, as ``evaluate`` reads)."""
+    from ..evaluation.datasets import load_dataset
+
+    objects = list(load_dataset(folder))
+    if not objects:
+        raise InputError(f"{folder}: the guard folder holds no objects")
+    return objects
+
+
 def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfig, init: str | None = None,
                       run_dir: str | Path | None = None, store: WeightsStore | None = None, force: bool = False,
                       name: str | None = None, device: str = "auto", val_fraction: float = 0.1,
-                      on_epoch: Callable[[dict], None] | None = None) -> Outcome:
+                      on_epoch: Callable[[dict], None] | None = None,
+                      guard: str | Path | None = None) -> Outcome:
     """Fine-tune ``init`` (default: the current version; ``imagenet:ARCH`` starts from ImageNet),
-    then make the result current only if it scores at least the current version's mIoU."""
+    then make the result current only if it scores at least the current version's mIoU, on the
+    validation split and, when ``guard`` names a folder, on that folder's objects too."""
     store = store or WeightsStore()
+    guard_objects = load_guard(guard) if guard else None     # a bad folder fails before training
     train_refs, val_refs = split_for_training(refs, val_fraction)
     val_refs = spread(val_refs, config.val_objects)
     if init and init.startswith(IMAGENET):
@@ -95,8 +131,11 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
         incumbent = None          # nothing is current yet: the first trained version wins
     incumbent_score = (_score(incumbent.arch, incumbent.state_dict, incumbent.input_size, incumbent.threshold,
                               val_refs, config.seed, device) if incumbent else float("nan"))
+    incumbent_guard = (_guard_score(incumbent.arch, incumbent.state_dict, incumbent.input_size, incumbent.threshold,
+                                    guard_objects, device) if incumbent and guard_objects else None)
     log.info("current version scored", extra={"current": incumbent and incumbent.version,
-                                              "val_miou": incumbent_score, "val_objects": len(val_refs)})
+                                              "val_miou": incumbent_score, "val_objects": len(val_refs),
+                                              "guard_miou": incumbent_guard})
     tag = parent_name or init.replace(":", "-")
     run_dir = Path(run_dir) if run_dir else store.root / "runs" / f"{tag}-{source.get('hash', 'data')[:12]}"
 
@@ -105,12 +144,18 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
                       on_epoch=on_epoch)
     result = trainer.run()
     score = _score(arch, result.state_dict, input_size, threshold, val_refs, config.seed, device)
-    better = incumbent is None or score >= incumbent_score
+    guard_score = (_guard_score(arch, result.state_dict, input_size, threshold, guard_objects, device)
+                   if guard_objects else None)
+    better = incumbent is None or at_least_as_good(score, incumbent_score, guard_score, incumbent_guard)
     promoted = force or better
     minutes = (time.monotonic() - started) / 60
     metrics = {"val_miou": round(score, 2)}
     if incumbent:
         metrics.update(baseline_version=incumbent.version, baseline_val_miou=round(incumbent_score, 2))
+    if guard_objects:
+        metrics["guard_miou"] = round(guard_score, 2)
+        if incumbent_guard is not None:
+            metrics["baseline_guard_miou"] = round(incumbent_guard, 2)
     card = {
         "data": {**source, "train_objects": len(train_refs), "val_objects": len(val_refs),
                  "train_images": len({r.image for r in train_refs}), "val_images": len({r.image for r in val_refs})},
@@ -118,6 +163,7 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
             "augment": asdict(config.augment), "freeze_bn": trainer.freeze_bn},
         "metrics": metrics,
         "parent": parent_name or init,
+        "guard": ({"path": str(guard), "objects": len(guard_objects)} if guard_objects else None),
         "duration_minutes": round(minutes, 2),
         "history": result.history,
         "stopped": result.stopped,
@@ -131,6 +177,7 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
                                 make_current=promoted)
     shutil.rmtree(run_dir, ignore_errors=True)   # finished: the next run starts fresh
     log.info("training finished", extra={"version": version.name, "promoted": promoted, "val_miou": score,
-                                         "baseline_val_miou": incumbent_score})
+                                         "baseline_val_miou": incumbent_score, "guard_miou": guard_score,
+                                         "baseline_guard_miou": incumbent_guard})
     return Outcome(version, promoted, incumbent.version if incumbent else None, incumbent_score, score,
-                   minutes, result.stopped)
+                   minutes, result.stopped, guard_score, incumbent_guard)
