@@ -244,3 +244,20 @@ def test_cli_every_subcommand_has_help(action, capsys):
         main(["weights", *action, "--help"])
     assert exit_.value.code == 0
     assert "usage: dextr-backend weights" in capsys.readouterr().out
+
+
+def test_every_shipped_version_matches_its_checksum_and_the_default_is_one_of_them(weights_dir):
+    """What the repository ships in weights/: each record's file is there and unaltered; a record
+    may reuse another's file (same network, other inference settings)."""
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "weights"
+    index = json.loads((shipped / "index.json").read_text())
+    store = WeightsStore(weights_dir, shipped_dir=shipped)
+    names = [v["name"] for v in index["versions"]]
+    assert index["default"] in names and store.current().name == index["default"]
+    for name in names:
+        meta = store.get(name)
+        assert meta.shipped and 0.0 < meta.threshold < 1.0
+        store.verify(meta)                    # raises on a missing, truncated or altered file
+        assert (shipped / meta.card["file"]).is_file()    # every shipped version has its model card

@@ -25,7 +25,10 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("state", help="trained .pt file (a state dict)")
+    p.add_argument("state", nargs="?", help="trained .pt file (a state dict); leave out with --same-weights-as")
+    p.add_argument("--same-weights-as", metavar="VERSION", default=None,
+                   help="ship a new version that reuses this shipped version's file: same weights, new "
+                        "inference settings (e.g. a threshold chosen on other data); no second copy")
     p.add_argument("--name", required=True, help="version name, e.g. bsds-lite0-v1")
     p.add_argument("--threshold", type=float, required=True, help="probability threshold chosen on validation")
     p.add_argument("--metrics", default="{}", help="JSON object of measured metrics")
@@ -36,15 +39,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-default", action="store_true", help="ship it without making it the default")
     args = p.parse_args(argv)
 
-    state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_file(Path(args.state)).items()}
-    arch = detect_architecture(state)
-    dest = WEIGHTS / f"{args.name}.pt"
-    torch.save(state, dest)
-    card = WEIGHTS / f"{args.name}.md"
-    card.write_text(Path(args.card).read_text(encoding="utf-8"), encoding="utf-8")
     index_path = WEIGHTS / "index.json"
     index = json.loads(index_path.read_text(encoding="utf-8"))
-    record = {"name": args.name, "arch": arch, "input_size": args.input_size or get_architecture(arch).input_size,
+    if (args.state is None) == (args.same_weights_as is None):
+        p.error("give a state file or --same-weights-as VERSION (one of them)")
+    source = None
+    if args.same_weights_as:
+        source = next((v for v in index["versions"] if v["name"] == args.same_weights_as), None)
+        if source is None:
+            p.error(f"--same-weights-as {args.same_weights_as}: not a shipped version")
+        dest = WEIGHTS / source["file"]
+        arch = detect_architecture(read_state_file(dest))
+    else:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_file(Path(args.state)).items()}
+        arch = detect_architecture(state)
+        dest = WEIGHTS / f"{args.name}.pt"
+        torch.save(state, dest)
+    card = WEIGHTS / f"{args.name}.md"
+    if Path(args.card).resolve() != card.resolve():
+        card.write_text(Path(args.card).read_text(encoding="utf-8"), encoding="utf-8")
+    record = {"name": args.name, "arch": arch, "input_size": (args.input_size or (source["input_size"] if args.same_weights_as else None)
+                                                  or get_architecture(arch).input_size),
               "threshold": args.threshold, "file": dest.name, "sha256": sha256_file(dest),
               "size": dest.stat().st_size, "metrics": json.loads(args.metrics), "parent": args.parent,
               "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
