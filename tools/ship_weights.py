@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     card = WEIGHTS / f"{args.name}.md"
     if Path(args.card).resolve() != card.resolve():
         card.write_text(Path(args.card).read_text(encoding="utf-8"), encoding="utf-8")
-    record = {"name": args.name, "arch": arch, "input_size": (args.input_size or (source["input_size"] if args.same_weights_as else None)
+    record = {"name": args.name, "arch": arch, "input_size": (args.input_size or (source or {}).get("input_size")
                                                   or get_architecture(arch).input_size),
               "threshold": args.threshold, "file": dest.name, "sha256": sha256_file(dest),
               "size": dest.stat().st_size, "metrics": json.loads(args.metrics), "parent": args.parent,

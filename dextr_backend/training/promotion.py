@@ -3,8 +3,9 @@
 Both models are scored on the same validation objects with the same simulated clicks and the
 same threshold, so "better" means better on identical inputs. A guard folder (whole objects the
 team cares about, never trained on) adds a second exam the new version must also pass: a split of
-the training data can keep improving while other objects get worse (see bsds-lite0-v3's card). Every trained version is kept
-(with its model card) whether or not it becomes current, so an admin can inspect or force it.
+the training data can keep improving while other objects get worse (see bsds-lite0-v3's card).
+Every trained version is kept (with its model card) whether or not it becomes current, so an admin
+can inspect or force it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class Outcome:
     stopped: str
     guard_miou: float | None = None            # the new version on the guard folder
     baseline_guard_miou: float | None = None   # the current version there
-
 
     def summary(self) -> dict:
         return {"version": self.version.name, "promoted": self.promoted, "baseline": self.baseline,
