@@ -326,3 +326,12 @@ def test_average_added_on_resume_starts_from_the_resumed_weights(shapes, tmp_pat
     resumed = Trainer(small_config(ema_decay=0.9, epochs=2), refs, [], tmp_path / "run")
     trained = resumed.model.state_dict()
     assert all(torch.equal(resumed.ema.state[k], v) for k, v in trained.items())
+
+
+def test_bf16_training_on_an_emulating_cpu_warns(shapes, tmp_path, caplog, monkeypatch):
+    import dextr_backend.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="dextr_backend.predictor"):
+        Trainer(small_config(cpu_bf16=True), folder_objects(shapes), [], tmp_path / "run", device="cpu")
+    assert "no native bfloat16" in caplog.text

@@ -104,9 +104,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give --dataset DIR or --labelstudio-url URL --project ID")
     if not 0.0 <= args.ema < 1.0:
         raise InputError(f"--ema {args.ema}: the decay must lie in [0, 1), e.g. 0.998 (0 = off)")
-    if args.bf16:
-        from ..predictor import warn_if_bf16_emulated
-        warn_if_bf16_emulated("--bf16")
     refs, source = load_refs(args)
     n_train = len(refs)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_minutes=args.max_minutes,

@@ -73,9 +73,16 @@ def split_for_training(refs: list[ObjectRef], fraction: float) -> tuple[list[Obj
 IMAGENET = "imagenet:"
 
 
-def _score(arch: str, state: dict, input_size: int, threshold: float, refs, seed: int, device: str) -> float:
+def _scores(arch: str, state: dict, input_size: int, threshold: float, val_refs, guard_objects, seed: int,
+            device: str) -> tuple[float, float | None]:
+    """One version's validation mIoU and guard mIoU (None without a guard), from one predictor."""
+    from ..evaluation.runner import evaluate_objects
+
     model = load_state(build_model(arch), state)
-    return validation_miou(DextrPredictor(model, input_size, threshold=threshold, device=device), refs, seed)
+    predictor = DextrPredictor(model, input_size, threshold=threshold, device=device)
+    guard = (evaluate_objects(predictor, guard_objects, progress=False, warmup=False).miou
+             if guard_objects else None)
+    return validation_miou(predictor, val_refs, seed), guard
 
 
 def at_least_as_good(val: float, base_val: float, guard: float | None = None,
@@ -84,16 +91,8 @@ def at_least_as_good(val: float, base_val: float, guard: float | None = None,
     return val >= base_val and (guard is None or base_guard is None or guard >= base_guard)
 
 
-def _guard_score(arch: str, state: dict, input_size: int, threshold: float, objects, device: str) -> float:
-    from ..evaluation.runner import evaluate_objects
-
-    model = load_state(build_model(arch), state)
-    predictor = DextrPredictor(model, input_size, threshold=threshold, device=device)
-    return evaluate_objects(predictor, objects, progress=False, warmup=False).miou
-
-
 def load_guard(folder: str | Path) -> list:
-    """The guard folder's objects, decoded once (a benchmark layout, as ``evaluate`` reads)."""
+    """The guard folder's objects, masks decoded once for both versions (a layout ``evaluate`` reads)."""
     from ..evaluation.datasets import load_dataset
 
     objects = list(load_dataset(folder))
@@ -129,10 +128,9 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
         incumbent = store.load(None)
     except WeightsError:
         incumbent = None          # nothing is current yet: the first trained version wins
-    incumbent_score = (_score(incumbent.arch, incumbent.state_dict, incumbent.input_size, incumbent.threshold,
-                              val_refs, config.seed, device) if incumbent else float("nan"))
-    incumbent_guard = (_guard_score(incumbent.arch, incumbent.state_dict, incumbent.input_size, incumbent.threshold,
-                                    guard_objects, device) if incumbent and guard_objects else None)
+    incumbent_score, incumbent_guard = (
+        _scores(incumbent.arch, incumbent.state_dict, incumbent.input_size, incumbent.threshold, val_refs,
+                guard_objects, config.seed, device) if incumbent else (float("nan"), None))
     log.info("current version scored", extra={"current": incumbent and incumbent.version,
                                               "val_miou": incumbent_score, "val_objects": len(val_refs),
                                               "guard_miou": incumbent_guard})
@@ -143,9 +141,8 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     trainer = Trainer(config, train_refs, val_refs, run_dir, init_state=init_state, device=device,
                       on_epoch=on_epoch)
     result = trainer.run()
-    score = _score(arch, result.state_dict, input_size, threshold, val_refs, config.seed, device)
-    guard_score = (_guard_score(arch, result.state_dict, input_size, threshold, guard_objects, device)
-                   if guard_objects else None)
+    score, guard_score = _scores(arch, result.state_dict, input_size, threshold, val_refs, guard_objects,
+                                 config.seed, device)
     better = incumbent is None or at_least_as_good(score, incumbent_score, guard_score, incumbent_guard)
     promoted = force or better
     minutes = (time.monotonic() - started) / 60

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..evaluation.runner import evaluate_objects
 from ..models import build_model, get_architecture, load_state
-from ..predictor import DextrPredictor
+from ..predictor import DextrPredictor, pick_device, warn_if_bf16_emulated
 from .datasets import ObjectRef, as_eval_objects, load_object, spread
 from .loss import balanced_bce
 from .samples import Augment, make_sample
@@ -121,8 +121,9 @@ class Trainer:
             raise ValueError("no training objects")
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                   else ("cpu" if device == "auto" else device))
+        self.device = pick_device(device)
+        if config.cpu_bf16 and self.device.type == "cpu":
+            warn_if_bf16_emulated("bf16 training (--bf16)")
         self.resolution = config.resolution or get_architecture(config.arch).input_size
         self.on_epoch = on_epoch
         if config.threads:
