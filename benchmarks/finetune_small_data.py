@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples-per-epoch", type=int, default=160, help="augmented samples per epoch")
     p.add_argument("--max-minutes", type=float, default=6.0, help="time budget per fine-tuning run")
     p.add_argument("--lr", type=float, default=3e-4, help="decoder learning rate (backbone: 0.3x)")
+    p.add_argument("--freeze", default="", metavar="PARTS",
+                   help="comma-separated parts left untrained, e.g. backbone (as `train --freeze`)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     args = p.parse_args(argv)
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         chosen = [pool[int(i)] for i in np.linspace(0, len(pool) - 1, n)]   # spread over the clips
         cfg = TrainConfig(arch=loaded.arch, resolution=loaded.input_size, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
                           lr=args.lr, max_minutes=args.max_minutes, threshold=loaded.threshold, val_objects=0,
-                          freeze_bn=True, seed=0)
+                          freeze_bn=True, seed=0, freeze=tuple(x for x in args.freeze.split(",") if x))
         with tempfile.TemporaryDirectory() as run_dir:
             start = time.monotonic()
             result = Trainer(cfg, chosen, [], run_dir, init_state=loaded.state_dict).run()
@@ -91,12 +93,13 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
         print(f"{n:>3} images: {before:.2f} -> {after:.2f} ({after - before:+.2f}) in {minutes:.1f} min", file=sys.stderr)
 
-    print(f"\nheld-out DAVIS frames 250-344, {len(test)} objects, start: {loaded.version}")
+    frozen = f", frozen: {args.freeze}" if args.freeze else ""
+    print(f"\nheld-out DAVIS frames 250-344, {len(test)} objects, start: {loaded.version}{frozen}")
     print(f"{'images':>6}  {'before':>7}  {'after':>7}  {'gain':>6}  {'minutes':>7}")
     for r in rows:
         print(f"{r['images']:>6}  {r['before']:>7.2f}  {r['after']:>7.2f}  {r['gain']:>+6.2f}  {r['train_minutes']:>7.1f}")
     if args.json:
-        print(json.dumps({"weights": loaded.version, "test_objects": len(test), "rows": rows}))
+        print(json.dumps({"weights": loaded.version, "test_objects": len(test), "freeze": args.freeze, "rows": rows}))
     return 0
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -30,6 +34,39 @@ def test_every_command_has_help(capsys):
             main(path + ["--help"])
         assert exc.value.code == 0
         assert "usage:" in capsys.readouterr().out
+
+
+SCRIPTS = sorted(str(p.relative_to(Path(__file__).parents[1]))
+                 for folder in ("benchmarks", "tools") for p in (Path(__file__).parents[1] / folder).glob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_has_help(script):
+    out = subprocess.run([sys.executable, script, "--help"], cwd=Path(__file__).parents[1], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage:")
+
+
+def test_stride_ceiling_falls_as_the_grid_coarsens():
+    spec = importlib.util.spec_from_file_location("stride_ceiling", Path(__file__).parents[1] / "benchmarks" /
+                                                  "stride_ceiling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from dextr_backend.evaluation.datasets import EvalObject
+
+    objects = []
+    for i, r in enumerate((12, 20, 30)):       # a ring and two thin crosses: boundaries a coarse grid blurs
+        mask = np.zeros((90, 110), np.uint8)
+        if i == 0:
+            cv2.circle(mask, (55, 45), r, 1, 3)
+        else:
+            cv2.line(mask, (55 - r, 45), (55 + r, 45), 1, 2)
+            cv2.line(mask, (55, 45 - r), (55, 45 + r), 1, 2)
+        objects.append(EvalObject(Path(f"obj{i}.png"), str(i), mask.astype(bool), np.zeros_like(mask, bool)))
+    scores = [module.ceiling(objects, stride, 384) for stride in (1, 4, 16)]
+    assert scores[0] > 95
+    assert scores[0] > scores[1] > scores[2]
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dextr_backend.errors import WeightsError
-from dextr_backend.models import ARCHITECTURES, build_model, detect_architecture, load_state
+from dextr_backend.models import ARCHITECTURES, build_model, detect_architecture, grow_state, load_state
 from dextr_backend.models.resnet import resnet101
 
 
@@ -119,7 +119,7 @@ def test_resnet101_forward_shape_and_output_stride():
     assert seen["layer5"] == (1, 1, 8, 8)
 
 
-@pytest.mark.parametrize("arch", ["lite0", "lite2"])
+@pytest.mark.parametrize("arch", ["lite0", "lite2", "lite0r"])
 def test_lite_forward_shape(arch):
     model = build_model(arch).eval()
     with torch.inference_mode():
@@ -157,6 +157,31 @@ def test_load_state_rejects_wrong_shapes():
         load_state(model, {k: v for k, v in state.items() if not k.startswith("decoder")})
     with pytest.raises(WeightsError):
         load_state(build_model("lite2"), build_model("lite0").state_dict())
+
+
+def test_lite0r_grown_from_lite0_predicts_exactly_as_its_parent():
+    torch.manual_seed(0)
+    parent = build_model("lite0").eval()
+    for m in parent.modules():     # trained-looking BatchNorm statistics, not the fresh 0/1
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    grown = load_state(build_model("lite0r"), grow_state("lite0r", parent.state_dict())).eval()
+    x = torch.rand(2, 4, 96, 96) * 255
+    with torch.inference_mode():
+        assert torch.equal(grown(x), parent(x))
+    # Once the refiner's output layer is no longer zero, it does change the logits.
+    with torch.no_grad():
+        grown.refiner.out.bias.fill_(1.0)
+    with torch.inference_mode():
+        assert not torch.equal(grown(x), parent(x))
+
+
+def test_grow_state_refuses_weights_of_another_network():
+    with pytest.raises(WeightsError, match="cannot grow into lite0r"):
+        grow_state("lite0r", build_model("lite2").state_dict())
+    with pytest.raises(WeightsError, match="unknown architecture"):
+        grow_state("lite9", build_model("lite0").state_dict())
 
 
 # ---------------------------------------------------------------- ImageNet initialisation of the light variants

@@ -335,3 +335,53 @@ def test_bf16_training_on_an_emulating_cpu_warns(shapes, tmp_path, caplog, monke
     with caplog.at_level("WARNING", logger="dextr_backend.predictor"):
         Trainer(small_config(cpu_bf16=True), folder_objects(shapes), [], tmp_path / "run", device="cpu")
     assert "no native bfloat16" in caplog.text
+
+
+# ---------------------------------------------------------------- growing lite0 into lite0r, frozen parts
+
+def test_frozen_parts_keep_their_weights_and_statistics(shapes, tmp_path):
+    from dextr_backend.models import grow_state
+
+    refs = folder_objects(shapes)
+    parent = build_model("lite0").state_dict()
+    trainer = Trainer(small_config(arch="lite0r", freeze=("backbone", "decoder"), lr=1e-2), refs, [],
+                      tmp_path / "run", init_state=grow_state("lite0r", parent))
+    trainer.run()
+    after = trainer.model.state_dict()
+    for key, value in parent.items():          # weights and BatchNorm running statistics alike
+        assert torch.equal(after[key], value), key
+    assert torch.count_nonzero(after["refiner.out.weight"]) > 0     # the new part did learn
+
+
+def test_freezing_an_unknown_part_or_everything_is_refused(shapes, tmp_path):
+    refs = folder_objects(shapes)
+    with pytest.raises(InputError, match="parts are backbone, decoder"):
+        Trainer(small_config(freeze=("trunk",)), refs, [], tmp_path / "a")
+    with pytest.raises(InputError, match="nothing left to train"):
+        Trainer(small_config(freeze=("backbone", "decoder")), refs, [], tmp_path / "b")
+
+
+def test_train_command_grows_a_version_into_lite0r(shapes, weights_dir, capsys):
+    from dextr_backend.cli import main
+
+    WeightsStore().add_version(build_model("lite0").state_dict(), "lite0", name="base", input_size=64,
+                               threshold=0.6, make_current=True)
+    assert main(["train", "--dataset", str(shapes), "--init", "base", "--arch", "lite0r", "--freeze", "trunk",
+                 "--epochs", "1"]) == 2
+    assert "cannot freeze trunk" in capsys.readouterr().err
+    code = main(["train", "--dataset", str(shapes), "--init", "base", "--arch", "lite0r",
+                 "--freeze", "backbone,decoder", "--epochs", "1", "--samples-per-epoch", "8", "--batch-size", "4",
+                 "--val-objects", "2", "--name", "grown", "--force"])
+    assert code == 0
+    grown = WeightsStore().get("grown")
+    assert grown.arch == "lite0r" and grown.parent == "base"
+    assert grown.input_size == 64 and grown.threshold == 0.6       # inherited from the parent
+    assert grown.card["hyper_parameters"]["freeze"] == ["backbone", "decoder"]
+
+
+def test_a_run_folder_is_not_resumed_with_other_settings(shapes, tmp_path):
+    refs = folder_objects(shapes)
+    Trainer(small_config(), refs, [], tmp_path / "run").run()
+    with pytest.raises(InputError, match="holds a run with other settings"):
+        Trainer(small_config(freeze=("backbone",)), refs, [], tmp_path / "run")
+    assert Trainer(small_config(epochs=2), refs, [], tmp_path / "run").epoch == 1    # same settings resume

@@ -32,6 +32,8 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
                  "CPU variant: EfficientNet-Lite0 + FPN decoder (3.2 M params)"),
     Architecture("lite2", lambda imagenet=False: dextr_lite("lite2", imagenet), 320,
                  "CPU variant: EfficientNet-Lite2 + FPN decoder (4.6 M params)"),
+    Architecture("lite0r", lambda imagenet=False: dextr_lite("lite0", imagenet, refine=True), 384,
+                 "lite0 + a stride-2 boundary refiner (3.2 M params); grows from a lite0 version"),
 )}
 
 
@@ -63,6 +65,22 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
+def grow_state(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict for ``arch`` that keeps every tensor of a smaller architecture's ``state``.
+
+    Why: ``lite0r`` is ``lite0`` plus a refiner; training it from a trained ``lite0`` version keeps
+    everything that version learned and starts only the new layers fresh (the refiner's output
+    starts at zero, so the grown network first predicts exactly as its parent).
+    """
+    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = build_model(arch).state_dict()
+    misfit = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if misfit:
+        raise WeightsError(f"weights cannot grow into {arch}: {len(misfit)} tensors do not fit it "
+                           f"(first: {misfit[0]})")
+    return own | state
+
+
 def detect_architecture(state: dict[str, torch.Tensor]) -> str:
     """Name the architecture whose parameter names and shapes match a state dict."""
     keys = {k[7:] if k.startswith("module.") else k: tuple(v.shape) for k, v in state.items()
@@ -78,4 +96,4 @@ def detect_architecture(state: dict[str, torch.Tensor]) -> str:
 
 
 __all__ = ["ARCHITECTURES", "Architecture", "build_model", "detect_architecture", "get_architecture",
-           "load_state"]
+           "grow_state", "load_state"]

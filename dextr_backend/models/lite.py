@@ -64,7 +64,7 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """Feature extractor returning the stride 4, 8, 16 and 32 maps."""
+    """Feature extractor returning the stride 4, 8, 16 and 32 maps (and, when asked, stride 2 first)."""
 
     def __init__(self, variant: str = "lite0", in_channels: int = 4):
         super().__init__()
@@ -84,12 +84,12 @@ class EfficientNetLite(nn.Module):
                 self.channels.append(cout)
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, stride2: bool = False) -> list[torch.Tensor]:
         x = F.relu6(self.bn0(self.conv_stem(x)))
         feats = []
         for i, block in enumerate(self.blocks):
             x = block(x)
-            if i in self.tap_indices:
+            if i in self.tap_indices or (stride2 and i == 0):
                 feats.append(x)
         return feats
 
@@ -132,16 +132,46 @@ class FPNDecoder(nn.Module):
         size = levels[0].shape[-2:]
         fused = sum(F.interpolate(s(level), size=size, mode="bilinear", align_corners=False) if j else s(level)
                     for j, (s, level) in enumerate(zip(self.smooth, levels)))
-        return self.head(fused)
+        hidden = self.head[0](fused)
+        return self.head[1](hidden), hidden
+
+
+class BoundaryRefiner(nn.Module):
+    """Corrects the stride-4 logits at stride 2, where the backbone's first block still sees edges.
+
+    Why: bilinearly upsampled stride-4 logits round off thin parts and corners, and on small
+    crops a 4-pixel step is a visible error along the whole boundary. The correction is a residual
+    whose last layer starts at zero, so a network grown from a trained ``lite0`` version starts
+    out predicting exactly what its parent did.
+    """
+
+    def __init__(self, fine_channels: int, coarse_channels: int, width: int = 16):
+        super().__init__()
+        self.fine = _conv_bn_relu(fine_channels, width, 1)
+        self.coarse = _conv_bn_relu(coarse_channels, width, 1)
+        self.body = nn.Sequential(_conv_bn_relu(2 * width + 1, width), _conv_bn_relu(width, width))
+        self.out = nn.Conv2d(width, 1, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, fine: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The correction at stride 2, to be added to the stride-4 logits once both are upsampled."""
+        size = fine.shape[-2:]
+        up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        coarse = F.interpolate(self.coarse(hidden), size=size, mode="bilinear", align_corners=False)
+        return self.out(self.body(torch.cat([self.fine(fine), coarse, up], 1)))
 
 
 class DextrLite(nn.Module):
-    """EfficientNet-Lite + FPN decoder; logits at stride 4, upsampled to the input size."""
+    """EfficientNet-Lite + FPN decoder; logits at stride 4 (stride 2 with ``refine``), upsampled
+    to the input size."""
 
-    def __init__(self, variant: str = "lite0", decoder_width: int = 64):
+    def __init__(self, variant: str = "lite0", decoder_width: int = 64, refine: bool = False):
         super().__init__()
         self.backbone = EfficientNetLite(variant)
         self.decoder = FPNDecoder(self.backbone.channels, decoder_width)
+        first = self.backbone.blocks[0].project_conv.out_channels
+        self.refiner = BoundaryRefiner(first, decoder_width) if refine else None
         scale = torch.tensor(_IMAGENET_STD + (1.0,)) * 255.0
         shift = torch.tensor(_IMAGENET_MEAN + (0.0,)) * 255.0
         self.register_buffer("input_shift", shift.view(1, 4, 1, 1), persistent=False)
@@ -150,8 +180,13 @@ class DextrLite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         x = (x - self.input_shift) / self.input_scale
-        logits = self.decoder(self.backbone(x))
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        feats = self.backbone(x, stride2=self.refiner is not None)
+        logits, hidden = self.decoder(feats if self.refiner is None else feats[1:])
+        out = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if self.refiner is not None:
+            delta = self.refiner(feats[0], hidden, logits)
+            out = out + F.interpolate(delta, size=size, mode="bilinear", align_corners=False)
+        return out
 
 
 def _imagenet_file(variant: str) -> Path:
@@ -170,8 +205,8 @@ def _imagenet_file(variant: str) -> Path:
     return files[0]
 
 
-def dextr_lite(variant: str = "lite0", imagenet: bool = False) -> DextrLite:
-    model = DextrLite(variant)
+def dextr_lite(variant: str = "lite0", imagenet: bool = False, refine: bool = False) -> DextrLite:
+    model = DextrLite(variant, refine=refine)
     if imagenet:
         model.backbone.load_imagenet(_imagenet_file(variant))
     return model

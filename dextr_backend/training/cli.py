@@ -37,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", default=None, help="Label Studio token (default: $LABEL_STUDIO_API_KEY)")
     p.add_argument("--init", default=None, help="weights version to start from (default: the current one); "
                                                 "imagenet:lite0 starts from the ImageNet backbone alone")
+    p.add_argument("--arch", default=None,
+                   help="grow the --init version into this architecture, e.g. lite0r (lite0 + a stride-2 "
+                        "boundary refiner); default: the --init version's own")
+    p.add_argument("--freeze", default="", metavar="PARTS",
+                   help="comma-separated parts of the network left untrained, e.g. backbone,decoder to train "
+                        "only lite0r's new refiner (default: none)")
     p.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
     p.add_argument("--samples-per-epoch", type=int, default=None,
                    help="augmented samples per epoch (default: 10 per training object, 200 to 2000)")
@@ -109,14 +115,15 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_minutes=args.max_minutes,
                          patience=args.patience, seed=args.seed, threads=args.threads, val_objects=args.val_objects,
                          resolution=args.resolution, cpu_bf16=args.bf16, ema_decay=args.ema,
-                         samples_per_epoch=args.samples_per_epoch or min(2000, max(200, 10 * n_train)))
+                         samples_per_epoch=args.samples_per_epoch or min(2000, max(200, 10 * n_train)),
+                         freeze=tuple(part.strip() for part in args.freeze.split(",") if part.strip()))
     if args.lr is not None:
         config.lr = args.lr
     elif not (args.init or "").startswith("imagenet:"):
         config.lr = 3e-4       # fine-tuning a trained version: gentler than training from ImageNet
     outcome = train_and_promote(refs, source=source, config=config, init=args.init, run_dir=args.run_dir,
                                 force=args.force, name=args.name, device=args.device,
-                                val_fraction=args.val_fraction, guard=args.guard)
+                                val_fraction=args.val_fraction, guard=args.guard, arch=args.arch)
     verdict = "promoted: now current" if outcome.promoted else "kept, not promoted (worse than the current version)"
     versus = (f"vs {outcome.baseline_val_miou:.2f} for {outcome.baseline}" if outcome.baseline
               else "(no current version to compare with)")

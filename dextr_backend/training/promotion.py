@@ -21,12 +21,12 @@ from typing import Callable
 import torch
 
 from ..errors import InputError, WeightsError
-from ..models import build_model, get_architecture, load_state
+from ..models import build_model, get_architecture, grow_state, load_state
 from ..predictor import DextrPredictor
 from ..weights.registry import default_threshold
 from ..weights.store import Version, WeightsStore
 from .datasets import ObjectRef, split, spread
-from .trainer import TrainConfig, Trainer, validation_miou
+from .trainer import TrainConfig, Trainer, freeze_parts, validation_miou
 
 log = logging.getLogger(__name__)
 
@@ -105,24 +105,30 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
                       run_dir: str | Path | None = None, store: WeightsStore | None = None, force: bool = False,
                       name: str | None = None, device: str = "auto", val_fraction: float = 0.1,
                       on_epoch: Callable[[dict], None] | None = None,
-                      guard: str | Path | None = None) -> Outcome:
+                      guard: str | Path | None = None, arch: str | None = None) -> Outcome:
     """Fine-tune ``init`` (default: the current version; ``imagenet:ARCH`` starts from ImageNet),
     then make the result current only if it scores at least the current version's mIoU, on the
-    validation split and, when ``guard`` names a folder, on that folder's objects too."""
+    validation split and, when ``guard`` names a folder, on that folder's objects too.
+    ``arch`` grows ``init`` into a larger architecture (``lite0`` -> ``lite0r``)."""
     store = store or WeightsStore()
     guard_objects = load_guard(guard) if guard else None     # a bad folder fails before training
     train_refs, val_refs = split_for_training(refs, val_fraction)
     val_refs = spread(val_refs, config.val_objects)
     if init and init.startswith(IMAGENET):
-        arch = get_architecture(init[len(IMAGENET):]).name
+        arch = get_architecture(arch or init[len(IMAGENET):]).name
         parent_name, init_state, threshold = None, None, default_threshold(arch)
         parent_size = get_architecture(arch).input_size
     else:
         parent = store.load(init)
-        arch, parent_name, init_state, threshold = parent.arch, parent.version, parent.state_dict, parent.threshold
+        parent_name, init_state, threshold = parent.version, parent.state_dict, parent.threshold
         parent_size = parent.input_size
+        if arch and get_architecture(arch).name != parent.arch:
+            init_state = grow_state(arch, init_state)
+        arch = arch or parent.arch
     # A fine-tuned version keeps working at its parent's size unless told otherwise.
     input_size = config.resolution or parent_size
+    with torch.device("meta"):
+        freeze_parts(build_model(arch), config.freeze)     # a wrong part name fails before any scoring
     config.arch, config.threshold, config.resolution = arch, threshold, input_size
     try:
         incumbent = store.load(None)
@@ -135,6 +141,8 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
                                               "val_miou": incumbent_score, "val_objects": len(val_refs),
                                               "guard_miou": incumbent_guard})
     tag = parent_name or init.replace(":", "-")
+    if parent_name and arch != parent.arch:
+        tag += f"-as-{arch}"      # a grown network never resumes a plain fine-tune's checkpoint
     run_dir = Path(run_dir) if run_dir else store.root / "runs" / f"{tag}-{source.get('hash', 'data')[:12]}"
 
     started = time.monotonic()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..errors import InputError
 from ..evaluation.runner import evaluate_objects
 from ..models import build_model, get_architecture, load_state
 from ..predictor import DextrPredictor, pick_device, warn_if_bf16_emulated
@@ -51,6 +52,7 @@ class TrainConfig:
     threads: int | None = None
     cpu_bf16: bool = False             # bf16 autocast on a CPU with native support (~30% faster steps)
     ema_decay: float = 0.0             # > 0: validate and keep an exponential moving average of the weights
+    freeze: tuple[str, ...] = ()       # top-level modules left as they are (weights and BatchNorm statistics)
     augment: Augment = field(default_factory=Augment)
 
 
@@ -85,6 +87,25 @@ def _freeze_bn(model: torch.nn.Module) -> None:
             m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
+
+
+def freeze_parts(model: torch.nn.Module, names: Sequence[str]) -> list[torch.nn.Module]:
+    """Stop training the named top-level parts (e.g. ``backbone``, ``decoder``) altogether.
+
+    Why: to train a new part (``lite0r``'s refiner) on data whose style the trained trunk should
+    not drift towards (bsds-lite0-v3's card, runs 5 and 6). The caller keeps the returned modules
+    in eval mode so their BatchNorm statistics stay as they are.
+    """
+    children = {n: m for n, m in model.named_children() if m is not None}
+    unknown = [n for n in names if n not in children]
+    if unknown:
+        raise InputError(f"cannot freeze {', '.join(unknown)}: this network's parts are {', '.join(children)}")
+    modules = [children[n] for n in names]
+    for m in modules:
+        m.requires_grad_(False)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise InputError("nothing left to train: every part of the network is frozen")
+    return modules
 
 
 class WeightAverage:
@@ -134,10 +155,12 @@ class Trainer:
         self.model.to(self.device)
         freeze = config.freeze_bn if config.freeze_bn is not None else len(self.train_refs) < 500
         self.freeze_bn = freeze
-        backbone = [p for n, p in self.model.named_parameters() if n.startswith(("backbone.", "conv1", "bn1", "layer"))
+        self.frozen_modules = freeze_parts(self.model, config.freeze)
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        backbone = [p for n, p in trainable if n.startswith(("backbone.", "conv1", "bn1", "layer"))
                     and not n.startswith("layer5")]
         ids = {id(p) for p in backbone}
-        head = [p for p in self.model.parameters() if id(p) not in ids]
+        head = [p for _, p in trainable if id(p) not in ids]
         self.optimizer = torch.optim.AdamW(
             [{"params": backbone, "lr": config.lr * config.backbone_lr_scale}, {"params": head, "lr": config.lr}],
             weight_decay=config.weight_decay)
@@ -160,6 +183,12 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return
         ck = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        before = {k: ck.get("config", {}).get(k) for k in ("arch", "resolution", "freeze")}
+        now = {k: getattr(self.cfg, k) for k in before}
+        before["freeze"] = tuple(before["freeze"] or ())
+        if before != now:
+            raise InputError(f"{self.run_dir} holds a run with other settings ({before} vs {now}): "
+                             "delete that folder or give another --run-dir")
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.epoch, self.step, self.best = ck["epoch"], ck["step"], ck["best"]
@@ -230,6 +259,8 @@ class Trainer:
             self.model.train()
             if self.freeze_bn:
                 _freeze_bn(self.model)
+            for m in self.frozen_modules:
+                m.eval()
             losses = []
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step",
                        dynamic_ncols=True, leave=False, disable=None)
