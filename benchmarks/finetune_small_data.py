@@ -27,6 +27,7 @@ from dextr_backend.evaluation.runner import evaluate_objects
 from dextr_backend.models import build_model, load_state
 from dextr_backend.predictor import DextrPredictor
 from dextr_backend.training.datasets import as_eval_objects, folder_objects
+from dextr_backend.training.cli import part_list
 from dextr_backend.training.trainer import TrainConfig, Trainer
 from dextr_backend.weights.store import WeightsStore
 
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--samples-per-epoch", type=int, default=160, help="augmented samples per epoch")
     p.add_argument("--max-minutes", type=float, default=6.0, help="time budget per fine-tuning run")
     p.add_argument("--lr", type=float, default=3e-4, help="decoder learning rate (backbone: 0.3x)")
-    p.add_argument("--freeze", default="", metavar="PARTS",
+    p.add_argument("--freeze", type=part_list, default=(), metavar="PARTS",
                    help="comma-separated parts left untrained, e.g. backbone (as `train --freeze`)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print the results as one JSON line last")
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         chosen = [pool[int(i)] for i in np.linspace(0, len(pool) - 1, n)]   # spread over the clips
         cfg = TrainConfig(arch=loaded.arch, resolution=loaded.input_size, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
                           lr=args.lr, max_minutes=args.max_minutes, threshold=loaded.threshold, val_objects=0,
-                          freeze_bn=True, seed=0, freeze=tuple(x for x in args.freeze.split(",") if x))
+                          freeze_bn=True, seed=0, freeze=args.freeze)
         with tempfile.TemporaryDirectory() as run_dir:
             start = time.monotonic()
             result = Trainer(cfg, chosen, [], run_dir, init_state=loaded.state_dict).run()
@@ -93,13 +94,13 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
         print(f"{n:>3} images: {before:.2f} -> {after:.2f} ({after - before:+.2f}) in {minutes:.1f} min", file=sys.stderr)
 
-    frozen = f", frozen: {args.freeze}" if args.freeze else ""
+    frozen = f", frozen: {','.join(args.freeze)}" if args.freeze else ""
     print(f"\nheld-out DAVIS frames 250-344, {len(test)} objects, start: {loaded.version}{frozen}")
     print(f"{'images':>6}  {'before':>7}  {'after':>7}  {'gain':>6}  {'minutes':>7}")
     for r in rows:
         print(f"{r['images']:>6}  {r['before']:>7.2f}  {r['after']:>7.2f}  {r['gain']:>+6.2f}  {r['train_minutes']:>7.1f}")
     if args.json:
-        print(json.dumps({"weights": loaded.version, "test_objects": len(test), "freeze": args.freeze, "rows": rows}))
+        print(json.dumps({"weights": loaded.version, "test_objects": len(test), "freeze": list(args.freeze), "rows": rows}))
     return 0
 
 

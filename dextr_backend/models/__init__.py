@@ -50,9 +50,14 @@ def build_model(arch: str, imagenet: bool = False) -> nn.Module:
     return spec.build(imagenet=imagenet) if imagenet else spec.build()
 
 
+def _without_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys as a bare model names them: DataParallel checkpoints prefix every key with ``module.``."""
+    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
 def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """Load strictly, but accept checkpoints saved without ``num_batches_tracked`` (PyTorch 0.4)."""
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = _without_prefix(state)
     own = model.state_dict()
     for key in own:
         if key.endswith("num_batches_tracked") and key not in state:
@@ -72,7 +77,7 @@ def grow_state(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     everything that version learned and starts only the new layers fresh (the refiner's output
     starts at zero, so the grown network first predicts exactly as its parent).
     """
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = _without_prefix(state)
     own = build_model(arch).state_dict()
     misfit = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if misfit:
@@ -83,8 +88,7 @@ def grow_state(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def detect_architecture(state: dict[str, torch.Tensor]) -> str:
     """Name the architecture whose parameter names and shapes match a state dict."""
-    keys = {k[7:] if k.startswith("module.") else k: tuple(v.shape) for k, v in state.items()
-            if not k.endswith("num_batches_tracked")}
+    keys = {k: tuple(v.shape) for k, v in _without_prefix(state).items() if not k.endswith("num_batches_tracked")}
     for name, spec in ARCHITECTURES.items():
         with torch.device("meta"):
             own = {k: tuple(v.shape) for k, v in spec.build().state_dict().items()

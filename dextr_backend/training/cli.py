@@ -14,6 +14,11 @@ from ..errors import InputError
 FORMATS = ("auto", "bsds", "grabcut", "half", "nonzero", "instances")
 
 
+def part_list(text: str) -> tuple[str, ...]:
+    """``--freeze backbone, decoder`` -> ``("backbone", "decoder")`` (an argparse type)."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="fine-tune on new labels; promote only if better",
@@ -40,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default=None,
                    help="grow the --init version into this architecture, e.g. lite0r (lite0 + a stride-2 "
                         "boundary refiner); default: the --init version's own")
-    p.add_argument("--freeze", default="", metavar="PARTS",
+    p.add_argument("--freeze", type=part_list, default=(), metavar="PARTS",
                    help="comma-separated parts of the network left untrained, e.g. backbone,decoder to train "
                         "only lite0r's new refiner (default: none)")
     p.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                          patience=args.patience, seed=args.seed, threads=args.threads, val_objects=args.val_objects,
                          resolution=args.resolution, cpu_bf16=args.bf16, ema_decay=args.ema,
                          samples_per_epoch=args.samples_per_epoch or min(2000, max(200, 10 * n_train)),
-                         freeze=tuple(part.strip() for part in args.freeze.split(",") if part.strip()))
+                         freeze=args.freeze)
     if args.lr is not None:
         config.lr = args.lr
     elif not (args.init or "").startswith("imagenet:"):

@@ -26,7 +26,7 @@ from ..predictor import DextrPredictor
 from ..weights.registry import default_threshold
 from ..weights.store import Version, WeightsStore
 from .datasets import ObjectRef, split, spread
-from .trainer import TrainConfig, Trainer, freeze_parts, validation_miou
+from .trainer import TrainConfig, Trainer, validation_miou
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,15 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
         arch = arch or parent.arch
     # A fine-tuned version keeps working at its parent's size unless told otherwise.
     input_size = config.resolution or parent_size
-    with torch.device("meta"):
-        freeze_parts(build_model(arch), config.freeze)     # a wrong part name fails before any scoring
     config.arch, config.threshold, config.resolution = arch, threshold, input_size
+    tag = parent_name or init.replace(":", "-")
+    if parent_name and arch != parent.arch:
+        tag += f"-as-{arch}"      # a grown network never resumes a plain fine-tune's checkpoint
+    run_dir = Path(run_dir) if run_dir else store.root / "runs" / f"{tag}-{source.get('hash', 'data')[:12]}"
+    # Built before the current version is scored, so a bad --freeze or a run folder holding other
+    # settings fails at once rather than after minutes of scoring.
+    trainer = Trainer(config, train_refs, val_refs, run_dir, init_state=init_state, device=device,
+                      on_epoch=on_epoch)
     try:
         incumbent = store.load(None)
     except WeightsError:
@@ -140,14 +146,7 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     log.info("current version scored", extra={"current": incumbent and incumbent.version,
                                               "val_miou": incumbent_score, "val_objects": len(val_refs),
                                               "guard_miou": incumbent_guard})
-    tag = parent_name or init.replace(":", "-")
-    if parent_name and arch != parent.arch:
-        tag += f"-as-{arch}"      # a grown network never resumes a plain fine-tune's checkpoint
-    run_dir = Path(run_dir) if run_dir else store.root / "runs" / f"{tag}-{source.get('hash', 'data')[:12]}"
-
     started = time.monotonic()
-    trainer = Trainer(config, train_refs, val_refs, run_dir, init_state=init_state, device=device,
-                      on_epoch=on_epoch)
     result = trainer.run()
     score, guard_score = _scores(arch, result.state_dict, input_size, threshold, val_refs, guard_objects,
                                  config.seed, device)
