@@ -189,6 +189,26 @@ def test_bsds_background_regions_can_be_left_out(tmp_path):
     assert sorted(r.label for r in bsds_regions(root, drop_background=True)) == [3, 4]
 
 
+def test_bsds_small_regions_can_be_left_out(tmp_path):
+    from dextr_backend.training.datasets import bsds_regions
+
+    root = make_bsds(tmp_path / "bsds")    # areas: sky 33 %, ground 57 %, object 8 %, corner 1 %
+    assert sorted(r.label for r in bsds_regions(root, min_area=0.05)) == [1, 2, 3]
+    assert sorted(r.label for r in bsds_regions(root, min_area=0.05, drop_background=True)) == [3]
+
+
+def test_runs_on_differently_filtered_objects_get_their_own_run_folder(tmp_path):
+    """The run folder is keyed by the objects, so a run with another filter on the same folder
+    never resumes this one's checkpoint."""
+    from dextr_backend.training.datasets import bsds_regions, objects_key
+
+    root = make_bsds(tmp_path / "bsds")
+    keys = {objects_key(bsds_regions(root)), objects_key(bsds_regions(root, min_area=0.05)),
+            objects_key(bsds_regions(root, drop_background=True))}
+    assert len(keys) == 3
+    assert objects_key(bsds_regions(root)) == objects_key(bsds_regions(root))
+
+
 def constant_model(logit: float) -> dict:
     """lite0 whose last layer ignores its input: +logit everywhere (the clicks' whole box) or
     -logit (nothing). Deterministic stand-ins for a passable and a useless model."""

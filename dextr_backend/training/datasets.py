@@ -107,6 +107,16 @@ def bsds_regions(root: str | Path, min_area: float = 0.01, max_area: float = 0.8
     return refs
 
 
+def objects_key(refs: list[ObjectRef]) -> str:
+    """sha1 over which objects a run trains on. The folder hash alone does not tell two runs apart
+    that filter the same folder differently (``--min-area``, ``--drop-background``), and one
+    must never resume the other's checkpoint."""
+    digest = hashlib.sha1()
+    for ref in refs:
+        digest.update(f"{ref.image}|{ref.source}|{ref.label}|{ref.fmt}\n".encode())
+    return digest.hexdigest()
+
+
 def spread(refs: list[ObjectRef], n: int) -> list[ObjectRef]:
     """``n`` objects evenly spaced through ``refs``: a capped validation set still covers every
     image instead of the first few (the list is ordered by image)."""

@@ -25,7 +25,7 @@ from ..models import build_model, get_architecture, grow_state, load_state
 from ..predictor import DextrPredictor
 from ..weights.registry import default_threshold
 from ..weights.store import Version, WeightsStore
-from .datasets import ObjectRef, split, spread
+from .datasets import ObjectRef, objects_key, split, spread
 from .trainer import TrainConfig, Trainer, validation_miou
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     tag = parent_name or init.replace(":", "-")
     if parent_name and arch != parent.arch:
         tag += f"-as-{arch}"      # a grown network never resumes a plain fine-tune's checkpoint
-    run_dir = Path(run_dir) if run_dir else store.root / "runs" / f"{tag}-{source.get('hash', 'data')[:12]}"
+    run_dir = Path(run_dir) if run_dir else store.root / "runs" / f"{tag}-{objects_key(refs)[:12]}"
     # Built before the current version is scored, so a bad --freeze or a run folder holding other
     # settings fails at once rather than after minutes of scoring.
     trainer = Trainer(config, train_refs, val_refs, run_dir, init_state=init_state, device=device,
