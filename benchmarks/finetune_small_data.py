@@ -25,6 +25,7 @@ import torch
 from dextr_backend.errors import DextrError
 from dextr_backend.evaluation.runner import evaluate_objects
 from dextr_backend.models import build_model, load_state
+from dextr_backend.postprocess import PostProcess
 from dextr_backend.predictor import DextrPredictor
 from dextr_backend.training.datasets import as_eval_objects, folder_objects
 from dextr_backend.training.cli import part_list
@@ -39,7 +40,8 @@ def frame(ref) -> int:
 
 
 def score(model, loaded, refs) -> float:
-    predictor = DextrPredictor(model, loaded.input_size, threshold=loaded.threshold, device="cpu")
+    predictor = DextrPredictor(model, loaded.input_size, threshold=loaded.threshold, device="cpu",
+                               postprocess=PostProcess(trim=loaded.meta.trim))
     return evaluate_objects(predictor, as_eval_objects(refs), progress=False, warmup=False).miou
 
 
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     for n in [int(s) for s in args.sizes.split(",")]:
         chosen = [pool[int(i)] for i in np.linspace(0, len(pool) - 1, n)]   # spread over the clips
         cfg = TrainConfig(arch=loaded.arch, resolution=loaded.input_size, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
-                          lr=args.lr, max_minutes=args.max_minutes, threshold=loaded.threshold, val_objects=0,
+                          lr=args.lr, max_minutes=args.max_minutes, threshold=loaded.threshold, trim=loaded.meta.trim, val_objects=0,
                           freeze_bn=True, seed=0, freeze=args.freeze)
         with tempfile.TemporaryDirectory() as run_dir:
             start = time.monotonic()

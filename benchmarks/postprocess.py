@@ -32,6 +32,8 @@ VARIANTS = {
     "holes 1%": PostProcess(keep_connected=False, max_hole_fraction=0.01),
     "connected + holes 1%": PostProcess(keep_connected=True, max_hole_fraction=0.01),
     "connected + holes 5%": PostProcess(keep_connected=True, max_hole_fraction=0.05),
+    "trim 1px + connected + holes 5%": PostProcess(keep_connected=True, max_hole_fraction=0.05, trim=1),
+    "trim 2px + connected + holes 5%": PostProcess(keep_connected=True, max_hole_fraction=0.05, trim=2),
 }
 
 

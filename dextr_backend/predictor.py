@@ -102,6 +102,7 @@ class DextrPredictor:
         loaded = (store or WeightsStore()).load(version)
         model = load_state(build_model(loaded.arch), loaded.state_dict)
         kwargs.setdefault("threshold", loaded.threshold)
+        kwargs.setdefault("postprocess", PostProcess(trim=loaded.meta.trim))
         return cls(model, loaded.input_size, device=device, version=loaded.version, **kwargs)
 
     def _autocast(self):

@@ -105,6 +105,28 @@ def test_diagonal_gap_still_closes_a_hole():
     assert out[3, 3]
 
 
+def test_trim_erodes_the_boundary_by_whole_pixels():
+    from dextr_backend.postprocess import trim_boundary
+
+    square = np.zeros((20, 20), bool)
+    square[5:15, 5:15] = True
+    once = trim_boundary(square, 1)
+    assert once.sum() == 8 * 8 and once[6:14, 6:14].all()
+    assert trim_boundary(square, 2).sum() < once.sum()
+    assert trim_boundary(square, 0) is not None and (trim_boundary(square, 0) == square).all()
+
+
+def test_trim_never_erases_a_thin_object():
+    line = np.zeros((20, 20), bool)
+    line[10, 2:18] = True                       # one pixel wide: a trim would leave nothing
+    assert (trim_boundary_via_postprocess(line) == line).all()
+
+
+def trim_boundary_via_postprocess(mask):
+    pts = np.array([[2, 10], [17, 10], [10, 10], [10, 10]], float)
+    return PostProcess(trim=1)(mask, pts)
+
+
 def test_default_postprocess_is_the_evaluated_choice():
     # Chosen on BSDS500 validation with benchmarks/postprocess.py (see weights/bsds-lite0-v3.md).
     assert PostProcess() == PostProcess(keep_connected=True, max_hole_fraction=0.05)

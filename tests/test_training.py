@@ -172,13 +172,15 @@ def make_bsds(root: Path) -> Path:
     return root
 
 
-def test_fine_tuning_keeps_the_parent_working_size(shapes, tmp_path):
+def test_fine_tuning_keeps_the_parent_working_size_threshold_and_trim(shapes, tmp_path):
     store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
-    store.add_version(constant_model(20.0), "lite0", name="parent-72", input_size=72, make_current=True)
+    store.add_version(constant_model(20.0), "lite0", name="parent-72", input_size=72, threshold=0.65, trim=1,
+                      make_current=True)
     outcome = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
                                 config=small_config(resolution=None, samples_per_epoch=8), init="parent-72",
                                 store=store, name="child")
-    assert outcome.version.input_size == 72
+    assert (outcome.version.input_size, outcome.version.threshold, outcome.version.trim) == (72, 0.65, 1)
+    assert outcome.version.card["hyper_parameters"]["trim"] == 1   # validated as it will be used
 
 
 def test_bsds_background_regions_can_be_left_out(tmp_path):

@@ -59,8 +59,8 @@ def test_add_use_current_load_round_trip(store, lite_state):
 
     manifest = json.loads((store.root / "manifest.json").read_text())
     assert manifest["current"] == "v1"
-    assert set(manifest["versions"][1]) == {"name", "arch", "input_size", "threshold", "file", "sha256", "size",
-                                            "metrics", "parent", "created", "source", "card"}
+    assert set(manifest["versions"][1]) == {"name", "arch", "input_size", "threshold", "trim", "file", "sha256",
+                                            "size", "metrics", "parent", "created", "source", "card"}
     # Nothing but the manifest, its lock and the two weight files: no temp files left behind.
     assert sorted(p.name for p in store.root.iterdir()) == [".manifest.lock", "manifest.json", "v1.pt", "v2.pt"]
 
@@ -163,6 +163,16 @@ def test_shipped_default_is_current_until_the_user_chooses(weights_dir, tmp_path
 
     predictor = DextrPredictor.from_weights(store=store, device="cpu")
     assert predictor.version == "lite0-base" and predictor.threshold == 0.55
+    assert predictor.postprocess.trim == 0        # a record written before trims existed
+
+
+def test_a_version_carries_its_boundary_trim_to_the_predictor(store, lite_state):
+    store.add_version(lite_state, "lite0", name="plain", make_current=True)
+    store.add_version(lite_state, "lite0", name="trimmed", threshold=0.65, trim=1)
+    assert store.get("plain").trim == 0 and store.get("trimmed").trim == 1
+    assert DextrPredictor.from_weights("plain", store=store, device="cpu").postprocess.trim == 0
+    predictor = DextrPredictor.from_weights("trimmed", store=store, device="cpu")
+    assert predictor.postprocess.trim == 1 and predictor.threshold == 0.65
 
 
 def test_import_validates_against_the_architecture(store, lite_state, tmp_path):

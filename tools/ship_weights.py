@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                         "inference settings (e.g. a threshold chosen on other data); no second copy")
     p.add_argument("--name", required=True, help="version name, e.g. bsds-lite0-v1")
     p.add_argument("--threshold", type=float, required=True, help="probability threshold chosen on validation")
+    p.add_argument("--trim", type=int, default=0,
+                   help="pixels eroded off each mask's boundary after thresholding, chosen on validation (default 0)")
     p.add_argument("--metrics", default="{}", help="JSON object of measured metrics")
     p.add_argument("--card", required=True, help="markdown model card to ship beside the weights")
     p.add_argument("--input-size", type=int, default=None,
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent", default=None, help="version it was fine-tuned from")
     p.add_argument("--no-default", action="store_true", help="ship it without making it the default")
     args = p.parse_args(argv)
+    if args.trim < 0:
+        p.error(f"--trim {args.trim}: give 0 or more pixels")
 
     index_path = WEIGHTS / "index.json"
     index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         card.write_text(Path(args.card).read_text(encoding="utf-8"), encoding="utf-8")
     record = {"name": args.name, "arch": arch, "input_size": (args.input_size or (source or {}).get("input_size")
                                                   or get_architecture(arch).input_size),
-              "threshold": args.threshold, "file": dest.name, "sha256": sha256_file(dest),
+              "threshold": args.threshold, "trim": args.trim, "file": dest.name, "sha256": sha256_file(dest),
               "size": dest.stat().st_size, "metrics": json.loads(args.metrics), "parent": args.parent,
               "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "source": "shipped", "card": card.name}

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import InputError, WeightsError
 from ..models import build_model, get_architecture, grow_state, load_state
+from ..postprocess import PostProcess
 from ..predictor import DextrPredictor
 from ..weights.registry import default_threshold
 from ..weights.store import Version, WeightsStore
@@ -73,13 +74,14 @@ def split_for_training(refs: list[ObjectRef], fraction: float) -> tuple[list[Obj
 IMAGENET = "imagenet:"
 
 
-def _scores(arch: str, state: dict, input_size: int, threshold: float, val_refs, guard_objects, seed: int,
-            device: str) -> tuple[float, float | None]:
+def _scores(arch: str, state: dict, input_size: int, threshold: float, trim: int, val_refs, guard_objects,
+            seed: int, device: str) -> tuple[float, float | None]:
     """One version's validation mIoU and guard mIoU (None without a guard), from one predictor."""
     from ..evaluation.runner import evaluate_objects
 
     model = load_state(build_model(arch), state)
-    predictor = DextrPredictor(model, input_size, threshold=threshold, device=device)
+    predictor = DextrPredictor(model, input_size, threshold=threshold, device=device,
+                               postprocess=PostProcess(trim=trim))
     guard = (evaluate_objects(predictor, guard_objects, progress=False, warmup=False).miou
              if guard_objects else None)
     return validation_miou(predictor, val_refs, seed), guard
@@ -116,18 +118,19 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     val_refs = spread(val_refs, config.val_objects)
     if init and init.startswith(IMAGENET):
         arch = get_architecture(arch or init[len(IMAGENET):]).name
-        parent_name, init_state, threshold = None, None, default_threshold(arch)
+        parent_name, init_state, threshold, trim = None, None, default_threshold(arch), 0
         parent_size = get_architecture(arch).input_size
     else:
         parent = store.load(init)
         parent_name, init_state, threshold = parent.version, parent.state_dict, parent.threshold
+        trim = parent.meta.trim    # a child is thresholded and trimmed as its parent was tuned
         parent_size = parent.input_size
         if arch and get_architecture(arch).name != parent.arch:
             init_state = grow_state(arch, init_state)
         arch = arch or parent.arch
     # A fine-tuned version keeps working at its parent's size unless told otherwise.
     input_size = config.resolution or parent_size
-    config.arch, config.threshold, config.resolution = arch, threshold, input_size
+    config.arch, config.threshold, config.trim, config.resolution = arch, threshold, trim, input_size
     tag = parent_name or init.replace(":", "-")
     if parent_name and arch != parent.arch:
         tag += f"-as-{arch}"      # a grown network never resumes a plain fine-tune's checkpoint
@@ -141,14 +144,15 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     except WeightsError:
         incumbent = None          # nothing is current yet: the first trained version wins
     incumbent_score, incumbent_guard = (
-        _scores(incumbent.arch, incumbent.state_dict, incumbent.input_size, incumbent.threshold, val_refs,
-                guard_objects, config.seed, device) if incumbent else (float("nan"), None))
+        _scores(incumbent.arch, incumbent.state_dict, incumbent.input_size, incumbent.threshold,
+                incumbent.meta.trim, val_refs, guard_objects, config.seed, device)
+        if incumbent else (float("nan"), None))
     log.info("current version scored", extra={"current": incumbent and incumbent.version,
                                               "val_miou": incumbent_score, "val_objects": len(val_refs),
                                               "guard_miou": incumbent_guard})
     started = time.monotonic()
     result = trainer.run()
-    score, guard_score = _scores(arch, result.state_dict, input_size, threshold, val_refs, guard_objects,
+    score, guard_score = _scores(arch, result.state_dict, input_size, threshold, trim, val_refs, guard_objects,
                                  config.seed, device)
     better = incumbent is None or at_least_as_good(score, incumbent_score, guard_score, incumbent_guard)
     promoted = force or better
@@ -177,7 +181,7 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
                         "device": str(trainer.device)},
     }
     version = store.add_version(result.state_dict, arch, name=name, parent=parent_name, metrics=metrics,
-                                card=card, threshold=threshold, input_size=input_size,
+                                card=card, threshold=threshold, trim=trim, input_size=input_size,
                                 make_current=promoted)
     shutil.rmtree(run_dir, ignore_errors=True)   # finished: the next run starts fresh
     log.info("training finished", extra={"version": version.name, "promoted": promoted, "val_miou": score,

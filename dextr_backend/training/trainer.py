@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..errors import InputError
 from ..evaluation.runner import evaluate_objects
 from ..models import build_model, get_architecture, load_state
+from ..postprocess import PostProcess
 from ..predictor import DextrPredictor, pick_device, warn_if_bf16_emulated
 from .datasets import ObjectRef, as_eval_objects, load_object, spread
 from .loss import balanced_bce
@@ -49,6 +50,7 @@ class TrainConfig:
     freeze_bn: bool | None = None      # default: freeze when fewer than 500 training objects
     seed: int = 0
     threshold: float = 0.5             # for validation masks; the parent version's threshold
+    trim: int = 0                      # and its boundary trim (PostProcess.trim)
     threads: int | None = None
     cpu_bf16: bool = False             # bf16 autocast on a CPU with native support (~30% faster steps)
     ema_decay: float = 0.0             # > 0: validate and keep an exponential moving average of the weights
@@ -245,7 +247,8 @@ class Trainer:
             return None
         # Validate as the model will be used: the version records the training resolution as its
         # working size.
-        predictor = DextrPredictor(self.result_model(), self.resolution, threshold=self.cfg.threshold, device=self.device)
+        predictor = DextrPredictor(self.result_model(), self.resolution, threshold=self.cfg.threshold,
+                                   postprocess=PostProcess(trim=self.cfg.trim), device=self.device)
         return validation_miou(predictor, self.val_refs, self.cfg.seed)
 
     def run(self) -> TrainResult:

@@ -74,7 +74,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_use(args: argparse.Namespace) -> int:
     v = _store().use(args.version)
-    print(f"current weights: {v.name} ({v.arch}, input {v.input_size}, threshold {v.threshold:g})")
+    trim = f", trim {v.trim} px" if v.trim else ""
+    print(f"current weights: {v.name} ({v.arch}, input {v.input_size}, threshold {v.threshold:g}{trim})")
     return 0
 
 

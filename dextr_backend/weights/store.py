@@ -39,7 +39,7 @@ INDEX = "index.json"
 LOCK = ".manifest.lock"
 MANIFEST_FORMAT = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RECORD_FIELDS = ("name", "arch", "input_size", "threshold", "file", "sha256", "size", "metrics",
+RECORD_FIELDS = ("name", "arch", "input_size", "threshold", "trim", "file", "sha256", "size", "metrics",
                  "parent", "created", "source", "card")
 GET_STARTED = ("run `dextr-backend weights download dextr_pascal-sbd` for the official model, "
                "or `dextr-backend weights import PATH` for a file you have")
@@ -105,6 +105,7 @@ class Version:
     card: dict = field(default_factory=dict, hash=False)
     path: Path | None = field(default=None, compare=False)
     shipped: bool = field(default=False, compare=False)
+    trim: int = 0      # pixels eroded off each mask's boundary after thresholding (PostProcess.trim)
 
     @classmethod
     def from_record(cls, record: dict, directory: Path, *, shipped: bool = False, origin: Path) -> "Version":
@@ -117,7 +118,7 @@ class Version:
                        file=str(record["file"]), sha256=record.get("sha256"), size=record.get("size"),
                        metrics=dict(record.get("metrics") or {}), parent=record.get("parent"),
                        created=record.get("created"), source=record.get("source"), card=dict(card),
-                       path=directory / str(record["file"]), shipped=shipped)
+                       path=directory / str(record["file"]), shipped=shipped, trim=int(record.get("trim") or 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"{origin} has a malformed version record ({exc!r}); fix or remove it") from None
 
@@ -372,7 +373,7 @@ class WeightsStore:
     def add_version(self, state_dict: dict[str, torch.Tensor], arch: str, *, name: str | None = None,
                     parent: str | None = None, metrics: dict | None = None, card: dict | None = None,
                     threshold: float | None = None, input_size: int | None = None, source: str = "training",
-                    make_current: bool = False) -> Version:
+                    make_current: bool = False, trim: int = 0) -> Version:
         """Save a new version (what training calls); ``name=None`` picks the next free ``vN``.
         ``input_size`` is the crop side it was trained for (default: the architecture's)."""
         spec = get_architecture(arch)
@@ -383,7 +384,7 @@ class WeightsStore:
         staged = _write_temp(self.root, lambda fh: torch.save(state, fh))
         fields = {"arch": arch, "input_size": int(input_size or spec.input_size),
                   "threshold": float(threshold if threshold is not None else default_threshold(arch)),
-                  "sha256": sha256_file(staged), "size": staged.stat().st_size, "metrics": dict(metrics or {}),
+                  "trim": int(trim), "sha256": sha256_file(staged), "size": staged.stat().st_size, "metrics": dict(metrics or {}),
                   "parent": parent, "source": source, "card": dict(card or {})}
         return self._commit(staged, ".pt", fields, name, make_current)
 
