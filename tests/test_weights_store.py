@@ -173,6 +173,18 @@ def test_a_version_carries_its_boundary_trim_to_the_predictor(store, lite_state)
     assert DextrPredictor.from_weights("plain", store=store, device="cpu").postprocess.trim == 0
     predictor = DextrPredictor.from_weights("trimmed", store=store, device="cpu")
     assert predictor.postprocess.trim == 1 and predictor.threshold == 0.65
+    with pytest.raises(WeightsError, match="trim"):
+        store.add_version(lite_state, "lite0", name="bad", trim=-2)
+
+
+def test_a_malformed_trim_in_a_record_is_a_clear_error(weights_dir, tmp_path, lite_state):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    torch.save(lite_state, shipped / "w.pt")
+    record = {"name": "w", "arch": "lite0", "input_size": 64, "threshold": 0.5, "trim": -1, "file": "w.pt"}
+    (shipped / "index.json").write_text(json.dumps({"default": "w", "versions": [record]}))
+    with pytest.raises(WeightsError, match="malformed version record"):
+        WeightsStore(weights_dir, shipped_dir=shipped).current()
 
 
 def test_import_validates_against_the_architecture(store, lite_state, tmp_path):
@@ -199,8 +211,10 @@ def test_import_validates_against_the_architecture(store, lite_state, tmp_path):
     with pytest.raises(WeightsError, match="--name"):
         store.import_file(good)
     assert store.import_file(good, name="copy").name == "copy"
-    sized = store.import_file(good, name="sized", input_size=384, threshold=0.85)
-    assert (sized.input_size, sized.threshold) == (384, 0.85)
+    sized = store.import_file(good, name="sized", input_size=384, threshold=0.85, trim=1)
+    assert (sized.input_size, sized.threshold, sized.trim) == (384, 0.85, 1)
+    with pytest.raises(WeightsError, match="trim"):
+        store.import_file(good, name="bad-trim", trim=-1)
     assert store.load("sized").input_size == 384
     with pytest.raises(WeightsError, match="threshold"):
         store.import_file(good, name="bad", threshold=1.5)

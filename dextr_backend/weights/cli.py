@@ -67,7 +67,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     v = _store().import_file(args.path, name=args.name, arch=args.arch, make_current=args.use,
-                             input_size=args.input_size, threshold=args.threshold)
+                             input_size=args.input_size, threshold=args.threshold, trim=args.trim)
     print(f"imported {v.name}: {v.arch}, sha256 {v.sha256}, at {v.path}" + ("; now current" if args.use else ""))
     return 0
 
@@ -129,6 +129,8 @@ def add_parser(subparsers) -> None:
                    help="crop side the file was trained for (default: the architecture's)")
     p.add_argument("--threshold", type=float, default=None,
                    help="mask probability threshold (default: the architecture's)")
+    p.add_argument("--trim", type=int, default=0,
+                   help="pixels eroded off each mask's boundary after thresholding (default: 0)")
     p.add_argument("--use", action="store_true", help="make it the current version")
     p.set_defaults(func=cmd_import)
 

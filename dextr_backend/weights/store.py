@@ -45,6 +45,13 @@ GET_STARTED = ("run `dextr-backend weights download dextr_pascal-sbd` for the of
                "or `dextr-backend weights import PATH` for a file you have")
 
 
+def check_trim(trim: int, error: type[Exception] = WeightsError) -> int:
+    """A boundary trim is a whole number of pixels, 0 or more."""
+    if int(trim) != trim or trim < 0:
+        raise error(f"trim {trim} must be a whole number of pixels, 0 or more")
+    return int(trim)
+
+
 def default_root() -> Path:
     env = os.environ.get(ROOT_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "dextr-backend" / "weights"
@@ -118,7 +125,8 @@ class Version:
                        file=str(record["file"]), sha256=record.get("sha256"), size=record.get("size"),
                        metrics=dict(record.get("metrics") or {}), parent=record.get("parent"),
                        created=record.get("created"), source=record.get("source"), card=dict(card),
-                       path=directory / str(record["file"]), shipped=shipped, trim=int(record.get("trim") or 0))
+                       path=directory / str(record["file"]), shipped=shipped,
+                       trim=check_trim(int(record.get("trim") or 0), ValueError))
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"{origin} has a malformed version record ({exc!r}); fix or remove it") from None
 
@@ -384,13 +392,13 @@ class WeightsStore:
         staged = _write_temp(self.root, lambda fh: torch.save(state, fh))
         fields = {"arch": arch, "input_size": int(input_size or spec.input_size),
                   "threshold": float(threshold if threshold is not None else default_threshold(arch)),
-                  "trim": int(trim), "sha256": sha256_file(staged), "size": staged.stat().st_size, "metrics": dict(metrics or {}),
-                  "parent": parent, "source": source, "card": dict(card or {})}
+                  "trim": check_trim(trim), "sha256": sha256_file(staged), "size": staged.stat().st_size,
+                  "metrics": dict(metrics or {}), "parent": parent, "source": source, "card": dict(card or {})}
         return self._commit(staged, ".pt", fields, name, make_current)
 
     def import_file(self, path: Path | str, name: str | None = None, arch: str | None = None,
                     make_current: bool = False, input_size: int | None = None,
-                    threshold: float | None = None) -> Version:
+                    threshold: float | None = None, trim: int = 0) -> Version:
         """Copy a weights file into the store after checking it strictly fits its architecture.
         ``input_size`` and ``threshold`` are what the file was trained and tuned for (default: the
         architecture's)."""
@@ -398,6 +406,7 @@ class WeightsStore:
             raise WeightsError(f"input size {input_size} is too small (at least 32 pixels)")
         if threshold is not None and not 0.0 < threshold < 1.0:
             raise WeightsError(f"threshold {threshold} must lie between 0 and 1")
+        check_trim(trim)
         src = Path(path).expanduser()
         if not src.is_file():
             raise WeightsError(f"no weights file at {src}")
@@ -421,7 +430,7 @@ class WeightsStore:
         staged = _write_temp(self.root, copy)
         fields = {"arch": arch, "input_size": int(input_size or spec.input_size),
                   "threshold": float(threshold if threshold is not None else default_threshold(arch)),
-                  "sha256": digest.hexdigest(), "size": staged.stat().st_size, "metrics": {},
+                  "trim": int(trim), "sha256": digest.hexdigest(), "size": staged.stat().st_size, "metrics": {},
                   "parent": None, "source": str(src.resolve()),
                   "card": {"imported_from": str(src.resolve())}}
         return self._commit(staged, ".pt", fields, name, make_current)
