@@ -197,6 +197,8 @@ def test_bsds_small_regions_can_be_left_out(tmp_path):
     root = make_bsds(tmp_path / "bsds")    # areas: sky 33 %, ground 57 %, object 8 %, corner 1 %
     assert sorted(r.label for r in bsds_regions(root, min_area=0.05)) == [1, 2, 3]
     assert sorted(r.label for r in bsds_regions(root, min_area=0.05, drop_background=True)) == [3]
+    with pytest.raises(InputError, match="minimum region area"):
+        bsds_regions(root, min_area=0.9)
 
 
 def test_runs_on_differently_filtered_objects_get_their_own_run_folder(tmp_path):

@@ -177,11 +177,12 @@ def test_a_version_carries_its_boundary_trim_to_the_predictor(store, lite_state)
         store.add_version(lite_state, "lite0", name="bad", trim=-2)
 
 
-def test_a_malformed_trim_in_a_record_is_a_clear_error(weights_dir, tmp_path, lite_state):
+@pytest.mark.parametrize("trim", [-1, 1.5, "one"])
+def test_a_malformed_trim_in_a_record_is_a_clear_error(weights_dir, tmp_path, lite_state, trim):
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     torch.save(lite_state, shipped / "w.pt")
-    record = {"name": "w", "arch": "lite0", "input_size": 64, "threshold": 0.5, "trim": -1, "file": "w.pt"}
+    record = {"name": "w", "arch": "lite0", "input_size": 64, "threshold": 0.5, "trim": trim, "file": "w.pt"}
     (shipped / "index.json").write_text(json.dumps({"default": "w", "versions": [record]}))
     with pytest.raises(WeightsError, match="malformed version record"):
         WeightsStore(weights_dir, shipped_dir=shipped).current()

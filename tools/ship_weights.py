@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from dextr_backend.models import detect_architecture, get_architecture
-from dextr_backend.weights.store import read_state_file, sha256_file
+from dextr_backend.errors import WeightsError
+from dextr_backend.weights.store import check_trim, read_state_file, sha256_file
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
@@ -40,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent", default=None, help="version it was fine-tuned from")
     p.add_argument("--no-default", action="store_true", help="ship it without making it the default")
     args = p.parse_args(argv)
-    if args.trim < 0:
-        p.error(f"--trim {args.trim}: give 0 or more pixels")
+    try:
+        check_trim(args.trim)
+    except WeightsError as exc:
+        p.error(str(exc))
 
     index_path = WEIGHTS / "index.json"
     index = json.loads(index_path.read_text(encoding="utf-8"))

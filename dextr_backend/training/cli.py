@@ -19,17 +19,6 @@ def part_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def area_fraction(text: str) -> float:
-    """``--min-area 0.05``: a share of the picture, checked so a typo is a one-line error."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 0.8:
-        raise argparse.ArgumentTypeError(f"{value:g} is not a share of the picture below the 0.8 ceiling")
-    return value
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="fine-tune on new labels; promote only if better",
@@ -74,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep a moving average of the weights (e.g. 0.998) and validate and ship it (default: off)")
     p.add_argument("--drop-background", action="store_true",
                    help="BSDS500 only: leave out regions spanning the image side to side (sky, ground, walls)")
-    p.add_argument("--min-area", type=area_fraction, default=0.01, metavar="FRACTION",
+    p.add_argument("--min-area", type=float, default=None, metavar="FRACTION",
                    help="BSDS500 only: leave out regions smaller than this share of their picture "
                         "(default: 0.01; larger values keep whole objects rather than their parts)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes (default: none)")
@@ -103,9 +92,10 @@ def load_refs(args: argparse.Namespace):
         if not root.is_dir():
             raise InputError(f"dataset folder {root} does not exist")
         if args.format == "bsds" or (args.format == "auto" and (root / "segmentations").is_dir()):
-            refs = bsds_regions(root, min_area=args.min_area, drop_background=args.drop_background)
+            area = {} if args.min_area is None else {"min_area": args.min_area}
+            refs = bsds_regions(root, drop_background=args.drop_background, **area)
             fmt = "bsds" + ("-objects" if args.drop_background else "")
-            if args.min_area != 0.01:
+            if area:
                 fmt += f"-min{args.min_area:g}"
         else:
             refs = folder_objects(root, args.format)

@@ -85,6 +85,9 @@ def bsds_regions(root: str | Path, min_area: float = 0.01, max_area: float = 0.8
     Most regions are tiny, so keep those covering ``min_area`` to ``max_area`` of the image;
     ``drop_background`` also leaves out regions spanning the image side to side (16 % of them).
     """
+    if not 0.0 <= min_area < max_area:
+        raise InputError(f"minimum region area {min_area:g} must be a share of the picture from 0 to below "
+                         f"{max_area:g}")
     root = Path(root)
     seg_dir, img_dir = root / "segmentations", root / "images"
     if not seg_dir.is_dir() or not img_dir.is_dir():

@@ -126,7 +126,7 @@ class Version:
                        metrics=dict(record.get("metrics") or {}), parent=record.get("parent"),
                        created=record.get("created"), source=record.get("source"), card=dict(card),
                        path=directory / str(record["file"]), shipped=shipped,
-                       trim=check_trim(int(record.get("trim") or 0), ValueError))
+                       trim=check_trim(record.get("trim") or 0, ValueError))
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"{origin} has a malformed version record ({exc!r}); fix or remove it") from None
 
@@ -406,7 +406,7 @@ class WeightsStore:
             raise WeightsError(f"input size {input_size} is too small (at least 32 pixels)")
         if threshold is not None and not 0.0 < threshold < 1.0:
             raise WeightsError(f"threshold {threshold} must lie between 0 and 1")
-        check_trim(trim)
+        trim = check_trim(trim)
         src = Path(path).expanduser()
         if not src.is_file():
             raise WeightsError(f"no weights file at {src}")
@@ -430,7 +430,7 @@ class WeightsStore:
         staged = _write_temp(self.root, copy)
         fields = {"arch": arch, "input_size": int(input_size or spec.input_size),
                   "threshold": float(threshold if threshold is not None else default_threshold(arch)),
-                  "trim": int(trim), "sha256": digest.hexdigest(), "size": staged.stat().st_size, "metrics": {},
+                  "trim": trim, "sha256": digest.hexdigest(), "size": staged.stat().st_size, "metrics": {},
                   "parent": None, "source": str(src.resolve()),
                   "card": {"imported_from": str(src.resolve())}}
         return self._commit(staged, ".pt", fields, name, make_current)
