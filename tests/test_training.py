@@ -329,6 +329,24 @@ def test_weight_average_follows_the_model_slowly():
         WeightAverage(model, decay=1.0)
 
 
+def test_weight_average_warms_up_from_a_fresh_start():
+    """From ImageNet the first steps' average must follow the network, not keep its random decoder."""
+    from dextr_backend.training.trainer import WeightAverage
+
+    model = torch.nn.Linear(2, 2)
+    start = model.weight.detach().clone()
+    avg = WeightAverage(model, decay=0.75, warmup=True)
+    with torch.no_grad():
+        model.weight.add_(4.0)
+    avg.update(model)                                                        # decay 1/10 at first
+    assert torch.allclose(avg.state["weight"], start + 3.6)
+    decays = []
+    for _ in range(40):
+        decays.append(avg.current_decay())
+        avg.update(model)
+    assert decays == sorted(decays) and decays[0] < decays[-1] == 0.75       # rises, then capped
+
+
 def test_moving_average_is_validated_shipped_and_resumed(shapes, tmp_path):
     refs = folder_objects(shapes)
     train, val = split(refs)
@@ -341,6 +359,7 @@ def test_moving_average_is_validated_shipped_and_resumed(shapes, tmp_path):
     assert any(not torch.equal(raw[k], v) for k, v in result.state_dict.items() if v.is_floating_point())
     resumed = Trainer(small_config(ema_decay=0.9, epochs=2), train, val, tmp_path / "run")
     assert all(torch.equal(resumed.ema.state[k], v) for k, v in trainer.ema.state.items())
+    assert trainer.ema.warmup and resumed.ema.updates == trainer.ema.updates == trainer.step > 0
 
 
 def test_average_added_on_resume_starts_from_the_resumed_weights(shapes, tmp_path):

@@ -229,14 +229,14 @@ def test_cli_import_use_list_show(weights_dir, tmp_path, lite_state, capsys):
     path = tmp_path / "cats.pth"
     torch.save(lite_state, path)
     assert main(["weights", "import", str(path), "--name", "cats", "--use"]) == 0
-    assert main(["weights", "import", str(path), "--name", "dogs"]) == 0
+    assert main(["weights", "import", str(path), "--name", "dogs", "--threshold", "0.6", "--trim", "2"]) == 0
     assert "imported cats" in capsys.readouterr().out
 
     assert main(["weights", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ["NAME", "ARCH", "SIZE"]
+    assert lines[0].split()[:4] == ["NAME", "ARCH", "SIZE", "MASK"]
     assert any(line.startswith("*") and " cats " in line for line in lines)
-    assert any(" dogs " in line and not line.startswith("*") for line in lines)
+    assert any(" dogs " in line and " t=0.6 trim 2 " in line and not line.startswith("*") for line in lines)
     assert any("dextr_pascal-sbd" in line and "not downloaded" in line for line in lines)
 
     assert main(["weights", "use", "dogs"]) == 0

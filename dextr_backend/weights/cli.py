@@ -19,6 +19,11 @@ def _metrics(metrics: dict, limit: int = 3) -> str:
     return " ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in items) or "-"
 
 
+def _mask_rule(threshold: float, trim: int) -> str:
+    """How probabilities become a mask: the two settings that differ between versions of one file."""
+    return f"t={threshold:g}" + (f" trim {trim}" if trim else "")
+
+
 def _installed_json(v: Version, current: str | None) -> dict:
     return {**v.to_record(), "path": str(v.path), "shipped": v.shipped, "current": v.name == current,
             "downloaded": True}
@@ -40,14 +45,15 @@ def cmd_list(args: argparse.Namespace) -> int:
                           "versions": [_installed_json(v, current) for v in installed],
                           "available": [_known_json(k) for k in available]}, indent=2))
         return 0
-    rows = [("", "NAME", "ARCH", "SIZE", "METRICS", "PARENT", "CREATED", "SOURCE")]
+    rows = [("", "NAME", "ARCH", "SIZE", "MASK", "METRICS", "PARENT", "CREATED", "SOURCE")]
     for v in installed:
         created = (v.created or "-").replace("T", " ")[:16]
         source = "shipped" if v.shipped else (v.source or "-")
-        rows.append(("*" if v.name == current else "", v.name, v.arch, str(v.input_size), _metrics(v.metrics),
+        rows.append(("*" if v.name == current else "", v.name, v.arch, str(v.input_size), _mask_rule(v.threshold, v.trim),
+                     _metrics(v.metrics),
                      v.parent or "-", created, source))
     for k in available:
-        rows.append(("", k.name, k.arch, str(k.input_size), _metrics(k.metrics), "-", "-",
+        rows.append(("", k.name, k.arch, str(k.input_size), _mask_rule(k.threshold, 0), _metrics(k.metrics), "-", "-",
                      f"not downloaded (dextr-backend weights download {k.name})"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
