@@ -89,6 +89,26 @@ def test_samples_match_inference_inputs(shapes):
     assert 0.05 < y.mean() < 0.95
 
 
+def test_colour_jitter_changes_the_picture_not_the_object(shapes):
+    from dextr_backend.training.datasets import load_object
+
+    image, mask = load_object(folder_objects(shapes)[0])
+    plain = Augment.none()
+    coloured = Augment(scale=(1.0, 1.0), rotate=0.0, flip=False, margin=(8, 8), jitter=0, color=0.3)
+    x0, y0 = make_sample(image, mask, 64, Augment(**{**plain.__dict__, "margin": (8, 8)}), np.random.default_rng(1))
+    x1, y1 = make_sample(image, mask, 64, coloured, np.random.default_rng(1))
+    assert np.array_equal(y0, y1) and np.array_equal(x0[:, :, 3], x1[:, :, 3])   # same object, same clicks
+    assert np.abs(x0[:, :, :3] - x1[:, :, :3]).mean() > 1.0                       # other colours
+    assert 0 <= x1[:, :, :3].min() and x1[:, :, :3].max() <= 255 + 1e-3
+
+
+def test_train_command_refuses_a_bad_colour_jitter(shapes, capsys, weights_dir):
+    from dextr_backend.cli import main
+
+    assert main(["train", "--dataset", str(shapes), "--color-jitter", "1.5"]) == 2
+    assert "--color-jitter" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("cpu_bf16", [False, True], ids=["fp32", "bf16-autocast"])
 def test_a_few_steps_lower_the_loss(shapes, tmp_path, cpu_bf16):
     refs = folder_objects(shapes)
@@ -264,6 +284,8 @@ def test_a_guard_folder_is_scored_for_both_versions_and_recorded(shapes, tmp_pat
     assert version.metrics["guard_miou"] == round(outcome.guard_miou, 2)
     assert version.metrics["baseline_guard_miou"] == 0.0
     assert version.card["guard"] == {"path": str(guard), "objects": 4}
+    assert [row["epoch"] for row in version.card["history"]] == [1]
+    assert version.card["history"][0]["guard_miou"] == pytest.approx(outcome.guard_miou)   # watched each epoch
     assert outcome.summary()["guard_miou"] == round(outcome.guard_miou, 2)
 
 

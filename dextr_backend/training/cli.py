@@ -61,6 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "several times slower elsewhere; GPUs always use AMP")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="keep a moving average of the weights (e.g. 0.998) and validate and ship it (default: off)")
+    p.add_argument("--color-jitter", type=float, default=0.0, metavar="STRENGTH",
+                   help="scale each sample's brightness, contrast and saturation by up to +-STRENGTH, e.g. 0.2 "
+                        "(default: 0, off as in the paper)")
     p.add_argument("--drop-background", action="store_true",
                    help="BSDS500 only: leave out regions spanning the image side to side (sky, ground, walls)")
     p.add_argument("--min-area", type=float, default=None, metavar="FRACTION",
@@ -115,19 +118,22 @@ def load_refs(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from .promotion import train_and_promote
+    from .samples import Augment
     from .trainer import TrainConfig
 
     if args.labelstudio_url is None and args.dataset is None:
         raise InputError("give --dataset DIR or --labelstudio-url URL --project ID")
     if not 0.0 <= args.ema < 1.0:
         raise InputError(f"--ema {args.ema}: the decay must lie in [0, 1), e.g. 0.998 (0 = off)")
+    if not 0.0 <= args.color_jitter < 1.0:
+        raise InputError(f"--color-jitter {args.color_jitter}: the strength must lie in [0, 1), e.g. 0.2 (0 = off)")
     refs, source = load_refs(args)
     n_train = len(refs)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_minutes=args.max_minutes,
                          patience=args.patience, seed=args.seed, threads=args.threads, val_objects=args.val_objects,
                          resolution=args.resolution, cpu_bf16=args.bf16, ema_decay=args.ema,
                          samples_per_epoch=args.samples_per_epoch or min(2000, max(200, 10 * n_train)),
-                         freeze=args.freeze)
+                         freeze=args.freeze, augment=Augment(color=args.color_jitter))
     if args.lr is not None:
         config.lr = args.lr
     elif not (args.init or "").startswith("imagenet:"):

@@ -138,7 +138,7 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     # Built before the current version is scored, so a bad --freeze or a run folder holding other
     # settings fails at once rather than after minutes of scoring.
     trainer = Trainer(config, train_refs, val_refs, run_dir, init_state=init_state, device=device,
-                      on_epoch=on_epoch)
+                      on_epoch=on_epoch, guard_objects=guard_objects)
     try:
         incumbent = store.load(None)
     except WeightsError:

@@ -14,13 +14,15 @@ from .. import geometry
 
 @dataclass(frozen=True)
 class Augment:
-    """Random scale, rotation, flip, crop margin and click jitter (paper: 0.75-1.25, +-20 deg, 5 px)."""
+    """Random scale, rotation, flip, crop margin and click jitter (paper: 0.75-1.25, +-20 deg, 5 px),
+    and optionally colour: brightness, contrast and saturation each scaled by up to ``+-color``."""
 
     scale: tuple[float, float] = (0.75, 1.25)
     rotate: float = 20.0
     flip: bool = True
     margin: tuple[int, int] = (40, 60)   # px around the points; inference uses geometry.PAD = 50
     jitter: int = 5
+    color: float = 0.0                   # 0 = off (the paper has none)
 
     @classmethod
     def none(cls) -> "Augment":
@@ -45,10 +47,24 @@ def _warp(image: np.ndarray, mask: np.ndarray, aug: Augment, rng: np.random.Gene
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
+def _recolour(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """The same picture under another camera or light, so a few hundred photos are not memorised."""
+    img = image.astype(np.float32)
+    if img.ndim == 3 and img.shape[2] == 3:
+        grey = img.mean(axis=2, keepdims=True)
+        img = grey + (img - grey) * rng.uniform(1 - strength, 1 + strength)
+    mean = img.mean()
+    img = mean + (img - mean) * rng.uniform(1 - strength, 1 + strength)
+    img *= rng.uniform(1 - strength, 1 + strength)
+    return np.clip(img, 0, 255).astype(image.dtype)
+
+
 def make_sample(image: np.ndarray, mask: np.ndarray, resolution: int, aug: Augment,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
     """``(input SxSx4 float32, target SxS float32)``, or None if augmentation lost the object."""
     image, mask = _warp(image, mask, aug, rng)
+    if aug.color > 0:
+        image = _recolour(image, aug.color, rng)
     if mask.sum() < 16:
         return None
     points = geometry.extreme_points(mask, aug.jitter, rng)

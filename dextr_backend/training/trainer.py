@@ -147,8 +147,9 @@ class WeightAverage:
 class Trainer:
     def __init__(self, config: TrainConfig, train_refs: Sequence[ObjectRef], val_refs: Sequence[ObjectRef],
                  run_dir: str | Path, init_state: dict | None = None, device: str = "auto",
-                 on_epoch: Callable[[dict], None] | None = None):
+                 on_epoch: Callable[[dict], None] | None = None, guard_objects: Sequence | None = None):
         self.cfg = config
+        self.guard_objects = list(guard_objects or [])
         self.train_refs = list(train_refs)
         self.val_refs = spread(list(val_refs), config.val_objects)
         if not self.train_refs:
@@ -259,14 +260,24 @@ class Trainer:
         self._eval_model.load_state_dict(self.ema.state)
         return self._eval_model
 
+    def _predictor(self) -> DextrPredictor:
+        # Validate as the model will be used: the version records the training resolution as its
+        # working size, and keeps its parent's threshold and trim.
+        return DextrPredictor(self.result_model(), self.resolution, threshold=self.cfg.threshold,
+                              postprocess=PostProcess(trim=self.cfg.trim), device=self.device)
+
     def validate(self) -> float | None:
         if not self.val_refs:
             return None
-        # Validate as the model will be used: the version records the training resolution as its
-        # working size.
-        predictor = DextrPredictor(self.result_model(), self.resolution, threshold=self.cfg.threshold,
-                                   postprocess=PostProcess(trim=self.cfg.trim), device=self.device)
-        return validation_miou(predictor, self.val_refs, self.cfg.seed)
+        return validation_miou(self._predictor(), self.val_refs, self.cfg.seed)
+
+    def guard_score(self) -> float | None:
+        """mIoU on the guard objects, recorded each epoch so a drift away from them shows as it happens."""
+        if not self.guard_objects:
+            return None
+        from ..evaluation.runner import evaluate_objects
+
+        return evaluate_objects(self._predictor(), self.guard_objects, progress=False, warmup=False).miou
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -310,6 +321,9 @@ class Trainer:
             val = self.validate()
             row = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)), "val_miou": val,
                    "minutes": (time.monotonic() - start) / 60}
+            guard = self.guard_score()
+            if guard is not None:   # watched, not used to choose: validation picks the best epoch
+                row["guard_miou"] = guard
             self.history.append(row)
             log.info("epoch done", extra=row)
             if val is None or val > self.best:
