@@ -2,7 +2,7 @@
 """Put a trained weights file into the repository's ``weights/`` folder as a shipped version.
 
 Shipped versions are what ``predict``, ``evaluate`` and the server use right after install,
-offline. This writes ``weights/<name>.pt`` (fp32 state dict), records it with its sha256,
+offline. This writes ``weights/<name>.pt`` (fp32 state dict, or fp16 with ``--half``), records it with its sha256,
 size and metrics in ``weights/index.json``, makes it the default, and keeps the model card
 (``weights/<name>.md``) beside it.
 """
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="crop side it was trained for (default: the architecture's)")
     p.add_argument("--parent", default=None, help="version it was fine-tuned from")
     p.add_argument("--no-default", action="store_true", help="ship it without making it the default")
+    p.add_argument("--half", action="store_true",
+                   help="store floats as fp16: half the size, for an intermediate version a later run resumes "
+                        "from (loading turns them back into fp32)")
     args = p.parse_args(argv)
     try:
         check_trim(args.trim)
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         dest = WEIGHTS / source["file"]
         arch = detect_architecture(read_state_file(dest))
     else:
-        state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_file(Path(args.state)).items()}
+        dtype = torch.float16 if args.half else torch.float32
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in read_state_file(Path(args.state)).items()}
         arch = detect_architecture(state)
         dest = WEIGHTS / f"{args.name}.pt"
         torch.save(state, dest)

@@ -78,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guard", metavar="DIR", default=os.environ.get("DEXTR_TRAIN_GUARD_DIR") or None,
                    help="a folder of whole objects you care about and never train on, in a layout `evaluate` "
                         "reads; the new version must also score at least the current one there to become "
-                        "current (default: $DEXTR_TRAIN_GUARD_DIR)")
+                        "current; it is also scored after every epoch (default: $DEXTR_TRAIN_GUARD_DIR)")
     p.add_argument("--force", action="store_true", help="make the new version current even if it is worse")
     p.add_argument("--run-dir", default=None, help="checkpoint folder (default: under $DEXTR_WEIGHTS_DIR/runs)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
