@@ -286,3 +286,5 @@ def test_every_shipped_version_matches_its_checksum_and_the_default_is_one_of_th
         assert meta.shipped and 0.0 < meta.threshold < 1.0
         store.verify(meta)                    # raises on a missing, truncated or altered file
         assert (shipped / meta.card["file"]).is_file()    # every shipped version has its model card
+    files = {v["file"] for v in index["versions"]}
+    assert sum((shipped / f).stat().st_size for f in files) <= 25 * 10**6   # what an install carries
