@@ -2,9 +2,9 @@
 """Put a trained weights file into the repository's ``weights/`` folder as a shipped version.
 
 Shipped versions are what ``predict``, ``evaluate`` and the server use right after install,
-offline. This writes ``weights/<name>.pt`` (fp32 state dict, or fp16 with ``--half``), records it with its sha256,
-size and metrics in ``weights/index.json``, makes it the default, and keeps the model card
-(``weights/<name>.md``) beside it.
+offline. This writes ``weights/<name>.pt`` (fp32 state dict, or fp16 with ``--half``), records
+it with its sha256, size and metrics in ``weights/index.json``, makes it the default, and keeps
+the model card (``weights/<name>.md``) beside it.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from ..predictor import DextrPredictor
 from ..weights.registry import default_threshold
 from ..weights.store import Version, WeightsStore
 from .datasets import ObjectRef, objects_key, split, spread
-from .trainer import TrainConfig, Trainer, validation_miou
+from .trainer import TrainConfig, Trainer, guard_miou, validation_miou
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,10 @@ IMAGENET = "imagenet:"
 def _scores(arch: str, state: dict, input_size: int, threshold: float, trim: int, val_refs, guard_objects,
             seed: int, device: str) -> tuple[float, float | None]:
     """One version's validation mIoU and guard mIoU (None without a guard), from one predictor."""
-    from ..evaluation.runner import evaluate_objects
-
     model = load_state(build_model(arch), state)
     predictor = DextrPredictor(model, input_size, threshold=threshold, device=device,
                                postprocess=PostProcess(trim=trim))
-    guard = (evaluate_objects(predictor, guard_objects, progress=False, warmup=False).miou
-             if guard_objects else None)
+    guard = guard_miou(predictor, guard_objects) if guard_objects else None
     return validation_miou(predictor, val_refs, seed), guard
 
 

@@ -83,6 +83,11 @@ def validation_miou(predictor: DextrPredictor, refs: Sequence[ObjectRef], seed: 
     return float(result.miou) if result.miou is not None else float("nan")
 
 
+def guard_miou(predictor: DextrPredictor, objects: Sequence) -> float:
+    """mIoU (percent) on a guard folder's objects (loaded once by ``promotion.load_guard``)."""
+    return evaluate_objects(predictor, objects, progress=False, warmup=False).miou
+
+
 def _freeze_bn(model: torch.nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -260,24 +265,19 @@ class Trainer:
         self._eval_model.load_state_dict(self.ema.state)
         return self._eval_model
 
-    def _predictor(self) -> DextrPredictor:
-        # Validate as the model will be used: the version records the training resolution as its
-        # working size, and keeps its parent's threshold and trim.
-        return DextrPredictor(self.result_model(), self.resolution, threshold=self.cfg.threshold,
-                              postprocess=PostProcess(trim=self.cfg.trim), device=self.device)
+    def scores(self) -> tuple[float | None, float | None]:
+        """Validation and guard mIoU (None where there is nothing to score) from one predictor.
 
-    def validate(self) -> float | None:
-        if not self.val_refs:
-            return None
-        return validation_miou(self._predictor(), self.val_refs, self.cfg.seed)
-
-    def guard_score(self) -> float | None:
-        """mIoU on the guard objects, recorded each epoch so a drift away from them shows as it happens."""
-        if not self.guard_objects:
-            return None
-        from ..evaluation.runner import evaluate_objects
-
-        return evaluate_objects(self._predictor(), self.guard_objects, progress=False, warmup=False).miou
+        Scored as the model will be used: the version records the training resolution as its
+        working size, and keeps its parent's threshold and trim.
+        """
+        if not self.val_refs and not self.guard_objects:
+            return None, None
+        predictor = DextrPredictor(self.result_model(), self.resolution, threshold=self.cfg.threshold,
+                                   postprocess=PostProcess(trim=self.cfg.trim), device=self.device)
+        val = validation_miou(predictor, self.val_refs, self.cfg.seed) if self.val_refs else None
+        guard = guard_miou(predictor, self.guard_objects) if self.guard_objects else None
+        return val, guard
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -318,10 +318,9 @@ class Trainer:
                 self._save()   # keep the partial epoch's progress for a resumed run
                 break
             self.epoch += 1
-            val = self.validate()
+            val, guard = self.scores()
             row = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)), "val_miou": val,
                    "minutes": (time.monotonic() - start) / 60}
-            guard = self.guard_score()
             if guard is not None:   # watched, not used to choose: validation picks the best epoch
                 row["guard_miou"] = guard
             self.history.append(row)

@@ -49,12 +49,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     for v in installed:
         created = (v.created or "-").replace("T", " ")[:16]
         source = "shipped" if v.shipped else (v.source or "-")
-        rows.append(("*" if v.name == current else "", v.name, v.arch, str(v.input_size), _mask_rule(v.threshold, v.trim),
-                     _metrics(v.metrics),
-                     v.parent or "-", created, source))
+        rows.append(("*" if v.name == current else "", v.name, v.arch, str(v.input_size),
+                     _mask_rule(v.threshold, v.trim), _metrics(v.metrics), v.parent or "-", created, source))
     for k in available:
-        rows.append(("", k.name, k.arch, str(k.input_size), _mask_rule(k.threshold, 0), _metrics(k.metrics), "-", "-",
-                     f"not downloaded (dextr-backend weights download {k.name})"))
+        rows.append(("", k.name, k.arch, str(k.input_size), _mask_rule(k.threshold, 0), _metrics(k.metrics),
+                     "-", "-", f"not downloaded (dextr-backend weights download {k.name})"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
