@@ -153,12 +153,20 @@ def test_training_resumes_after_a_kill(shapes, tmp_path):
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=False)["epoch"]
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    killed_at = checkpoint["epoch"]
     assert 1 <= killed_at < 30
     resumed = Trainer(small_config(epochs=killed_at + 1, samples_per_epoch=16), folder_objects(shapes), [], run_dir)
     assert resumed.epoch == killed_at and resumed.step == killed_at * 4
+    began = time.monotonic()
     result = resumed.run()
+    sitting = time.monotonic() - began
     assert result.epochs_done == killed_at + 1 and len(result.history) == killed_at + 1
+    # The clock goes on from the killed sitting instead of starting again at zero.
+    assert checkpoint["seconds"] >= 60 * checkpoint["history"][-1]["minutes"] > 0
+    assert abs(result.seconds - (checkpoint["seconds"] + sitting)) < 1.0
+    minutes = [row["minutes"] for row in result.history]
+    assert minutes == sorted(minutes) and minutes[-1] * 60 > checkpoint["seconds"]
 
 
 def test_first_version_is_promoted_and_carries_a_model_card(shapes, tmp_path):

@@ -69,7 +69,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-area", type=float, default=None, metavar="FRACTION",
                    help="BSDS500 only: leave out regions smaller than this share of their picture "
                         "(default: 0.01; larger values keep whole objects rather than their parts)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes (default: none)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this many minutes of this sitting; the best epoch so far becomes "
+                        "the version (default: none)")
     p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out (default: 0.1)")
     p.add_argument("--val-objects", type=int, default=200, help="validation objects scored per epoch (default: 200)")

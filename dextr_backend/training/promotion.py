@@ -147,13 +147,13 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     log.info("current version scored", extra={"current": incumbent and incumbent.version,
                                               "val_miou": incumbent_score, "val_objects": len(val_refs),
                                               "guard_miou": incumbent_guard})
-    started = time.monotonic()
     result = trainer.run()
+    scoring = time.monotonic()
     score, guard_score = _scores(arch, result.state_dict, input_size, threshold, trim, val_refs, guard_objects,
                                  config.seed, device)
     better = incumbent is None or at_least_as_good(score, incumbent_score, guard_score, incumbent_guard)
     promoted = force or better
-    minutes = (time.monotonic() - started) / 60
+    minutes = (result.seconds + time.monotonic() - scoring) / 60   # every sitting of a resumed run
     metrics = {"val_miou": round(score, 2)}
     if incumbent:
         metrics.update(baseline_version=incumbent.version, baseline_val_miou=round(incumbent_score, 2))

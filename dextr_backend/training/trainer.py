@@ -2,7 +2,8 @@
 
 A run lives in one folder (``run_dir``): ``checkpoint.pt`` is rewritten atomically after every
 epoch with the model, optimiser, epoch, best score and RNG state, so a killed run resumes
-where it stopped. ``best.pt`` holds the best validation weights.
+where it stopped. ``best.pt`` holds the best validation weights. The clock (``minutes`` in the
+history, ``seconds`` in the result) counts every sitting of a run, not only the last one.
 """
 
 from __future__ import annotations
@@ -191,6 +192,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         self.epoch, self.step, self.best, self.bad_epochs = 0, 0, -1.0, 0
         self.history: list[dict] = []
+        self.seconds_before = 0.0   # training time of earlier sittings of this run
+        self._started = time.monotonic()
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -214,6 +217,7 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.epoch, self.step, self.best = ck["epoch"], ck["step"], ck["best"]
         self.bad_epochs, self.history = ck["bad_epochs"], ck["history"]
+        self.seconds_before = ck.get("seconds", self.history[-1]["minutes"] * 60 if self.history else 0.0)
         if self.ema is not None:   # a run started without an average starts one from here
             if ck.get("ema") is not None:
                 self.ema.state, self.ema.updates = ck["ema"], ck.get("ema_updates", self.step)
@@ -227,9 +231,13 @@ class Trainer:
         _atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                       "epoch": self.epoch, "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs,
                       "history": self.history, "rng": self.rng.bit_generator.state,
-                      "torch_rng": torch.get_rng_state(), "config": asdict(self.cfg),
+                      "torch_rng": torch.get_rng_state(), "config": asdict(self.cfg), "seconds": self.elapsed(),
                       "ema": self.ema.state if self.ema else None,
                       "ema_updates": self.ema.updates if self.ema else 0}, self.checkpoint_path)
+
+    def elapsed(self) -> float:
+        """Seconds this run has trained, over all its sittings."""
+        return self.seconds_before + time.monotonic() - self._started
 
     def _batch(self):
         xs, ys = [], []
@@ -283,7 +291,7 @@ class Trainer:
         cfg = self.cfg
         steps_per_epoch = max(1, cfg.samples_per_epoch // cfg.batch_size)
         total_steps = steps_per_epoch * cfg.epochs
-        start = time.monotonic()
+        start = self._started = time.monotonic()
         deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else None
         stopped = "epochs"
         while self.epoch < cfg.epochs:
@@ -320,7 +328,7 @@ class Trainer:
             self.epoch += 1
             val, guard = self.scores()
             row = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)), "val_miou": val,
-                   "minutes": (time.monotonic() - start) / 60}
+                   "minutes": self.elapsed() / 60}
             if guard is not None:   # watched, not used to choose: validation picks the best epoch
                 row["guard_miou"] = guard
             self.history.append(row)
@@ -344,5 +352,5 @@ class Trainer:
         state = (torch.load(best_path, map_location="cpu", weights_only=True) if best_path.exists()
                  else self.result_model().state_dict())
         return TrainResult(state_dict=state, best_val_miou=self.best if self.best >= 0 else None,
-                           epochs_done=self.epoch, steps=self.step, seconds=time.monotonic() - start,
+                           epochs_done=self.epoch, steps=self.step, seconds=self.elapsed(),
                            history=self.history, stopped=stopped)
