@@ -22,7 +22,7 @@ from dextr_backend.training.loss import balanced_bce
 from dextr_backend.training.promotion import at_least_as_good, train_and_promote
 from dextr_backend.training.samples import Augment, make_sample
 from dextr_backend.training.trainer import TrainConfig, Trainer
-from dextr_backend.weights.store import WeightsStore
+from dextr_backend.weights.store import WeightsStore, read_state_file
 
 
 
@@ -391,6 +391,20 @@ def test_moving_average_is_validated_shipped_and_resumed(shapes, tmp_path):
     resumed = Trainer(small_config(ema_decay=0.9, epochs=2), train, val, tmp_path / "run")
     assert all(torch.equal(resumed.ema.state[k], v) for k, v in trainer.ema.state.items())
     assert trainer.ema.warmup and resumed.ema.updates == trainer.ema.updates == trainer.step > 0
+
+
+def test_a_runs_checkpoint_imports_as_its_last_average(shapes, tmp_path):
+    refs = folder_objects(shapes)
+    train, val = split(refs)
+    trainer = Trainer(small_config(ema_decay=0.9), train, val, tmp_path / "run")
+    trainer.run()
+    store = WeightsStore(tmp_path / "weights")
+    version = store.import_file(trainer.checkpoint_path, name="last-epoch")
+    loaded = read_state_file(version.path)
+    assert version.arch == "lite0" and set(loaded) == set(trainer.ema.state)
+    assert all(torch.equal(loaded[k], v) for k, v in trainer.ema.state.items())
+    raw = trainer.model.state_dict()
+    assert any(not torch.equal(raw[k], v) for k, v in loaded.items() if v.is_floating_point())
 
 
 def test_average_added_on_resume_starts_from_the_resumed_weights(shapes, tmp_path):

@@ -127,7 +127,8 @@ def add_parser(subparsers) -> None:
 
     p = sub.add_parser("import", help="copy a .pt/.pth weights file into the store",
                        description="Check that a weights file fits an architecture strictly, then copy it in.")
-    p.add_argument("path", metavar="PATH", help="the weights file (state dict, or dict with 'state_dict')")
+    p.add_argument("path", metavar="PATH", help="the weights file: a state dict, a dict with 'state_dict', or a training run's "
+                        "checkpoint.pt (its moving average, else its model: the last epoch it finished)")
     p.add_argument("--name", help="version name (default: the file name without extension)")
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture (default: detected)")
     p.add_argument("--input-size", type=int, default=None,

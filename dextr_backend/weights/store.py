@@ -145,7 +145,12 @@ class LoadedWeights:
 
 
 def read_state_file(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors only (``weights_only``): a weights file must never be able to run code."""
+    """Tensors only (``weights_only``): a weights file must never be able to run code.
+
+    Besides a plain state dict (or one under ``state_dict``) this reads a training run's
+    ``checkpoint.pt`` as the weights the run validates: its moving average where it keeps one,
+    else its model. So the last epoch of a run that was stopped can be imported or shipped.
+    """
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # pickle, zip and torch errors all mean the same thing here
@@ -153,10 +158,12 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"cannot read weights file {path}: {reason}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "optimizer" in obj:
+        obj = obj["ema"] if isinstance(obj.get("ema"), dict) else obj["model"]
     if not isinstance(obj, dict) or not obj or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise WeightsError(f"weights file {path} holds no state dict (expected a dict of tensors, "
-                           "or a dict with a 'state_dict' key)")
+                           "a dict with a 'state_dict' key, or a training run's checkpoint.pt)")
     return obj
 
 
