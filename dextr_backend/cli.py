@@ -12,6 +12,7 @@ import sys
 from . import __version__
 from .errors import DextrError
 from .logs import setup_logging
+from .redact import redact_text
 
 # Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DextrError as exc:
-        print(f"dextr-backend: error: {exc}", file=sys.stderr)
+        print(f"dextr-backend: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dextr-backend: interrupted", file=sys.stderr)

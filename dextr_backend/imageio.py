@@ -57,9 +57,31 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return decode_image(data, str(p))
 
 
+WRITE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def check_output_path(path: str | os.PathLike, exts: tuple[str, ...] = WRITE_EXTS) -> Path:
+    """An output file path whose folder exists and whose extension names a format we write.
+
+    A missing folder is refused rather than created: a typo in ``-o`` should not grow a tree.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p} is a folder: give a file name such as {p / ('mask' + exts[0])}")
+    if p.suffix.lower() not in exts:
+        raise InputError(f"{p}: unknown extension {p.suffix or '(none)'!r}; use one of {', '.join(exts)}")
+    if not p.parent.is_dir():
+        raise InputError(f"{p}: folder {p.parent} does not exist (create it first)")
+    return p
+
+
 def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
     """Write an RGB (or single-channel) uint8 array; the format follows the file extension."""
+    p = check_output_path(path)
     arr = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), arr):
-        raise InputError(f"{path}: cannot write image (unknown extension or unwritable folder)")
+    try:
+        written = cv2.imwrite(str(p), arr)
+    except cv2.error:
+        written = False
+    if not written:
+        raise InputError(f"{p}: cannot write image (is the folder writable?)")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import geometry
+from .errors import InputError
 from .imageio import as_rgb
 from .postprocess import PostProcess
 
@@ -32,9 +33,22 @@ class Prediction:
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (CUDA where available), ``cpu``, ``cuda`` or ``cuda:N``; anything else, or a GPU that
+    is not there, is a one-line :class:`InputError` rather than torch's traceback."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {str(device)[:40]!r}: use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r} asked for, but no CUDA GPU is usable here (use cpu or auto)")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise InputError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif chosen.type != "cpu":
+        raise InputError(f"device {str(device)!r} is not supported: use auto, cpu, cuda or cuda:N")
+    return chosen
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
@@ -82,6 +96,8 @@ class DextrPredictor:
         if self.cpu_bf16 and self.device.type == "cpu":
             warn_if_bf16_emulated("DEXTR_CPU_BF16=1")
         self.input_size = int(input_size)
+        if not 0.0 <= float(threshold) < 1.0:
+            raise InputError(f"threshold {threshold:g} must lie in [0, 1): it cuts probabilities")
         self.threshold = float(threshold)
         self.pad = int(pad)
         self.sigma = sigma

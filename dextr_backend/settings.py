@@ -30,6 +30,13 @@ def _float(name: str, default: float) -> float:
         raise InputError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _train_val_fraction() -> float:
+    value = _float("DEXTR_TRAIN_VAL_FRACTION", 0.15)
+    if not 0.0 < value < 1.0:
+        raise InputError(f"DEXTR_TRAIN_VAL_FRACTION must lie between 0 and 1, got {value:g}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str | None = None            # REDIS_URL: queue mode; unset = in-process inference
@@ -45,10 +52,20 @@ class Settings:
     image_cache_mb: int = 512               # DEXTR_IMAGE_CACHE_MB: decoded images kept per process
     max_image_mb: int = 50                  # DEXTR_MAX_IMAGE_MB: larger downloads are refused
     train_every: int = 0                    # DEXTR_TRAIN_EVERY: retrain after N new/updated annotations (0 = off)
-    train_epochs: int = 5                   # DEXTR_TRAIN_EPOCHS: epochs of a retraining job
+    train_epochs: int = 6                   # DEXTR_TRAIN_EPOCHS: epochs of a retraining job
     train_max_minutes: float = 30.0         # DEXTR_TRAIN_MAX_MINUTES: time budget of a retraining job
-    train_samples: int = 0                  # DEXTR_TRAIN_SAMPLES: samples per epoch (0 = 10 per object, 200-2000)
+    train_samples: int = 0                  # DEXTR_TRAIN_SAMPLES: samples per epoch (0 = 4 per object, 160-2000)
+    train_val_fraction: float = 0.15        # DEXTR_TRAIN_VAL_FRACTION: share of images held out to decide promotion
+    train_patience: int = 0                 # DEXTR_TRAIN_PATIENCE: epochs without gain before stopping (0 = never)
     train_guard_dir: str = ""               # DEXTR_TRAIN_GUARD_DIR: objects a new version must not get worse on
+    train_min_val_objects: int = 3          # DEXTR_TRAIN_MIN_VAL_OBJECTS: fewer held-out objects -> not promoted
+    fetch_timeout: float = 20.0             # DEXTR_FETCH_TIMEOUT: total seconds for one image fetch, redirects included
+    max_tasks: int = 100                    # DEXTR_MAX_TASKS: tasks per /predict request
+    max_objects: int = 100                  # DEXTR_MAX_OBJECTS: objects (point groups, boxes) per task
+    max_points: int = 64                    # DEXTR_MAX_POINTS: clicks per object (4 extreme + corrections)
+    max_body_mb: int = 64                   # DEXTR_MAX_BODY_MB: larger request bodies are refused
+    max_concurrent: int = 4                 # DEXTR_MAX_CONCURRENT: /predict requests worked on at once per process
+    threads: int = 0                        # DEXTR_THREADS: torch CPU threads per process (0 = CPUs / processes)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -71,8 +88,18 @@ class Settings:
             image_cache_mb=_int("DEXTR_IMAGE_CACHE_MB", 512),
             max_image_mb=_int("DEXTR_MAX_IMAGE_MB", 50),
             train_every=_int("DEXTR_TRAIN_EVERY", 0),
-            train_epochs=_int("DEXTR_TRAIN_EPOCHS", 5),
+            train_epochs=_int("DEXTR_TRAIN_EPOCHS", 6),
             train_max_minutes=_float("DEXTR_TRAIN_MAX_MINUTES", 30.0),
             train_samples=_int("DEXTR_TRAIN_SAMPLES", 0),
+            train_val_fraction=_train_val_fraction(),
+            train_patience=_int("DEXTR_TRAIN_PATIENCE", 0),
             train_guard_dir=os.environ.get("DEXTR_TRAIN_GUARD_DIR", ""),
+            train_min_val_objects=_int("DEXTR_TRAIN_MIN_VAL_OBJECTS", 3),
+            fetch_timeout=_float("DEXTR_FETCH_TIMEOUT", 20.0),
+            max_tasks=_int("DEXTR_MAX_TASKS", 100),
+            max_objects=_int("DEXTR_MAX_OBJECTS", 100),
+            max_points=_int("DEXTR_MAX_POINTS", 64),
+            max_body_mb=_int("DEXTR_MAX_BODY_MB", 64),
+            max_concurrent=_int("DEXTR_MAX_CONCURRENT", 4),
+            threads=_int("DEXTR_THREADS", 0),
         )

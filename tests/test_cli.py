@@ -96,6 +96,7 @@ def _error(capsys, argv):
 
 def test_predict_writes_mask_overlay_and_polygons(tmp_path, capsys, image_file, weights_file):
     out = tmp_path / "out"
+    out.mkdir()
     code = main(["predict", str(image_file), "--points", "30,50 90,50 60,20 60,80", "--weights", str(weights_file),
                  "-o", str(out / "mask.png"), "--overlay", str(out / "overlay.png"),
                  "--polygons", str(out / "poly.json"), "--threshold", "0.0"])
@@ -131,3 +132,53 @@ def test_predict_unknown_weights(capsys, image_file, weights_dir):
     msg = _error(capsys, ["predict", str(image_file), "--points", "30,50 90,50 60,20 60,80",
                           "--weights", "no-such-version"])
     assert "no-such-version" in msg
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "banana"], "unknown device"),
+    (["--device", "cuda"], "no CUDA GPU"),
+    (["-o", "{tmp}/mask.txt"], "unknown extension"),
+    (["-o", "{tmp}"], "is a folder"),
+    (["-o", "{tmp}/missing/deeper/mask.png"], "does not exist"),
+    (["--overlay", "{tmp}/overlay"], "unknown extension"),
+    (["--polygons", "{tmp}/poly.png"], "unknown extension"),
+    (["--threshold", "2"], "[0, 1)"),
+    (["--threshold", "-0.5"], "[0, 1)"),
+    (["--threads", "-1"], "threads"),
+])
+def test_predict_option_errors_are_one_line(tmp_path, capsys, image_file, weights_file, extra, message):
+    if extra[0] == "--device" and extra[1] == "cuda":
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    argv = ["predict", str(image_file), "--points", "30,50 90,50 60,20 60,80", "--weights", str(weights_file)]
+    msg = _error(capsys, argv + [a.format(tmp=tmp_path) for a in extra])
+    assert message in msg
+    assert not (tmp_path / "missing").exists()      # a missing folder is refused, never created
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"hello world", "not a PyTorch file"),          # torch's own error here is a bare "101"
+    (b"", "not a PyTorch file"),
+])
+def test_bad_weights_files_say_what_is_wrong(tmp_path, capsys, image_file, content, message):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    msg = _error(capsys, ["predict", str(image_file), "--points", "30,50 90,50 60,20 60,80", "--weights", str(bad)])
+    assert message in msg and "weights_only" not in msg
+
+
+def test_a_weights_file_holding_code_is_refused(tmp_path, capsys, image_file):
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "evil.pt"
+    bad.write_bytes(pickle.dumps({"weight": Payload()}))
+    msg = _error(capsys, ["predict", str(image_file), "--points", "30,50 90,50 60,20 60,80", "--weights", str(bad)])
+    assert "could run code" in msg or "not a PyTorch file" in msg
+    assert not marker.exists()

@@ -52,7 +52,10 @@ def stack(label_studio, redis_server, tmp_path, shared_data):
     env = {"REDIS_URL": redis_server.url, "LABEL_STUDIO_URL": label_studio.url,
            "LABEL_STUDIO_API_KEY": label_studio.token, "DEXTR_WEIGHTS_DIR": str(store_dir),
            "DEXTR_DEVICE": "cpu", "DEXTR_TRAIN_EPOCHS": "1", "DEXTR_TRAIN_SAMPLES": "16",
-           "DEXTR_TRAIN_MAX_MINUTES": "3", "DEXTR_DATA_DIR": str(tmp_path / "data"), "LOG_LEVEL": "INFO"}
+           "DEXTR_TRAIN_MAX_MINUTES": "3", "DEXTR_DATA_DIR": str(tmp_path / "data"), "LOG_LEVEL": "INFO",
+           # Three pictures leave one object for validation; this test checks the plumbing from Label
+           # Studio to a promoted version, not whether one object is enough evidence (it is not, in use).
+           "DEXTR_TRAIN_MIN_VAL_OBJECTS": "1"}
     workers = [Worker(redis_server.url, env, log=tmp_path / "predict-worker.log").start(),
                Worker(redis_server.url, env, queues="dextr-train", log=tmp_path / "train-worker.log").start()]
     backend = Backend(env, log=tmp_path / "backend.log").start()

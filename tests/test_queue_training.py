@@ -1,46 +1,150 @@
-"""Retraining requests on a real Redis: one job per project, duplicates coalesced, status shown."""
+"""Retraining requests on a real Redis with the real job loop: one run plus at most one more per
+project however many requests race, the status keeps a history, and bad project ids are refused."""
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from collections import Counter
 
 import pytest
 import redis
-from rq.job import Job, JobStatus
 
 from dextr_backend.cli import main
-from dextr_backend.queue.client import TRAIN_AGAIN_KEY, QueueClient
+from dextr_backend.errors import InputError
+from dextr_backend.queue import TRAIN_QUEUE, jobs
+from dextr_backend.queue.client import QueueClient
+from dextr_backend.queue.keys import train_key
+from dextr_backend.queue.worker import DextrWorker, connect
 
 
 @pytest.fixture()
-def client(redis_server):
-    conn = redis.Redis.from_url(redis_server.url)
-    for key in list(conn.scan_iter("rq:job:train-project-*")) + list(conn.scan_iter("dextr:train:*")):
-        conn.delete(key)
-    conn.delete("rq:queue:dextr-train")
-    return QueueClient(redis_server.url)
+def client(private_redis):
+    return QueueClient(private_redis.url)
 
 
-def test_duplicates_are_coalesced_and_a_request_during_a_run_schedules_one_more(client):
-    assert client.enqueue_training(7, "http://ls:8080", "key")["status"] == "queued"
-    assert client.enqueue_training(7, "http://ls:8080", "key")["status"] == "coalesced"
+def press(url: str, project: int, n: int) -> Counter:
+    """``n`` Start Training requests at the same moment, each from its own client (as from
+    several API processes)."""
+    clients = [QueueClient(url) for _ in range(n)]
+    barrier = threading.Barrier(n)
+    answers: list[str] = []
+
+    def one(c):
+        barrier.wait()
+        answers.append(c.enqueue_training(project)["status"])
+
+    threads = [threading.Thread(target=one, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return Counter(answers)
+
+
+def run_worker_until_idle(url: str) -> None:
+    """A real DextrWorker in this process (burst mode: it stops when the queue is empty), so the
+    job's own re-run loop runs against real Redis; rq's signal handlers are put back afterwards."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        DextrWorker([TRAIN_QUEUE], connection=connect(url), name="test-trainer").work(burst=True)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def test_concurrent_presses_on_an_idle_project_queue_exactly_one_job(client, private_redis):
+    answers = press(private_redis.url, 7, 16)
+    assert answers == Counter({"queued": 1, "coalesced": 15})
     assert client.train_queue.count == 1
-    assert client.enqueue_training(8, "http://ls:8080", "key")["status"] == "queued"   # other project
-    job = Job.fetch("train-project-7", connection=client.redis)
-    job.set_status(JobStatus.STARTED)            # as a training worker does when it takes the job
-    answer = client.enqueue_training(7, "http://ls:8080", "key")
-    assert answer["status"] == "scheduled after the running job"
-    assert client.redis.exists(TRAIN_AGAIN_KEY.format(project=7))
+    assert client.enqueue_training(8)["status"] == "queued"          # another project has its own
+    assert client.train_queue.count == 2
 
 
-def test_train_status_command_and_route_data(client, redis_server, capsys):
-    client.enqueue_training(7, "http://ls:8080", "key")
+def test_a_request_during_a_run_schedules_exactly_one_more(client, private_redis, monkeypatch):
+    runs, during = [], {}
+
+    def fake_training(project, run, conn):       # the real loop around it, real states in Redis
+        runs.append(run.id)
+        run.stage("training")
+        if len(runs) == 1:
+            run.progress(True, epoch=3, epochs=3, val_miou=71.5)
+            during.update(press(private_redis.url, project, 12))
+            state = conn.hgetall(train_key(project))
+            assert state[b"state"] == b"running" and state[b"again"] == b"1"
+        else:                                      # the follow-up does not show the first run's epoch
+            (now,) = QueueClient(private_redis.url).training_status()
+            assert now["status"] == "started" and now["progress"] == {"stage": "training"}
+            assert now["runs"][1]["progress"]["epoch"] == 3
+        return {"ok": {"version": f"v{len(runs)}", "promoted": True, "reason": "test"}}
+
+    monkeypatch.setattr(jobs, "_train_project", fake_training)
+    first = client.enqueue_training(7)
+    run_worker_until_idle(private_redis.url)
+    assert during == Counter({"scheduled after the running job": 1, "coalesced": 11})
+    assert runs == ["7.1", "7.2"]                      # the same job ran exactly once more
+    (status,) = client.training_status()
+    assert status["state"] == "idle" and status["status"] == "finished" and not status["again"]
+    assert [r["run"] for r in status["runs"]] == ["7.2", "7.1"]        # newest first, both kept
+    assert {r["job"] for r in status["runs"]} == {first["job"]}
+    assert [r["result"]["version"] for r in status["runs"]] == ["v2", "v1"]
+    stages = [s["stage"] for s in status["runs"][0]["stages"]]
+    assert stages == ["starting", "training", "done"]
+    again = client.enqueue_training(7)                 # idle again: a new job
+    assert again["status"] == "queued" and again["job"] != first["job"]
+
+
+def test_a_state_whose_job_vanished_does_not_block_training(client, private_redis):
+    first = client.enqueue_training(7)
+    conn = redis.Redis.from_url(private_redis.url)
+    conn.delete(f"rq:job:{first['job']}")              # e.g. flushed or expired behind our back
+    conn.delete(client.train_queue.key)
+    assert client.enqueue_training(7)["status"] == "queued"
+
+
+@pytest.mark.parametrize("project", [0, -1, 2**31, 10**30])
+def test_project_ids_out_of_range_are_refused(client, project):
+    with pytest.raises(InputError, match="out of range"):
+        client.enqueue_training(project)
+    with pytest.raises(InputError, match="out of range"):
+        client.count_annotation(project)
+    assert client.train_queue.count == 0
+
+
+def test_start_training_route_checks_the_project_and_the_label_studio(private_redis, weights_dir):
+    from fastapi.testclient import TestClient
+
+    from dextr_backend.server.app import create_app
+    from dextr_backend.settings import Settings
+
+    for ls_url in (None, "http://ls.example:8080"):
+        app = create_app(Settings(redis_url=private_redis.url, label_studio_url=ls_url, device="cpu"))
+        with TestClient(app) as c:
+            huge = c.post("/webhook", json={"action": "START_TRAINING", "project": 10**30})
+            assert huge.status_code == 422 and "out of range" in huge.json()["detail"]
+            r = c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
+            if ls_url is None:
+                assert r.status_code == 422 and "no Label Studio" in r.json()["detail"]
+            else:
+                assert r.status_code == 201 and r.json()["training"]["status"] == "queued"
+                job = r.json()["training"]["job"]
+    conn = redis.Redis.from_url(private_redis.url)
+    assert conn.llen(f"rq:queue:{TRAIN_QUEUE}") == 1
+    from rq.job import Job
+
+    assert Job.fetch(job, connection=conn).args == (3,)     # the job names the project, nothing else
+
+
+def test_train_status_command_and_route_data(client, private_redis, capsys):
+    client.enqueue_training(7)
     (status,) = [j for j in client.training_status() if j["project"] == 7]
-    assert status["status"] == "queued" and status["job"] == "train-project-7"
-    assert main(["train-status", "--redis-url", redis_server.url]) == 0
+    assert status["status"] == "queued" and status["job"].startswith("train-project-7-")
+    assert status["runs"] == [] and status["progress"] == {"stage": "queued"}
+    assert main(["train-status", "--redis-url", private_redis.url]) == 0
     table = capsys.readouterr().out
-    assert "queued" in table and "7" in table
-    assert main(["train-status", "--redis-url", redis_server.url, "--json"]) == 0
+    assert "project 7: queued" in table
+    assert main(["train-status", "--redis-url", private_redis.url, "--json"]) == 0
     assert any(j["project"] == 7 for j in json.loads(capsys.readouterr().out)["jobs"])
 
 

@@ -89,7 +89,7 @@ def test_bad_content_gets_4xx_never_500(client, image_server):
     wrong_type["value"]["x"] = "left"
     cases = [
         (body(image_server, result=[outside] + CLICKS[1:]), "outside"),
-        (body(image_server, result=[wrong_type] + CLICKS[1:]), "numeric"),
+        (body(image_server, result=[wrong_type] + CLICKS[1:]), "must be a number"),
         (body(image_server, image="corrupt.png"), "not a readable image"),
         (body(image_server, image="huge.png"), "pixels"),
         (body(image_server, image="missing.png"), "404"),
@@ -107,7 +107,7 @@ def test_unreachable_image_host_is_a_clear_4xx(store_env):
     app = create_app(Settings(allowed_hosts=("127.0.0.1:1",), device="cpu"))
     with TestClient(app) as c:
         r = c.post("/predict", json=body("127.0.0.1:1"))
-    assert r.status_code == 422 and "cannot reach" in r.json()["detail"]
+    assert r.status_code == 422 and "could not connect" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("payload, status", [
@@ -151,7 +151,7 @@ def queue_env(store_env, image_server, redis_server, tmp_path):
     conn = redis.Redis.from_url(redis_server.url)
     for key in conn.scan_iter("dextr:alive:*"):
         conn.delete(key)
-    env = {**store_env, "DEXTR_ALLOWED_HOSTS": image_server, "DEXTR_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    env = {**store_env, "DEXTR_ALLOWED_HOSTS": image_server, "DEXTR_DEVICE": "cpu", "DEXTR_THREADS": "1"}
     workers: list[Worker] = []
 
     def start(n=1, url=None):

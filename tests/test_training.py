@@ -153,7 +153,7 @@ def test_training_resumes_after_a_kill(shapes, tmp_path):
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)     # plain data and tensors only
     killed_at = checkpoint["epoch"]
     assert 1 <= killed_at < 30
     resumed = Trainer(small_config(epochs=killed_at + 1, samples_per_epoch=16), folder_objects(shapes), [], run_dir)
@@ -230,6 +230,22 @@ def test_bsds_small_regions_can_be_left_out(tmp_path):
         bsds_regions(root, min_area=0.9)
 
 
+def test_the_run_folder_is_keyed_by_the_labels_content(shapes, tmp_path):
+    """Labels corrected before a retry change the key (the paths stay the same), so a run never
+    resumes a checkpoint trained on the old masks; the same files elsewhere resume it."""
+    import shutil
+
+    from dextr_backend.training.datasets import objects_key
+
+    before = objects_key(folder_objects(shapes))
+    copy = shutil.copytree(shapes, tmp_path / "elsewhere")
+    assert objects_key(folder_objects(copy)) == before
+    mask = cv2.imread(str(shapes / "masks" / "img03.png"), cv2.IMREAD_GRAYSCALE)
+    mask = cv2.erode(mask, np.ones((5, 5), np.uint8))  # a corrected outline, same file name
+    cv2.imwrite(str(shapes / "masks" / "img03.png"), mask)
+    assert objects_key(folder_objects(shapes)) != before
+
+
 def test_runs_on_differently_filtered_objects_get_their_own_run_folder(tmp_path):
     """The run folder is keyed by the objects, so a run with another filter on the same folder
     never resumes this one's checkpoint."""
@@ -250,6 +266,61 @@ def constant_model(logit: float) -> dict:
     torch.nn.init.zeros_(final.weight)
     torch.nn.init.constant_(final.bias, logit)
     return model.state_dict()
+
+
+def test_progress_moves_within_an_epoch(shapes, tmp_path):
+    rows = []
+    Trainer(small_config(samples_per_epoch=96), folder_objects(shapes), [], tmp_path / "run",
+            on_progress=rows.append).run()
+    steps = [r["step"] for r in rows]
+    assert len(rows) >= 2 and steps == sorted(steps) and steps[0] < 24
+    assert all(r["epoch"] == 1 and r["steps_per_epoch"] == 24 and r["loss"] > 0 for r in rows)
+
+
+def test_a_first_epoch_cut_short_is_not_promoted(shapes, tmp_path):
+    """A time budget that ends the run inside its first epoch leaves nothing judged on a full epoch."""
+    store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
+    store.add_version(constant_model(-20.0), "lite0", name="empty", make_current=True)
+    store.add_version(constant_model(20.0), "lite0", name="whole-box")
+    outcome = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
+                                config=small_config(lr=0.0, max_minutes=1e-6), init="whole-box", store=store,
+                                name="cut", val_fraction=0.25, min_val_objects=2)
+    assert outcome.val_miou > outcome.baseline_val_miou          # better, yet not promoted:
+    assert outcome.epochs_done == 0 and not outcome.promoted and store.current().name == "empty"
+    assert "no full epoch finished (stopped: time budget)" in outcome.reason
+    assert store.get("cut").card["decision"] == outcome.reason
+
+
+def test_too_few_validation_objects_are_not_promoted(shapes, tmp_path):
+    store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
+    store.add_version(constant_model(-20.0), "lite0", name="empty", make_current=True)
+    store.add_version(constant_model(20.0), "lite0", name="whole-box")
+    refs = folder_objects(shapes)
+    few = train_and_promote(refs, source={"kind": "folder", "hash": "x"}, config=small_config(lr=0.0),
+                            init="whole-box", store=store, name="few", min_val_objects=3)
+    assert few.val_objects == 2 and not few.promoted and store.current().name == "empty"
+    assert "only 2 validation objects, fewer than 3 (DEXTR_TRAIN_MIN_VAL_OBJECTS)" in few.reason
+    assert "validation mIoU" in few.reason and "vs 0.00 for empty" in few.reason     # the numbers that decided
+    enough = train_and_promote(refs, source={"kind": "folder", "hash": "x"}, config=small_config(lr=0.0),
+                               init="whole-box", store=store, name="enough", min_val_objects=2)
+    assert enough.promoted and enough.reason.startswith("promoted: at least as good")
+    assert enough.summary()["reason"] == enough.reason
+
+
+@pytest.mark.parametrize("kw, promoted, words", [
+    (dict(val=80.0, base_val=79.0), True, "promoted: at least as good"),
+    (dict(val=78.0, base_val=79.0), False, "worse on validation"),
+    (dict(val=80.0, base_val=79.0, guard=70.0, base_guard=71.0), False, "worse on the guard"),
+    (dict(val=80.0, base_val=79.0, epochs_done=0), False, "no full epoch"),
+    (dict(val=80.0, base_val=79.0, val_objects=2), False, "only 2 validation objects"),
+    (dict(val=78.0, base_val=79.0, force=True), True, "promoted by --force although worse on validation"),
+])
+def test_the_promotion_decision_says_why(kw, promoted, words):
+    from dextr_backend.training.promotion import decide
+
+    args = dict(baseline="v1", val_objects=5, epochs_done=1, stopped="epochs", min_val_objects=3) | kw
+    ok, reason = decide(**args)
+    assert ok is promoted and words in reason and f"{kw['val']:.2f}" in reason
 
 
 def test_a_worse_model_is_not_promoted(shapes, tmp_path):
@@ -311,7 +382,7 @@ def test_train_command_records_a_version(shapes, weights_dir, capsys, tmp_path):
     from dextr_backend.cli import main
 
     guard = make_shapes(tmp_path / "guard", n=3, seed=5)
-    code = main(["train", "--dataset", str(shapes), "--init", "imagenet:lite0", "--epochs", "1",
+    code = main(["train", "--dataset", str(shapes), "--init", "imagenet:lite0", "--epochs", "1", "--threads", "1",
                  "--samples-per-epoch", "8", "--batch-size", "4", "--val-objects", "2", "--name", "cli-v1",
                  "--guard", str(guard)])
     assert code == 0
@@ -455,9 +526,9 @@ def test_train_command_grows_a_version_into_lite0r(shapes, weights_dir, capsys):
     WeightsStore().add_version(build_model("lite0").state_dict(), "lite0", name="base", input_size=64,
                                threshold=0.6, make_current=True)
     assert main(["train", "--dataset", str(shapes), "--init", "base", "--arch", "lite0r", "--freeze", "trunk",
-                 "--epochs", "1"]) == 2
+                 "--epochs", "1", "--threads", "1"]) == 2
     assert "cannot freeze trunk" in capsys.readouterr().err
-    code = main(["train", "--dataset", str(shapes), "--init", "base", "--arch", "lite0r",
+    code = main(["train", "--dataset", str(shapes), "--init", "base", "--arch", "lite0r", "--threads", "1",
                  "--freeze", "backbone,decoder", "--epochs", "1", "--samples-per-epoch", "8", "--batch-size", "4",
                  "--val-objects", "2", "--name", "grown", "--force"])
     assert code == 0

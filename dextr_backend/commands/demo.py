@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     pred = predictor.predict(image, points)
     iou = float((pred.mask & truth).sum() / max((pred.mask | truth).sum(), 1))
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     write_image(out / "mask.png", pred.mask.astype(np.uint8) * 255)
     write_image(out / "overlay.png", draw_overlay(image, pred.mask, points, truth=truth,
                                                   text=f"{predictor.version}  IoU {100 * iou:.1f}"))

@@ -11,8 +11,9 @@ import time
 import numpy as np
 
 from ..errors import InputError
-from ..imageio import read_image, write_image
+from ..imageio import check_output_path, read_image, write_image
 from ..overlay import draw_overlay
+from ..threads import configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None, help="write the mask as a PNG (255 = object)")
     p.add_argument("--overlay", default=None, help="write the image with the mask and points drawn on it")
     p.add_argument("--polygons", default=None, help="write the mask's polygons (with holes) as JSON")
-    p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the weights')")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold in [0, 1) (default: the weights')")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average in the mirrored crop's prediction (default: $DEXTR_FLIP)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: $DEXTR_THREADS, else all CPUs this process may use)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..postprocess import mask_to_polygons, polygons_to_json
     from ..predictor import DextrPredictor
+    from ..settings import Settings
 
     points = parse_points(args.points)
+    for path in (args.output, args.overlay):      # refuse a bad output before minutes of work, not after
+        if path:
+            check_output_path(path)
+    if args.polygons:
+        check_output_path(args.polygons, (".json",))
+    if args.threshold is not None and not 0.0 <= args.threshold < 1.0:
+        raise InputError(f"--threshold {args.threshold:g} must lie in [0, 1)")
     image = read_image(args.image)
+    configure_threads(args.threads if args.threads is not None else Settings.from_env().threads)
     kwargs = {"flip": args.flip}
     if args.threshold is not None:
         kwargs["threshold"] = args.threshold

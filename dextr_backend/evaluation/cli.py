@@ -92,6 +92,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="how masks encode the object; auto decides by mask folder name (default: auto)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average in the mirrored crop's prediction: twice the network time (default: $DEXTR_FLIP)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: $DEXTR_THREADS, else all CPUs this process may use)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
     return p
@@ -105,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
     from ..predictor import DextrPredictor
     from .report import write_report
 
+    from ..settings import Settings
+    from ..threads import configure_threads
+
     dataset = load_dataset(args.dataset, args.mask_format, args.limit)
+    configure_threads(args.threads if args.threads is not None else Settings.from_env().threads)
     log.info("evaluating %s", dataset)
     predictor = DextrPredictor.from_weights(args.weights, device=args.device, flip=args.flip)
     log.info("weights %s on %s (flip: %s)", predictor.version, predictor.device, predictor.flip)

@@ -2,7 +2,8 @@
 
 Both token kinds of Label Studio 1.23 work: a legacy token is sent as ``Token <key>``; a
 personal access token (a JWT refresh token) is exchanged at ``/api/token/refresh/`` for a
-short-lived access token sent as ``Bearer``. Credentials go to the Label Studio host only.
+short-lived access token sent as ``Bearer``. Every request goes through :mod:`.fetch`, so
+credentials reach Label Studio's own origin only, whatever a URL or a redirect says.
 """
 
 from __future__ import annotations
@@ -11,19 +12,22 @@ import base64
 import json
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..errors import DextrError, InputError
+from .fetch import FetchError, Pool, check_url, fetch_bytes, origin
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
+MAX_API_BYTES = 256 * 1024 * 1024   # a page of tasks with brush RLEs, with room to spare
 ACCESS_TOKEN_SECONDS = 240          # LS access tokens live 300 s; refresh early
 
 
 class LabelStudioError(DextrError):
     """Label Studio could not be reached, refused us, or answered something unexpected."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def is_personal_access_token(key: str) -> bool:
@@ -39,13 +43,27 @@ def is_personal_access_token(key: str) -> bool:
 
 
 class LabelStudioClient:
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0):
-        if not url or not url.startswith(("http://", "https://")):
+    """One Label Studio origin, its token, and its own connection pool (thread-safe).
+
+    ``allowed_hosts`` are the other hosts :meth:`fetch` may read task images from (without
+    credentials); ``fetch_timeout`` bounds one image fetch, redirects included."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0, *,
+                 allowed_hosts: Iterable[str] = (), fetch_timeout: float = 20.0):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InputError(f"Label Studio URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
-        self.host = urllib.parse.urlsplit(self.url).netloc
+        try:
+            parsed = check_url(self.url, base=self.url)
+        except InputError as exc:
+            raise InputError(f"Label Studio URL: {exc}") from None
+        self.origin = origin(parsed)
+        self.host = parsed.netloc.decode("ascii")
         self.api_key = api_key or None
         self.timeout = timeout
+        self.allowed_hosts = tuple(allowed_hosts)
+        self.fetch_timeout = fetch_timeout
+        self.pool = Pool()
         self._access: tuple[str, float] | None = None
         self._lock = threading.Lock()
 
@@ -58,38 +76,29 @@ class LabelStudioClient:
         with self._lock:
             if self._access is None or self._access[1] < time.monotonic():
                 body = self._request("POST", "/api/token/refresh/", {"refresh": self.api_key}, auth=False)
-                if not isinstance(body, dict) or "access" not in body:
+                if not isinstance(body, dict) or not isinstance(body.get("access"), str):
                     raise LabelStudioError("Label Studio refused the personal access token (token refresh failed)")
                 self._access = (body["access"], time.monotonic() + ACCESS_TOKEN_SECONDS)
             return {"Authorization": f"Bearer {self._access[0]}"}
 
     def is_own_url(self, url: str) -> bool:
-        """Relative URLs and URLs on the Label Studio host itself get our credentials."""
-        parts = urllib.parse.urlsplit(url)
-        return not parts.netloc or parts.netloc == self.host
+        """Relative URLs and URLs on Label Studio's origin (scheme, host, port) get our credentials."""
+        try:
+            return origin(check_url(url, base=self.url)) == self.origin
+        except InputError:
+            return False
 
     # ------------------------------------------------------------ HTTP
-    def _open(self, url: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None,
-              auth: bool = True):
-        full = url if urllib.parse.urlsplit(url).scheme else self.url + "/" + url.lstrip("/")
-        hdrs = dict(headers or {})
-        if auth and self.is_own_url(full):
-            hdrs.update(self.auth_header())
-        req = urllib.request.Request(full, data=data, method=method, headers=hdrs)
-        try:
-            return urllib.request.urlopen(req, timeout=self.timeout)
-        except urllib.error.HTTPError as exc:
-            hint = " (check the API key)" if exc.code in (401, 403) else ""
-            raise LabelStudioError(f"Label Studio answered {exc.code} {exc.reason} for {method} {full}{hint}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise LabelStudioError(f"cannot reach {full}: {reason}") from None
-
     def _request(self, method: str, path: str, payload=None, auth: bool = True):
-        data = json.dumps(payload).encode() if payload is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        with self._open(path, method, data, headers, auth) as resp:
-            raw = resp.read()
+        """A REST call: Label Studio's origin only, redirects included."""
+        try:
+            raw = fetch_bytes(self.url + "/" + path.lstrip("/"), base=self.url, auth=self.auth_header if auth else None, max_bytes=MAX_API_BYTES,
+                              timeout=self.timeout, method=method, payload=payload, pool=self.pool)
+        except FetchError as exc:
+            hint = " (check the API key)" if exc.status in (401, 403) else ""
+            raise LabelStudioError(f"Label Studio: {exc}{hint}", exc.status) from None
+        except InputError as exc:
+            raise LabelStudioError(f"Label Studio: {exc}") from None
         try:
             return json.loads(raw) if raw else None
         except ValueError:
@@ -112,7 +121,7 @@ class LabelStudioClient:
             try:
                 body = self.get(f"/api/tasks?project={int(project)}&fields=all&page={page}&page_size={page_size}")
             except LabelStudioError as exc:
-                if page > 1 and "404" in str(exc):   # LS answers 404 past the last page
+                if page > 1 and exc.status == 404:   # LS answers 404 past the last page
                     return
                 raise
             tasks = body.get("tasks", []) if isinstance(body, dict) else body
@@ -122,33 +131,11 @@ class LabelStudioClient:
                 return
             page += 1
 
-    def fetch(self, url: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-        """Bytes of a task's data URL (``/data/upload/...``, ``/data/local-files/?d=...`` or absolute)."""
-        if url.startswith(("s3://", "gs://", "azure-blob://")):
-            raise InputError(f"cloud storage URL {url!r} needs Label Studio to presign it; "
-                             "serve it through a Label Studio storage (use_blob_urls) instead")
-        with self._open(url) as resp:
-            return read_limited(resp, url, max_bytes)
-
-
-def read_limited(resp, url: str, max_bytes: int) -> bytes:
-    """The body of an HTTP response, refused (not truncated) when it exceeds ``max_bytes``."""
-    length = resp.headers.get("Content-Length")
-    if length and int(length) > max_bytes:
-        raise InputError(f"{url}: {int(length)} bytes exceeds the {max_bytes}-byte limit")
-    data = resp.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise InputError(f"{url}: larger than the {max_bytes}-byte limit")
-    return data
-
-
-def fetch_public(url: str, max_bytes: int = MAX_IMAGE_BYTES, timeout: float = 30.0) -> bytes:
-    """An absolute URL on an allowed host other than Label Studio: fetched without credentials."""
-    req = urllib.request.Request(url, method="GET")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return read_limited(resp, url, max_bytes)
-    except urllib.error.HTTPError as exc:
-        raise LabelStudioError(f"{url} answered {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise LabelStudioError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+    def fetch(self, url: str, max_bytes: int = MAX_IMAGE_BYTES, deadline: float | None = None, *,
+              allowed_hosts: Iterable[str] | None = None, timeout: float | None = None) -> bytes:
+        """Bytes of a task's data URL (``/data/upload/...``, ``/data/local-files/?d=...`` or absolute):
+        Label Studio's origin with our token, ``allowed_hosts`` (default: the client's) without."""
+        return fetch_bytes(url, base=self.url, auth=self.auth_header,
+                           allowed_hosts=self.allowed_hosts if allowed_hosts is None else allowed_hosts,
+                           max_bytes=max_bytes, timeout=self.fetch_timeout if timeout is None else timeout,
+                           deadline=deadline, pool=self.pool)

@@ -1,24 +1,27 @@
 """Task images, fetched once and kept decoded in a bounded cache.
 
 Interactive annotation sends one request per click on the same picture; decoding a photo
-costs more than running the light network, so the decoded array is cached by URL.
+costs more than running the light network, so the decoded array is cached by URL (and by the
+Label Studio and token it came through).
 
 Only two kinds of URL are fetched: the Label Studio host's own (with its token), and hosts
 explicitly allowed in ``DEXTR_ALLOWED_HOSTS``. Anything else (other hosts, ``file://``, local
-paths) is refused, so a task cannot make the backend read internal services or disks.
+paths) is refused, so a task cannot make the backend read internal services or disks; the
+rules, redirects included, live in :mod:`.fetch`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
-import urllib.parse
 from collections import OrderedDict
 
 import numpy as np
 
 from ..errors import InputError
 from ..imageio import decode_image
-from .client import LabelStudioClient, fetch_public
+from .client import LabelStudioClient
+from .fetch import check_url, fetch_bytes, shown
 
 
 class ImageCache:
@@ -60,38 +63,36 @@ class ImageCache:
 
 
 class ImageFetcher:
+    """Task images by URL through the checked fetch of :mod:`.fetch`, decoded and cached.
+
+    The cache key holds Label Studio's URL and a hash of its token besides the image URL: two
+    projects on two Label Studios (or two tokens) never get each other's picture."""
+
     def __init__(self, client: LabelStudioClient | None, allowed_hosts: tuple[str, ...] = (),
-                 cache: ImageCache | None = None, max_bytes: int = 50 * 1024 * 1024):
+                 cache: ImageCache | None = None, max_bytes: int = 50 * 1024 * 1024, *, timeout: float = 20.0):
         self.client = client
         self.allowed_hosts = tuple(h.strip().lower() for h in allowed_hosts if h.strip())
         self.cache = cache if cache is not None else ImageCache()
         self.max_bytes = max_bytes
+        self.timeout = timeout
+        token = hashlib.sha256(client.api_key.encode()).hexdigest()[:32] if client and client.api_key else "-"
+        self._identity = f"{client.url if client else '-'}|{token}"
 
-    def _check(self, url: str) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme and parts.scheme not in ("http", "https"):
-            raise InputError(f"image URL scheme {parts.scheme!r} is not fetched (http and https only)")
-        if not parts.netloc:
-            if self.client is None:
-                raise InputError(f"relative image URL {url!r} needs LABEL_STUDIO_URL (or the /setup hostname)")
-            return
-        if self.client is not None and self.client.is_own_url(url):
-            return
-        host = (parts.hostname or "").lower()
-        if host not in self.allowed_hosts and parts.netloc.lower() not in self.allowed_hosts:
-            raise InputError(f"image host {parts.netloc!r} is not allowed; add it to DEXTR_ALLOWED_HOSTS")
-
-    def get(self, url: str) -> np.ndarray:
+    def get(self, url: str, deadline: float | None = None) -> np.ndarray:
         if not isinstance(url, str) or not url:
             raise InputError("the task has no image URL")
-        cached = self.cache.get(url)
+        base = self.client.url if self.client is not None else None
+        target = check_url(url, base=base, allowed_hosts=self.allowed_hosts)
+        key = f"{self._identity}|{target}"
+        cached = self.cache.get(key)
         if cached is not None:
             return cached
-        self._check(url)
-        if self.client is not None and self.client.is_own_url(url):
-            data = self.client.fetch(url, max_bytes=self.max_bytes)
+        if self.client is not None:
+            data = self.client.fetch(url, max_bytes=self.max_bytes, deadline=deadline,
+                                     allowed_hosts=self.allowed_hosts, timeout=self.timeout)
         else:
-            data = fetch_public(url, max_bytes=self.max_bytes)
-        image = decode_image(data, url)
-        self.cache.put(url, image)
+            data = fetch_bytes(url, allowed_hosts=self.allowed_hosts, max_bytes=self.max_bytes,
+                               timeout=self.timeout, deadline=deadline)
+        image = decode_image(data, shown(url))
+        self.cache.put(key, image)
         return image

@@ -71,11 +71,31 @@ class LabelConfig:
         return self.images.get(to_name) or next(iter(self.images.values()))
 
 
+MAX_PROJECT_ID = 2**31 - 1        # Label Studio's ids are database integers
+
+
+def project_id(value) -> int | None:
+    """``"3.1700000000"`` (LS's ``<id>.<created>``), ``3`` or ``{"id": 3}`` -> 3; None when there is
+    no usable id (missing, not a number, or outside 1 .. 2**31 - 1)."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    text = str(value).split(".", 1)[0].strip()
+    if not text.isdigit() or len(text) > 10:
+        return None
+    number = int(text)
+    return number if 1 <= number <= MAX_PROJECT_ID else None
+
+
 def task_image_url(task: dict, key: str) -> str:
     """The picture of ``task`` under ``data[key]``: the one rule predictions and training exports share."""
-    url = (task.get("data") or {}).get(key)
+    data = task.get("data")
+    if not isinstance(data, dict):
+        raise InputError(f"task {str(task.get('id'))[:40]}: 'data' must be an object holding the image URL")
+    url = data.get(key)
     if not isinstance(url, str) or not url:
-        raise InputError(f"task {task.get('id')} has no image under data[{key!r}]")
+        raise InputError(f"task {str(task.get('id'))[:40]} has no image under data[{key!r}]")
     return url
 
 
@@ -102,24 +122,37 @@ class Prompt:
         return self.box is not None or len(self.points) >= 4
 
 
-def _size(item: dict) -> tuple[int, int]:
+MAX_SIDE = 100_000      # pixels; Label Studio sizes beyond this are not images anyone annotates
+
+
+def _number(value, what: str) -> float:
+    """A finite JSON number (not a bool, not text), or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{what} must be a number")
     try:
-        w, h = int(item["original_width"]), int(item["original_height"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError("a context item lacks original_width/original_height") from None
-    if w <= 0 or h <= 0:
-        raise InputError(f"bad image size {w}x{h} in a context item")
-    return w, h
+        number = float(value)
+    except OverflowError:
+        raise InputError(f"{what} is out of range") from None
+    if not np.isfinite(number):
+        raise InputError(f"{what} must be finite")
+    return number
+
+
+def _size(item: dict) -> tuple[int, int]:
+    if "original_width" not in item or "original_height" not in item:
+        raise InputError("a context item lacks original_width/original_height")
+    w = _number(item["original_width"], "original_width")
+    h = _number(item["original_height"], "original_height")
+    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE) or w != int(w) or h != int(h):
+        raise InputError(f"bad image size {w:g}x{h:g} in a context item (whole pixels, 1 to {MAX_SIDE})")
+    return int(w), int(h)
 
 
 def _pixel(value: dict, w: int, h: int) -> tuple[float, float]:
     """Percent to pixels. 0-100 % is the image (100 % is its last pixel); beyond is an error."""
-    try:
-        x, y = float(value["x"]), float(value["y"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError("a point needs numeric 'x' and 'y' in percent") from None
-    if not (np.isfinite(x) and np.isfinite(y)):
-        raise InputError("point coordinates must be finite")
+    if "x" not in value or "y" not in value:
+        raise InputError("a point needs numeric 'x' and 'y' in percent")
+    x, y = _number(value["x"], "a point's 'x'"), _number(value["y"], "a point's 'y'")
     if not (0.0 <= x <= 100.0 and 0.0 <= y <= 100.0):
         raise InputError(f"point ({x:g}%, {y:g}%) lies outside the image")
     return min(x * w / 100.0, w - 1.0), min(y * h / 100.0, h - 1.0)
@@ -127,9 +160,9 @@ def _pixel(value: dict, w: int, h: int) -> tuple[float, float]:
 
 def _label(value: dict, kind: str) -> str:
     labels = value.get(kind) or value.get("labels") or []
-    if not isinstance(labels, list) or not labels:
-        return ""
-    return str(labels[0])
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise InputError(f"'{kind}' must be a list of label names")
+    return labels[0] if labels else ""
 
 
 def prompts_from_results(results: list, *, group_keypoints: bool = False) -> list[Prompt]:
@@ -149,6 +182,8 @@ def prompts_from_results(results: list, *, group_keypoints: bool = False) -> lis
             raise InputError("every context.result item must be an object")
         kind = item.get("type")
         value = item.get("value")
+        if not isinstance(kind, str):
+            raise InputError("every result item needs a 'type' string")
         if kind not in ("keypointlabels", "rectanglelabels"):
             continue
         if not isinstance(value, dict):
@@ -158,11 +193,14 @@ def prompts_from_results(results: list, *, group_keypoints: bool = False) -> lis
         label = _label(value, kind)
         if kind == "rectanglelabels":
             x0, y0 = _pixel(value, w, h)
-            try:
-                bw, bh = float(value["width"]) * w / 100.0, float(value["height"]) * h / 100.0
-            except (KeyError, TypeError, ValueError):
-                raise InputError("a rectangle needs numeric 'width' and 'height' in percent") from None
-            if float(value.get("rotation") or 0) != 0:
+            if "width" not in value or "height" not in value:
+                raise InputError("a rectangle needs numeric 'width' and 'height' in percent")
+            bw = _number(value["width"], "a rectangle's 'width'")
+            bh = _number(value["height"], "a rectangle's 'height'")
+            if not (0.0 <= bw <= 100.0 and 0.0 <= bh <= 100.0):
+                raise InputError("a rectangle's 'width' and 'height' must lie between 0 and 100 percent")
+            bw, bh = bw * w / 100.0, bh * h / 100.0
+            if _number(value.get("rotation") or 0, "a rectangle's 'rotation'") != 0:
                 raise InputError("rotated rectangles are not supported; draw the box unrotated")
             prompts.append(Prompt(to_name, label, w, h, box=(x0, y0, x0 + bw, y0 + bh)))
             continue

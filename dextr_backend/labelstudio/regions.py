@@ -68,9 +68,23 @@ def result_regions(results: list[dict]) -> list[Region]:
     return regions
 
 
+def newest_first(entries: list[dict], where: str = "annotation") -> list[dict]:
+    """Newest first by update (else creation) time, then id. Label Studio's times are ISO text and
+    its ids numbers; anything else is a malformed task, refused rather than guessed at."""
+    for e in entries:
+        for name in ("updated_at", "created_at"):
+            if e.get(name) is not None and not isinstance(e[name], str):
+                raise InputError(f"{where} '{name}' must be a date text")
+        if e.get("id") is not None and (isinstance(e["id"], bool) or not isinstance(e["id"], int)):
+            raise InputError(f"{where} 'id' must be a number")
+    return sorted(entries, key=lambda e: (e.get("updated_at") or e.get("created_at") or "", e.get("id") or 0),
+                  reverse=True)
+
+
 def accepted_annotation(task: dict) -> dict | None:
     """The newest annotation that was not cancelled (skipped), if any."""
-    anns = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-    if not anns:
-        return None
-    return max(anns, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
+    anns = task.get("annotations") or []
+    if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
+        raise InputError(f"task {str(task.get('id'))[:40]}: 'annotations' must be a list of objects")
+    anns = newest_first([a for a in anns if not a.get("was_cancelled")], f"task {str(task.get('id'))[:40]}")
+    return anns[0] if anns else None

@@ -1,9 +1,10 @@
 """What the API does with the queue: enqueue a prediction and wait for it, with a deadline;
-enqueue training once per project; report depth, workers and training progress.
+request training for a project (one run, plus at most one more: ``training``); report depth,
+workers and training progress.
 
 Failure is always an answer, never a hang: Redis down -> ServiceUnavailable; no worker alive ->
 ServiceUnavailable; a worker killed mid-job -> the job is re-enqueued once, then
-ServiceUnavailable; out of time -> ServiceTimeout naming the queue depth.
+ServiceUnavailable; out of time -> ServiceTimeout saying how many jobs were waiting.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from ..errors import ServiceTimeout, ServiceUnavailable
-from . import PREDICT_QUEUE, TRAIN_QUEUE
-from .worker import ALIVE_PREFIX, alive_key
+from ..redact import redact_url
+from . import PREDICT_QUEUE, TRAIN_QUEUE, training
+from .keys import ALIVE_PREFIX, ANNOTATIONS, alive_key
 
 log = logging.getLogger(__name__)
-
-TRAIN_AGAIN_KEY = "dextr:train:{project}:again"
 
 
 class QueueClient:
@@ -35,7 +35,7 @@ class QueueClient:
         self._alive, self._alive_checked = False, 0.0
 
     def _redis_down(self, exc: Exception) -> ServiceUnavailable:
-        return ServiceUnavailable(f"Redis is unreachable at {self.redis_url} ({exc.__class__.__name__}); "
+        return ServiceUnavailable(f"Redis is unreachable at {redact_url(self.redis_url)} ({exc.__class__.__name__}); "
                                   "predictions resume by themselves once it is back")
 
     # ------------------------------------------------------------ health
@@ -84,9 +84,9 @@ class QueueClient:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    waiting = self._waiting(job)        # counted before the cancel takes ours out
                     job.cancel()
-                    raise ServiceTimeout(f"no answer from a worker within {timeout:g} s "
-                                         f"({self.depth()} jobs waiting in {PREDICT_QUEUE!r}); "
+                    raise ServiceTimeout(f"no answer from a worker within {timeout:g} s ({waiting}); "
                                          "add workers or raise DEXTR_PREDICT_TIMEOUT")
                 result = job.latest_result(timeout=max(1, min(int(left), 1)))
                 if result is not None:
@@ -109,8 +109,23 @@ class QueueClient:
     def _enqueue(self, request: dict, timeout: float) -> Job:
         ttl = max(1, int(timeout) + 1)
         return self.predict_queue.enqueue_call("dextr_backend.queue.jobs.predict", args=(request,),
-                                               ttl=ttl, result_ttl=60, failure_ttl=300,
+                                               description="predict", ttl=ttl, result_ttl=60, failure_ttl=300,
                                                timeout=max(5, int(timeout) + 5))
+
+    def _waiting(self, job: Job, limit: int = 1000) -> str:
+        """The queue as this request saw it when its time ran out: live jobs only (ids of expired
+        jobs linger in rq's list), this one included while it still waited."""
+        ids = self.redis.lrange(self.predict_queue.key, 0, limit - 1)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.exists(Job.key_for(job_id.decode()))
+            live = {job_id.decode() for job_id, exists in zip(ids, pipe.execute()) if exists}
+        jobs = f"{len(live)} job{'s' if len(live) != 1 else ''}"
+        if job.id not in live:
+            return f"a worker was still on it; {jobs} more waiting in {PREDICT_QUEUE!r}"
+        if len(live) == 1:
+            return f"this request was waiting in {PREDICT_QUEUE!r} and no worker took it"
+        return f"{jobs} waiting in {PREDICT_QUEUE!r}, this one included"
 
     def _lost(self, job: Job) -> bool:
         """Started by a worker that no longer exists (killed), or dropped from the queue."""
@@ -126,62 +141,40 @@ class QueueClient:
         return status is None
 
     # ------------------------------------------------------------ training
-    def enqueue_training(self, project: int, label_studio_url: str, api_key: str | None, **kwargs) -> dict:
-        """One training job per project: a request while one waits is coalesced into it; a request
-        while one runs schedules exactly one more run after it."""
-        job_id = f"train-project-{int(project)}"
+    def enqueue_training(self, project: int) -> dict:
+        """*Start Training*: one run per project, plus at most one more (atomic in Redis, see
+        ``training``). Jobs of training workers that stopped answering are handed on first."""
+        project = training.training_project(project)
         try:
-            job = Job.fetch(job_id, connection=self.redis) if self.redis.exists(f"rq:job:{job_id}") else None
-            status = job.get_status(refresh=True) if job else None
-            if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
-                return {"status": "coalesced", "job": job_id}
-            if status == JobStatus.STARTED:
-                self.redis.set(TRAIN_AGAIN_KEY.format(project=int(project)), 1, ex=24 * 3600)
-                return {"status": "scheduled after the running job", "job": job_id}
-            if job is not None:
-                job.delete()
-            self.train_queue.enqueue_call("dextr_backend.queue.jobs.train_project",
-                                          args=(int(project), label_studio_url, api_key), kwargs=kwargs,
-                                          job_id=job_id, timeout=6 * 3600, result_ttl=7 * 24 * 3600,
-                                          failure_ttl=7 * 24 * 3600)
-            return {"status": "queued", "job": job_id}
+            self._reap()
+            return training.request(self.redis, self.train_queue, project)
         except redis.RedisError as exc:
             raise self._redis_down(exc) from None
 
+    def _reap(self) -> None:
+        from .reaper import reap
+
+        try:
+            reap(self.redis, (TRAIN_QUEUE,))
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a request must not fail because of the cleanup
+            log.warning("reaping dead workers' jobs failed", extra={"error": repr(exc)})
+
     def count_annotation(self, project: int) -> int:
         """Shared across API processes: new or updated annotations of a project so far."""
+        project = training.training_project(project)
         try:
-            return int(self.redis.incr(f"dextr:annotations:{int(project)}"))
+            return int(self.redis.incr(ANNOTATIONS.format(project=project)))
         except redis.RedisError as exc:
             raise self._redis_down(exc) from None
 
     def training_status(self) -> list[dict]:
-        """Every project's latest training job: status, progress and result."""
+        """Every project's training: state, progress, last outcome and recent runs (``training.status``)."""
         try:
-            keys = sorted(k.decode() for k in self.redis.scan_iter("rq:job:train-project-*"))
-            out = []
-            for key in keys:
-                job = Job.fetch(key.split(":", 2)[2], connection=self.redis)
-                result = job.latest_result()
-                out.append({"job": job.id, "project": job.args[0] if job.args else None,
-                            "status": _status_name(job.get_status(refresh=True)),
-                            "progress": dict(job.meta), "enqueued_at": _iso(job.enqueued_at),
-                            "ended_at": _iso(job.ended_at),
-                            "result": result.return_value if result is not None and
-                            result.type == result.Type.SUCCESSFUL else None,
-                            "error": _last_line(result.exc_string) if result is not None and
-                            result.type != result.Type.SUCCESSFUL else None})
-            return out
+            return training.status(self.redis)
         except redis.RedisError as exc:
             raise self._redis_down(exc) from None
-
-
-def _status_name(status) -> str:
-    return getattr(status, "value", None) or (str(status) if status else "unknown")
-
-
-def _iso(value) -> str | None:
-    return value.isoformat() if value else None
 
 
 def _last_line(text: str | None) -> str:

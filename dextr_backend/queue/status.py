@@ -7,14 +7,63 @@ import json
 
 from . import redis_url
 
+RUNS_SHOWN = 5
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-status", help="show retraining jobs: progress and results",
-                       description="Show every project's latest retraining job (queued, started, finished or "
-                                   "failed), its progress and its result. The same data as GET /train/status.")
+    p = sub.add_parser("train-status", help="show retraining: state, progress, recent runs and why",
+                       description="Show every project's retraining: queued or running, the running run's "
+                                   "stage and progress, and its recent runs with why each version was or was "
+                                   "not promoted. The same data as GET /train/status.")
     p.add_argument("--redis-url", default=None, help="Redis URL (default: $REDIS_URL)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
+
+
+def _progress(run: dict) -> str:
+    prog = run.get("progress") or {}
+    epochs = prog.get("epochs", "-")
+    if run.get("status") == "running" and prog.get("steps_per_epoch"):
+        return f"epoch {prog.get('epoch')}/{epochs} step {prog.get('step')}/{prog['steps_per_epoch']}"
+    if "epochs_done" in prog:
+        return f"{prog['epochs_done']}/{epochs} epochs"
+    return "-"
+
+
+def _outcome(run: dict) -> str:
+    if run.get("error"):
+        return run["error"]
+    result = run.get("result") or {}
+    if "version" in result:
+        return f"{result['version']}: {result.get('reason') or ('promoted' if result.get('promoted') else 'kept')}"
+    return run.get("note") or "-"
+
+
+def _when(stamp: str | None) -> str:
+    return (stamp or "-").replace("T", " ")[:19]
+
+
+def table(projects: list[dict]) -> str:
+    lines = []
+    for p in projects:
+        head = f"project {p['project']}: {p['status']}"
+        if p.get("job"):
+            head += f" (job {p['job']})"
+        if p.get("again"):
+            head += ", one more run scheduled after this one"
+        lines.append(head)
+        if p.get("note"):
+            lines.append(f"  note: {p['note']}")
+        runs = p.get("runs", [])[:RUNS_SHOWN]
+        if runs:
+            lines.append(f"  {'run':<8} {'started':<19}  {'status':<11}  {'stage':<24}  {'progress':<26}  "
+                         f"{'val mIoU':>8}  outcome")
+        for r in runs:
+            val = (r.get("progress") or {}).get("val_miou")
+            val = f"{val:.2f}" if isinstance(val, (int, float)) else "-"
+            lines.append(f"  {r['run']:<8} {_when(r.get('started')):<19}  {r.get('status', '-'):<11}  "
+                         f"{str(r.get('stage', '-'))[:24]:<24}  {_progress(r):<26}  {val:>8}  {_outcome(r)}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,15 +78,5 @@ def run(args: argparse.Namespace) -> int:
     if not jobs:
         print("no training jobs yet (press Start Training in Label Studio, or POST /webhook START_TRAINING)")
         return 0
-    print(f"{'project':>7}  {'status':<9}  {'stage':<18}  {'epoch':>7}  {'val mIoU':>8}  result")
-    for j in jobs:
-        prog = j["progress"]
-        epoch = f"{prog.get('epoch', '-')}/{prog.get('epochs', '-')}"
-        val = prog.get("val_miou")
-        payload = j["result"] or {}
-        res = payload.get("ok", {})
-        outcome = (f"{res.get('version')} {'promoted' if res.get('promoted') else 'kept'}" if "version" in res
-                   else (payload.get("error") or j["error"] or ""))
-        print(f"{j['project']!s:>7}  {j['status']:<9}  {prog.get('stage', '-'):<18}  {epoch:>7}  "
-              f"{(f'{val:.2f}' if isinstance(val, (int, float)) else '-'):>8}  {outcome}")
+    print(table(jobs))
     return 0

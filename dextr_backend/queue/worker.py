@@ -2,9 +2,19 @@
 
 rq's default worker forks a child per job, which would reload the network every time and
 breaks CUDA. This worker runs jobs in its own process (rq's ``SimpleWorker``), loads the model
-once before taking jobs, picks up a newly promoted weights version between jobs (the
-Segmenter checks the store's current version per request), and publishes a short-lived
-heartbeat key so the API notices within seconds when a worker is killed mid-job.
+once before taking jobs, and picks up a newly promoted weights version between jobs (the
+Segmenter checks the store's current version per request).
+
+Its heartbeat (``keys.ALIVE_PREFIX``, read by ``QueueClient.workers`` and ``/health``) is written
+by the dequeue loop itself, after each blocking dequeue of at most ``DEQUEUE_SECONDS`` came back:
+a worker that stops listening (stuck, stopped, or retrying a broken connection) drops out of
+``/health`` within ``ALIVE_TTL`` seconds. Only while a job runs (a training job takes an hour)
+does a side thread beat instead. The same loop hands on the jobs of dead workers
+(``reaper.reap``) every ``reaper.SCAN_SECONDS``.
+
+The Redis client is built with a socket timeout longer than the blocking dequeue, before anything
+connects: with a shorter one (redis-py's default is 5 s) every idle dequeue fails, and rq backs off
+for up to a minute at a time.
 """
 
 from __future__ import annotations
@@ -14,50 +24,95 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
 import redis
 from rq.worker import SimpleWorker
 
 from ..errors import DextrError, InputError
+from ..redact import redact_url
 from . import PREDICT_QUEUE, TRAIN_QUEUE, redis_url
+from .keys import ALIVE_TTL, alive_key
+from .reaper import SCAN_SECONDS, reap
 
 log = logging.getLogger(__name__)
 
-ALIVE_PREFIX = "dextr:alive:"
-HEARTBEAT_SECONDS = 1.0
-ALIVE_TTL_SECONDS = 3
+DEQUEUE_SECONDS = 1              # BLPOP timeout: one heartbeat per loop turn
+SOCKET_TIMEOUT = 30              # longer than any blocking command this worker sends
+JOB_BEAT_SECONDS = 1.0
 
 
-def alive_key(name: str) -> str:
-    return ALIVE_PREFIX + name
+def connect(url: str) -> redis.Redis:
+    """The worker's Redis client: its read timeout comfortably longer than the blocking dequeue."""
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=SOCKET_TIMEOUT,
+                                health_check_interval=10)
 
 
 class DextrWorker(SimpleWorker):
-    """A non-forking rq worker with a fast heartbeat."""
+    """A non-forking rq worker whose dequeue loop publishes the heartbeat and reaps dead workers."""
 
-    def _beat(self, stop: threading.Event) -> None:
-        queues = ",".join(q.name for q in self.queues)
-        while not stop.is_set():
+    max_connection_wait_time = 5.0     # after a Redis outage, listen again within seconds
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._served = ",".join(q.name for q in self.queues)
+        self._reaped_at = 0.0
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return DEQUEUE_SECONDS
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """rq's dequeue, one blocking listen at a time, with a beat after each one that came back.
+
+        rq's own loop retries a failing dequeue internally (with a backoff of up to
+        ``max_connection_wait_time``) and would keep any beat written from inside it going."""
+        if timeout is None or max_idle_time is not None:          # burst mode, or rq's idle limit
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        while True:
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time=timeout)
             try:
-                self.connection.set(alive_key(self.name), queues, ex=ALIVE_TTL_SECONDS)
+                self._beat()
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass                                   # the next dequeue retries, with rq's backoff
+            if result is not None or self._stop_requested:
+                return result
+            if time.monotonic() - self._reaped_at >= SCAN_SECONDS:
+                self._reaped_at = time.monotonic()
+                try:
+                    reap(self.connection)
+                except Exception as exc:  # noqa: BLE001 - never a reason to stop serving
+                    log.warning("reaping dead workers' jobs failed", extra={"error": repr(exc)})
+
+    def _beat(self) -> None:
+        self.connection.set(alive_key(self.name), self._served, ex=ALIVE_TTL)
+
+    def _beat_during_job(self, stop: threading.Event) -> None:
+        while not stop.wait(JOB_BEAT_SECONDS):
+            try:
+                self._beat()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed", extra={"error": str(exc)})
-            stop.wait(HEARTBEAT_SECONDS)
 
-    def work(self, *args, **kwargs):
+    def execute_job(self, job, queue):
         stop = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(stop,), name="dextr-heartbeat", daemon=True)
+        beat = threading.Thread(target=self._beat_during_job, args=(stop,), name="dextr-job-heartbeat",
+                                daemon=True)
         beat.start()
         try:
-            return super().work(*args, **kwargs)
+            self._beat()
+            return super().execute_job(job, queue)
         finally:
             stop.set()
             beat.join(timeout=2)
-            try:
-                self.connection.delete(alive_key(self.name))
-            except redis.RedisError:
-                pass
+
+    def teardown(self):
+        try:
+            self.connection.delete(alive_key(self.name))
+        except redis.RedisError:
+            pass
+        super().teardown()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,30 +124,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--redis-url", default=None, help="Redis URL (default: $REDIS_URL)")
     p.add_argument("--name", default=None, help="worker name (default: host-pid-random)")
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: $DEXTR_THREADS, else the CPUs this process may use)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..settings import Settings
+    from ..threads import configure_threads
 
     url = redis_url(args.redis_url, "the worker needs Redis")
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = set(queues) - {PREDICT_QUEUE, TRAIN_QUEUE}
     if unknown:
         raise InputError(f"unknown queue(s) {', '.join(sorted(unknown))}; known: {PREDICT_QUEUE}, {TRAIN_QUEUE}")
-    conn = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=10)
+    settings = Settings.from_env()
+    threads = configure_threads(args.threads if args.threads is not None else settings.threads)
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     try:
-        conn.ping()
+        worker = DextrWorker(queues, connection=connect(url), name=name, log_job_description=False)
+        worker.connection.ping()
     except redis.RedisError as exc:
-        raise DextrError(f"cannot reach Redis at {url}: {exc}") from None
+        raise DextrError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
     if PREDICT_QUEUE in queues:
         from ..labelstudio import predict as predict_module
 
-        predict_module._SEGMENTER = predict_module.Segmenter(Settings.from_env())
+        predict_module._SEGMENTER = predict_module.Segmenter(settings)
         version = predict_module._SEGMENTER.predictor().version   # load and keep the model now
         log.info("model loaded", extra={"version": version})
-    name = args.name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-    worker = DextrWorker(queues, connection=conn, name=name)
-    log.info("worker starting", extra={"worker": name, "queues": queues})
+    log.info("worker starting", extra={"worker": name, "queues": queues, "threads": threads})
     worker.work(burst=args.burst, with_scheduler=False)
     return 0

@@ -14,15 +14,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=os.environ.get("DEXTR_HOST", "0.0.0.0"), help="bind address (default: 0.0.0.0)")
     p.add_argument("--port", type=int, default=int(os.environ.get("DEXTR_PORT", "9090")), help="port (default: 9090)")
     p.add_argument("--workers", type=int, default=1, help="HTTP worker processes (default: 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch per process (default: $DEXTR_THREADS, else the CPUs this process "
+                        "may use divided by --workers)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ..errors import InputError
     from ..settings import Settings
+    from ..threads import thread_count
 
-    Settings.from_env()      # fail now, with a clear message, on a malformed setting
+    settings = Settings.from_env()      # fail now, with a clear message, on a malformed setting
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers}: at least 1")
+    threads = thread_count(args.threads if args.threads is not None else settings.threads, args.workers)
+    os.environ["DEXTR_THREADS"] = str(threads)      # what each server process reads in create_app
+    if args.workers > 1 and not settings.redis_url:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "--workers %d without REDIS_URL: each process keeps its own model, image cache and /setup records",
+            args.workers)
     uvicorn.run("dextr_backend.server.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_config=None, access_log=False)
     return 0

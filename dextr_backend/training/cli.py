@@ -82,9 +82,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "reads; the new version must also score at least the current one there to become "
                         "current; it is also scored after every epoch (default: $DEXTR_TRAIN_GUARD_DIR)")
     p.add_argument("--force", action="store_true", help="make the new version current even if it is worse")
+    p.add_argument("--min-val-objects", type=int, default=None, metavar="N",
+                   help="promote only when validated on at least N objects "
+                        "(default: $DEXTR_TRAIN_MIN_VAL_OBJECTS, else 3)")
     p.add_argument("--run-dir", default=None, help="checkpoint folder (default: under $DEXTR_WEIGHTS_DIR/runs)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: discard the run folder's checkpoint instead of resuming it")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: $DEXTR_THREADS, else the CPUs this process may use)")
     p.set_defaults(func=run)
 
 
@@ -119,6 +125,8 @@ def load_refs(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..settings import Settings
+    from ..threads import configure_threads
     from .promotion import train_and_promote
     from .samples import Augment
     from .trainer import TrainConfig
@@ -129,10 +137,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--ema {args.ema}: the decay must lie in [0, 1), e.g. 0.998 (0 = off)")
     if not 0.0 <= args.color_jitter < 1.0:
         raise InputError(f"--color-jitter {args.color_jitter}: the strength must lie in [0, 1), e.g. 0.2 (0 = off)")
+    settings = Settings.from_env()
+    threads = configure_threads(args.threads if args.threads is not None else settings.threads)
+    min_val = settings.train_min_val_objects if args.min_val_objects is None else args.min_val_objects
     refs, source = load_refs(args)
     n_train = len(refs)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_minutes=args.max_minutes,
-                         patience=args.patience, seed=args.seed, threads=args.threads, val_objects=args.val_objects,
+                         patience=args.patience, seed=args.seed, threads=threads, val_objects=args.val_objects,
                          resolution=args.resolution, cpu_bf16=args.bf16, ema_decay=args.ema,
                          samples_per_epoch=args.samples_per_epoch or min(2000, max(200, 10 * n_train)),
                          freeze=args.freeze, augment=Augment(color=args.color_jitter))
@@ -142,14 +153,10 @@ def run(args: argparse.Namespace) -> int:
         config.lr = 3e-4       # fine-tuning a trained version: gentler than training from ImageNet
     outcome = train_and_promote(refs, source=source, config=config, init=args.init, run_dir=args.run_dir,
                                 force=args.force, name=args.name, device=args.device,
-                                val_fraction=args.val_fraction, guard=args.guard, arch=args.arch)
-    verdict = "promoted: now current" if outcome.promoted else "kept, not promoted (worse than the current version)"
-    versus = (f"vs {outcome.baseline_val_miou:.2f} for {outcome.baseline}" if outcome.baseline
-              else "(no current version to compare with)")
-    if outcome.guard_miou is not None:
-        versus += f"; guard mIoU {outcome.guard_miou:.2f}" + (
-            "" if outcome.baseline_guard_miou is None else f" vs {outcome.baseline_guard_miou:.2f}")
-    print(f"{outcome.version.name}: val mIoU {outcome.val_miou:.2f} {versus} -> {verdict} "
-          f"({outcome.minutes:.1f} min, stopped: {outcome.stopped})")
+                                val_fraction=args.val_fraction, guard=args.guard, arch=args.arch,
+                                min_val_objects=min_val, fresh=args.fresh)
+    verdict = "now current" if outcome.promoted else "kept, not current"
+    print(f"{outcome.version.name}: {verdict}; {outcome.reason} ({outcome.minutes:.1f} min, "
+          f"stopped: {outcome.stopped})")
     print(json.dumps(outcome.summary()))
     return 0

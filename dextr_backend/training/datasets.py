@@ -110,13 +110,27 @@ def bsds_regions(root: str | Path, min_area: float = 0.01, max_area: float = 0.8
     return refs
 
 
+def file_digest(path: str | Path) -> bytes:
+    """sha256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").digest()
+
+
 def objects_key(refs: list[ObjectRef]) -> str:
-    """sha1 over which objects a run trains on. The folder hash alone does not tell two runs apart
-    that filter the same folder differently (``--min-area``, ``--drop-background``), and one
-    must never resume the other's checkpoint."""
+    """sha1 over which objects a run trains on, by content: the bytes of every image and mask file
+    (each hashed once) plus which object of the mask each one is. A resumed run must never train on
+    labels corrected since its checkpoint, and two runs that filter the same folder differently
+    (``--min-area``, ``--drop-background``) must never resume each other's checkpoint."""
+    digests: dict[str, str] = {}
+
+    def digest_of(path: str) -> str:
+        if path not in digests:
+            digests[path] = file_digest(path).hex()
+        return digests[path]
+
     digest = hashlib.sha1()
     for ref in refs:
-        digest.update(f"{ref.image}|{ref.source}|{ref.label}|{ref.fmt}\n".encode())
+        digest.update(f"{digest_of(ref.image)}|{digest_of(ref.source)}|{ref.label}|{ref.fmt}\n".encode())
     return digest.hexdigest()
 
 
@@ -137,14 +151,19 @@ def split(refs: list[ObjectRef], fraction: float = 0.1) -> tuple[list[ObjectRef]
 def export_labelstudio(client, project: int, folder: str | Path, image_key: str | None = None) -> Path:
     """Write a project's accepted brush and polygon regions as a benchmark-layout folder.
 
-    ``images/<task>.<ext>`` holds each task's picture, fetched through the Label Studio API;
+    ``images/<task>.<ext>`` holds each task's picture, fetched through the client's checked fetch
+    (Label Studio's origin with its token, the client's ``allowed_hosts`` without, nothing else);
     ``masks/<k>_<task>.png`` one region each (the COCO-MVal naming ``folder_objects`` reads).
     The picture is the task data value the project's label config names (``image_key`` overrides).
+    A picture that cannot be fetched fails the export with the task named: training on fewer
+    pictures than the project has would hide the misconfiguration.
     Re-running refreshes the folder, so training always sees the project as it is now.
     """
     import shutil
 
+    from ..errors import DextrError
     from ..imageio import decode_image
+    from ..labelstudio.fetch import shown
     from ..labelstudio.protocol import LabelConfig, task_image_url
     from ..labelstudio.regions import accepted_annotation, result_regions
 
@@ -161,9 +180,12 @@ def export_labelstudio(client, project: int, folder: str | Path, image_key: str 
         if not regions:
             continue
         url = task_image_url(task, image_key)
-        data = client.fetch(url)
-        image = decode_image(data, url)
         tid = int(task["id"])
+        try:
+            image = decode_image(client.fetch(url), shown(url))
+        except DextrError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise type(exc)(f"project {project} task {tid}: {exc}") from None
         cv2.imwrite(str(staging / "images" / f"{tid}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         for k, region in enumerate(regions):
             if region.mask.shape != image.shape[:2]:
@@ -187,7 +209,7 @@ def folder_hash(folder: str | Path) -> str:
     root = Path(folder)
     for p in sorted(x for x in root.rglob("*") if x.is_file()):
         h.update(str(p.relative_to(root)).encode())
-        h.update(hashlib.sha256(p.read_bytes()).digest())
+        h.update(file_digest(p))
     return h.hexdigest()
 
 

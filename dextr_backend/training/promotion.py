@@ -5,7 +5,9 @@ same threshold, so "better" means better on identical inputs. A guard folder (wh
 team cares about, never trained on) adds a second exam the new version must also pass: a split of
 the training data can keep improving while other objects get worse (see bsds-lite0-v3's card).
 Every trained version is kept (with its model card) whether or not it becomes current, so an admin
-can inspect or force it.
+can inspect or force it. Nothing is promoted from a run that finished no epoch (a time budget cut
+the first one short) or judged on fewer than ``min_val_objects`` validation objects: such scores
+say too little. The outcome's ``reason`` names the numbers that decided.
 """
 
 from __future__ import annotations
@@ -43,9 +45,13 @@ class Outcome:
     stopped: str
     guard_miou: float | None = None            # the new version on the guard folder
     baseline_guard_miou: float | None = None   # the current version there
+    reason: str = ""                           # why it was or was not promoted, with the numbers
+    val_objects: int = 0
+    epochs_done: int = 0
 
     def summary(self) -> dict:
-        return {"version": self.version.name, "promoted": self.promoted, "baseline": self.baseline,
+        return {"version": self.version.name, "promoted": self.promoted, "reason": self.reason,
+                "val_objects": self.val_objects, "epochs_done": self.epochs_done, "baseline": self.baseline,
                 "baseline_val_miou": (None if self.baseline is None else round(self.baseline_val_miou, 2)),
                 "val_miou": round(self.val_miou, 2),
                 **({} if self.guard_miou is None else {
@@ -71,6 +77,34 @@ def split_for_training(refs: list[ObjectRef], fraction: float) -> tuple[list[Obj
     return train, val
 
 
+def hold_out_split(refs: list[ObjectRef], fraction: float,
+                   min_objects: int) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """The retraining job's split: hold out ``round(fraction * images)`` whole images, but at least
+    enough for ``min_objects`` objects, and always leave one image to train on.
+
+    Which images: the first in the order of the hash ``is_validation`` uses, so the choice depends on
+    the images only (not on their order), and a count rather than a per-image threshold keeps the
+    share steady on small projects (per image at 0.15, 25 Label Studio tasks held out 6 and the
+    next 50 only 4). Why a floor: a promotion judged on fewer than ``min_objects`` objects is
+    refused (``decide``), so a tiny project would never get a new version."""
+    images = sorted({r.image for r in refs}, key=lambda image: (image_rank(image), image))
+    if len(images) < 2:
+        return split_for_training(refs, fraction)      # one image: it has to serve both sides
+    per_image = {image: sum(r.image == image for r in refs) for image in images}
+    k = min(max(1, round(fraction * len(images))), len(images) - 1)
+    while k < len(images) - 1 and sum(per_image[i] for i in images[:k]) < min_objects:
+        k += 1
+    held = set(images[:k])
+    return [r for r in refs if r.image not in held], [r for r in refs if r.image in held]
+
+
+def image_rank(image: str) -> float:
+    """Where an image falls in ``is_validation``'s hash order (0 to 1; below the fraction: held out)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha1(Path(image).stem.encode()).digest()[:4], "big") / 2**32
+
+
 IMAGENET = "imagenet:"
 
 
@@ -90,6 +124,35 @@ def at_least_as_good(val: float, base_val: float, guard: float | None = None,
     return val >= base_val and (guard is None or base_guard is None or guard >= base_guard)
 
 
+def decide(*, val: float, base_val: float | None, baseline: str | None, val_objects: int, epochs_done: int,
+           stopped: str, min_val_objects: int, guard: float | None = None, base_guard: float | None = None,
+           force: bool = False) -> tuple[bool, str]:
+    """Whether to promote, and why, in one line with the numbers that decided."""
+    numbers = f"validation mIoU {val:.2f} on {val_objects} object{'s' if val_objects != 1 else ''}"
+    if baseline is not None:
+        numbers += f" vs {base_val:.2f} for {baseline}"
+    if guard is not None:
+        numbers += f"; guard mIoU {guard:.2f}" + ("" if base_guard is None else f" vs {base_guard:.2f}")
+    too_little = []
+    if epochs_done < 1:
+        too_little.append(f"no full epoch finished (stopped: {stopped})")
+    if val_objects < min_val_objects:
+        too_little.append(f"only {val_objects} validation object{'s' if val_objects != 1 else ''}, fewer than "
+                          f"{min_val_objects} (DEXTR_TRAIN_MIN_VAL_OBJECTS)")
+    worse = []
+    if baseline is not None and not val >= base_val:
+        worse.append("worse on validation")
+    if baseline is not None and guard is not None and base_guard is not None and not guard >= base_guard:
+        worse.append("worse on the guard")
+    if not too_little and not worse:
+        return True, ("promoted: " + ("at least as good as the current version: " if baseline is not None
+                                      else "no current version to compare with: ") + numbers)
+    why = "; ".join(too_little + worse)
+    if force:
+        return True, f"promoted by --force although {why}: {numbers}"
+    return False, f"not promoted: {why}: {numbers}"
+
+
 def load_guard(folder: str | Path) -> list:
     """The guard folder's objects, masks decoded once for both versions (a layout ``evaluate`` reads)."""
     from ..evaluation.datasets import load_dataset
@@ -104,14 +167,25 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
                       run_dir: str | Path | None = None, store: WeightsStore | None = None, force: bool = False,
                       name: str | None = None, device: str = "auto", val_fraction: float = 0.1,
                       on_epoch: Callable[[dict], None] | None = None,
-                      guard: str | Path | None = None, arch: str | None = None) -> Outcome:
+                      guard: str | Path | None = None, arch: str | None = None, min_val_objects: int = 0,
+                      fresh: bool = False, on_progress: Callable[[dict], None] | None = None,
+                      on_stage: Callable[[str], None] | None = None,
+                      on_resume: Callable[[int], None] | None = None,
+                      hold_out_objects: int | None = None) -> Outcome:
     """Fine-tune ``init`` (default: the current version; ``imagenet:ARCH`` starts from ImageNet),
     then make the result current only if it scores at least the current version's mIoU, on the
-    validation split and, when ``guard`` names a folder, on that folder's objects too.
-    ``arch`` grows ``init`` into a larger architecture (``lite0`` -> ``lite0r``)."""
+    validation split and, when ``guard`` names a folder, on that folder's objects too, after at
+    least one full epoch and on at least ``min_val_objects`` validation objects (see ``decide``).
+    ``arch`` grows ``init`` into a larger architecture (``lite0`` -> ``lite0r``); ``fresh`` discards
+    the run folder's checkpoint instead of resuming it. ``on_stage`` hears "scoring the current
+    version", "training", "scoring the new version"; ``on_resume`` the epoch a run resumes at.
+    ``hold_out_objects`` (the retraining job) holds out ``val_fraction`` of the images by count, at
+    least that many objects (``hold_out_split``); None keeps each image's side by its own hash."""
+    stage = on_stage or (lambda name: None)
     store = store or WeightsStore()
     guard_objects = load_guard(guard) if guard else None     # a bad folder fails before training
-    train_refs, val_refs = split_for_training(refs, val_fraction)
+    train_refs, val_refs = (split_for_training(refs, val_fraction) if hold_out_objects is None
+                            else hold_out_split(refs, val_fraction, hold_out_objects))
     val_refs = spread(val_refs, config.val_objects)
     if init and init.startswith(IMAGENET):
         arch = get_architecture(arch or init[len(IMAGENET):]).name
@@ -132,10 +206,16 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     if parent_name and arch != parent.arch:
         tag += f"-as-{arch}"      # a grown network never resumes a plain fine-tune's checkpoint
     run_dir = Path(run_dir) if run_dir else store.root / "runs" / f"{tag}-{objects_key(refs)[:12]}"
+    if fresh:
+        for name in ("checkpoint.pt", "best.pt"):
+            (run_dir / name).unlink(missing_ok=True)
     # Built before the current version is scored, so a bad --freeze or a run folder holding other
     # settings fails at once rather than after minutes of scoring.
     trainer = Trainer(config, train_refs, val_refs, run_dir, init_state=init_state, device=device,
-                      on_epoch=on_epoch, guard_objects=guard_objects)
+                      on_epoch=on_epoch, guard_objects=guard_objects, on_progress=on_progress)
+    if trainer.resumed_from_epoch is not None and on_resume:
+        on_resume(trainer.resumed_from_epoch)
+    stage("scoring the current version")
     try:
         incumbent = store.load(None)
     except WeightsError:
@@ -147,12 +227,17 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     log.info("current version scored", extra={"current": incumbent and incumbent.version,
                                               "val_miou": incumbent_score, "val_objects": len(val_refs),
                                               "guard_miou": incumbent_guard})
+    stage("training")
     result = trainer.run()
+    stage("scoring the new version")
     scoring = time.monotonic()
     score, guard_score = _scores(arch, result.state_dict, input_size, threshold, trim, val_refs, guard_objects,
                                  config.seed, device)
-    better = incumbent is None or at_least_as_good(score, incumbent_score, guard_score, incumbent_guard)
-    promoted = force or better
+    promoted, reason = decide(val=score, base_val=incumbent_score if incumbent else None,
+                              baseline=incumbent.version if incumbent else None, val_objects=len(val_refs),
+                              epochs_done=result.epochs_done, stopped=result.stopped,
+                              min_val_objects=min_val_objects, guard=guard_score, base_guard=incumbent_guard,
+                              force=force)
     minutes = (result.seconds + time.monotonic() - scoring) / 60   # every sitting of a resumed run
     metrics = {"val_miou": round(score, 2)}
     if incumbent:
@@ -173,7 +258,8 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
         "history": result.history,
         "stopped": result.stopped,
         "promoted": promoted,
-        "forced": bool(force and not better),
+        "decision": reason,
+        "forced": reason.startswith("promoted by --force"),
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "device": str(trainer.device)},
     }
@@ -181,8 +267,9 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
                                 card=card, threshold=threshold, trim=trim, input_size=input_size,
                                 make_current=promoted)
     shutil.rmtree(run_dir, ignore_errors=True)   # finished: the next run starts fresh
-    log.info("training finished", extra={"version": version.name, "promoted": promoted, "val_miou": score,
-                                         "baseline_val_miou": incumbent_score, "guard_miou": guard_score,
-                                         "baseline_guard_miou": incumbent_guard})
+    log.info("training finished", extra={"version": version.name, "promoted": promoted, "decision": reason,
+                                         "val_miou": score, "baseline_val_miou": incumbent_score,
+                                         "guard_miou": guard_score, "baseline_guard_miou": incumbent_guard})
     return Outcome(version, promoted, incumbent.version if incumbent else None, incumbent_score, score,
-                   minutes, result.stopped, guard_score, incumbent_guard)
+                   minutes, result.stopped, guard_score, incumbent_guard, reason=reason,
+                   val_objects=len(val_refs), epochs_done=result.epochs_done)

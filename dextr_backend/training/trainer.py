@@ -4,6 +4,9 @@ A run lives in one folder (``run_dir``): ``checkpoint.pt`` is rewritten atomical
 epoch with the model, optimiser, epoch, best score and RNG state, so a killed run resumes
 where it stopped. ``best.pt`` holds the best validation weights. The clock (``minutes`` in the
 history, ``seconds`` in the result) counts every sitting of a run, not only the last one.
+
+Both files hold tensors and plain data only and are read with ``weights_only=True``: a file
+planted in a run folder must never run code, and one that cannot be read is refused in one line.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from .loss import balanced_bce
 from .samples import Augment, make_sample
 
 log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_STEPS = 10       # on_progress is called at least this often within an epoch ...
+PROGRESS_EVERY_SECONDS = 5.0    # ... or after this long, whichever comes first
 
 
 @dataclass
@@ -68,6 +74,31 @@ class TrainResult:
     seconds: float
     history: list[dict]
     stopped: str
+
+
+def plain(value):
+    """Numpy scalars inside lists and dicts as Python numbers, so ``weights_only`` loads them."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_run_file(path: Path, run_dir: Path):
+    """A run folder's ``checkpoint.pt`` or ``best.pt``, tensors and plain data only; anything else
+    (truncated, corrupt, or a pickle that would run code) is an :class:`InputError` in one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - zip, pickle and torch errors all mean "not usable"
+        import pickle
+
+        why = ("it holds objects other than tensors and plain data" if isinstance(exc, pickle.UnpicklingError)
+               else f"it is truncated or corrupt ({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]})")
+        raise InputError(f"cannot resume from {path}: {why}; delete {run_dir} or run `train --fresh` "
+                         "to start this run over") from None
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -153,7 +184,10 @@ class WeightAverage:
 class Trainer:
     def __init__(self, config: TrainConfig, train_refs: Sequence[ObjectRef], val_refs: Sequence[ObjectRef],
                  run_dir: str | Path, init_state: dict | None = None, device: str = "auto",
-                 on_epoch: Callable[[dict], None] | None = None, guard_objects: Sequence | None = None):
+                 on_epoch: Callable[[dict], None] | None = None, guard_objects: Sequence | None = None,
+                 on_progress: Callable[[dict], None] | None = None):
+        """``on_epoch`` gets each finished epoch's history row; ``on_progress`` gets
+        ``{epoch, step, steps_per_epoch, loss}`` within an epoch (see PROGRESS_EVERY_*)."""
         self.cfg = config
         self.guard_objects = list(guard_objects or [])
         self.train_refs = list(train_refs)
@@ -167,6 +201,7 @@ class Trainer:
             warn_if_bf16_emulated("bf16 training (--bf16)")
         self.resolution = config.resolution or get_architecture(config.arch).input_size
         self.on_epoch = on_epoch
+        self.on_progress = on_progress
         if config.threads:
             torch.set_num_threads(config.threads)
         self.model = build_model(config.arch, imagenet=init_state is None)
@@ -193,6 +228,7 @@ class Trainer:
         self.epoch, self.step, self.best, self.bad_epochs = 0, 0, -1.0, 0
         self.history: list[dict] = []
         self.seconds_before = 0.0   # training time of earlier sittings of this run
+        self.resumed_from_epoch: int | None = None
         self._started = time.monotonic()
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
@@ -206,7 +242,11 @@ class Trainer:
     def _resume(self) -> None:
         if not self.checkpoint_path.exists():
             return
-        ck = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        ck = read_run_file(self.checkpoint_path, self.run_dir)
+        needed = ("model", "optimizer", "epoch", "step", "best", "bad_epochs", "history", "rng", "torch_rng")
+        if not isinstance(ck, dict) or any(k not in ck for k in needed) or not isinstance(ck.get("config"), dict):
+            raise InputError(f"cannot resume from {self.checkpoint_path}: it is not a training checkpoint; "
+                             f"delete {self.run_dir} or run `train --fresh` to start this run over")
         before = {k: ck.get("config", {}).get(k) for k in ("arch", "resolution", "freeze")}
         now = {k: getattr(self.cfg, k) for k in before}
         before["freeze"] = tuple(before["freeze"] or ())
@@ -225,13 +265,15 @@ class Trainer:
                 self.ema.state = WeightAverage(self.model, self.cfg.ema_decay).state
         self.rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
+        self.resumed_from_epoch = self.epoch
         log.info("resumed training", extra={"epoch": self.epoch, "step": self.step, "run_dir": str(self.run_dir)})
 
     def _save(self) -> None:
         _atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                       "epoch": self.epoch, "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs,
-                      "history": self.history, "rng": self.rng.bit_generator.state,
-                      "torch_rng": torch.get_rng_state(), "config": asdict(self.cfg), "seconds": self.elapsed(),
+                      "history": plain(self.history), "rng": plain(self.rng.bit_generator.state),
+                      "torch_rng": torch.get_rng_state(), "config": plain(asdict(self.cfg)),
+                      "seconds": self.elapsed(),
                       "ema": self.ema.state if self.ema else None,
                       "ema_updates": self.ema.updates if self.ema else 0}, self.checkpoint_path)
 
@@ -301,6 +343,7 @@ class Trainer:
             for m in self.frozen_modules:
                 m.eval()
             losses = []
+            reported, reported_at = 0, time.monotonic()
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step",
                        dynamic_ncols=True, leave=False, disable=None)
             for _ in bar:
@@ -317,6 +360,11 @@ class Trainer:
                 self.step += 1
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+                if self.on_progress and (len(losses) - reported >= PROGRESS_EVERY_STEPS
+                                         or time.monotonic() - reported_at >= PROGRESS_EVERY_SECONDS):
+                    reported, reported_at = len(losses), time.monotonic()
+                    self.on_progress({"epoch": self.epoch + 1, "step": len(losses),
+                                      "steps_per_epoch": steps_per_epoch, "loss": float(np.mean(losses[-50:]))})
                 if deadline and time.monotonic() > deadline:
                     break
             bar.close()
@@ -327,10 +375,10 @@ class Trainer:
                 break
             self.epoch += 1
             val, guard = self.scores()
-            row = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)), "val_miou": val,
-                   "minutes": self.elapsed() / 60}
+            row = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)),
+                   "val_miou": None if val is None else float(val), "minutes": self.elapsed() / 60}
             if guard is not None:   # watched, not used to choose: validation picks the best epoch
-                row["guard_miou"] = guard
+                row["guard_miou"] = float(guard)
             self.history.append(row)
             log.info("epoch done", extra=row)
             if val is None or val > self.best:
@@ -349,8 +397,7 @@ class Trainer:
                 stopped = "time budget"
                 break
         best_path = self.run_dir / "best.pt"
-        state = (torch.load(best_path, map_location="cpu", weights_only=True) if best_path.exists()
-                 else self.result_model().state_dict())
+        state = read_run_file(best_path, self.run_dir) if best_path.exists() else self.result_model().state_dict()
         return TrainResult(state_dict=state, best_val_miou=self.best if self.best >= 0 else None,
                            epochs_done=self.epoch, steps=self.step, seconds=self.elapsed(),
                            history=self.history, stopped=stopped)

@@ -15,6 +15,14 @@ def _store() -> WeightsStore:
 
 
 def _metrics(metrics: dict, limit: int = 3) -> str:
+    """A trained version: both exams that decided its promotion, each against its baseline; others:
+    the first few metrics."""
+    if "val_miou" in metrics:
+        def exam(name: str, key: str) -> str:
+            base = metrics.get(f"baseline_{key}")
+            return f"{name}={metrics[key]:g}" + ("" if base is None else f" (base {base:g})")
+
+        return " ".join(exam(n, k) for n, k in (("val", "val_miou"), ("guard", "guard_miou")) if k in metrics)
     items = list(metrics.items())[:limit]
     return " ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in items) or "-"
 

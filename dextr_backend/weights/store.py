@@ -41,6 +41,7 @@ MANIFEST_FORMAT = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RECORD_FIELDS = ("name", "arch", "input_size", "threshold", "trim", "file", "sha256", "size", "metrics",
                  "parent", "created", "source", "card")
+_CHECKED: dict[str, tuple] = {}   # weights file -> (path, sha256, size, mtime) last verified by check()
 GET_STARTED = ("run `dextr-backend weights download dextr_pascal-sbd` for the official model, "
                "or `dextr-backend weights import PATH` for a file you have")
 
@@ -144,6 +145,28 @@ class LoadedWeights:
     meta: Version
 
 
+def load_tensors(path: Path, what: str = "file"):
+    """``torch.load(weights_only=True)`` with one clear line for every way a file can be wrong.
+
+    Only tensors and plain Python data come back; a file holding other objects is refused, since
+    unpickling them could run code. torch's own messages are not passed on: some end in a bare
+    number, and one advises loading with ``weights_only=False``, which is exactly what must not happen.
+    """
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise WeightsError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise WeightsError(f"{what} {path} is a folder, not a file") from None
+    except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors all mean the same here
+        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+            reason = ("it holds Python objects besides tensors, which are refused because loading them could "
+                      "run code")
+        else:
+            reason = "not a PyTorch file, or truncated or corrupt"
+        raise WeightsError(f"cannot read {what} {path}: {reason}") from None
+
+
 def read_state_file(path: Path) -> dict[str, torch.Tensor]:
     """Tensors only (``weights_only``): a weights file must never be able to run code.
 
@@ -151,11 +174,7 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
     ``checkpoint.pt`` as the weights the run validates: its moving average where it keeps one,
     else its model. So the last epoch of a run that was stopped can be imported or shipped.
     """
-    try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # pickle, zip and torch errors all mean the same thing here
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise WeightsError(f"cannot read weights file {path}: {reason}") from None
+    obj = load_tensors(path, "weights file")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "optimizer" in obj:
@@ -305,6 +324,30 @@ class WeightsStore:
             raise WeightsError(f"weights file {path} of version {meta.name!r} is corrupt (sha256 {actual[:12]}..., "
                                f"expected {meta.sha256[:12]}...) and was not loaded; {redo}")
 
+    def check(self, version: str | None = None) -> Version:
+        """Verify the file of a version (default: current) as a load would, but only once per
+        change of the file (keyed by path, size and mtime), so ``/health`` can ask on every call."""
+        if version is not None and self._find(version) is None and self._is_path(version):
+            path = Path(version).expanduser()
+            if not path.is_file():
+                raise WeightsError(f"no weights file at {path}")
+            meta = Version(name=path.name, arch="?", input_size=0, threshold=0.5, file=str(path), sha256=None,
+                           size=None, path=path)
+        else:
+            meta = self.current() if version is None else self.get(version)
+        path = meta.path
+        try:
+            stat = path.stat() if path is not None else None
+        except OSError:
+            stat = None
+        key = (str(path), meta.sha256, stat and stat.st_size, stat and stat.st_mtime_ns)
+        if _CHECKED.get(str(path)) != key:
+            self.verify(meta)
+            if meta.sha256 is None:        # nothing pinned: at least it must read as weights
+                read_state_file(path)
+            _CHECKED[str(path)] = key
+        return meta
+
     @staticmethod
     def _is_path(version: str) -> bool:
         return version.endswith((".pt", ".pth")) or "/" in version or os.sep in version
@@ -443,10 +486,11 @@ class WeightsStore:
         return self._commit(staged, ".pt", fields, name, make_current)
 
     def use(self, name: str) -> Version:
-        """Make ``name`` the version that serves; its file must be present."""
+        """Make ``name`` the version that serves; its file must be present, intact (sha256) and fit
+        its architecture, so a corrupt file never becomes current."""
         version = self.get(name)
-        if version.path is None or not version.path.is_file():
-            self.verify(version)  # raises the "missing" message
+        self.verify(version)
+        check_fits(read_state_file(version.path), version.arch)
         with self._lock():
             manifest = self._manifest()
             manifest["current"] = version.name
@@ -534,5 +578,5 @@ class WeightsStore:
         return [k for n, k in KNOWN_WEIGHTS.items() if n not in names]
 
 
-__all__ = ["LoadedWeights", "Version", "WeightsStore", "check_fits", "default_root", "read_state_file",
-           "sha256_file"]
+__all__ = ["LoadedWeights", "Version", "WeightsStore", "check_fits", "default_root", "load_tensors",
+           "read_state_file", "sha256_file"]

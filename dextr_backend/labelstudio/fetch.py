@@ -1,0 +1,236 @@
+"""Fetching a URL by the backend's rules, one checked redirect hop at a time.
+
+Task data names the URLs, so every URL is hostile until checked: only ``http``/``https``, never
+user info, and only Label Studio's own origin (scheme, host, port) or a host of
+``DEXTR_ALLOWED_HOSTS``. Redirects are followed by hand so that each hop is checked *before*
+connecting, and Label Studio's credentials ride along only while the URL and every hop so far
+stayed on Label Studio's origin. Errors name the URL the caller gave and a fixed, generic
+reason: what a later hop was, or why a socket failed, stays in the (origin-only) log.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import logging
+import os
+import threading
+import time
+from typing import Callable, Iterable, NamedTuple
+
+import httpx
+
+from ..errors import InputError, ServiceTimeout
+from ..redact import redact_text, redact_url
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
+DEFAULT_PORTS = {"http": 80, "https": 443}
+CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
+
+
+class FetchError(InputError):
+    """A checked fetch failed (HTTP 422); ``status`` is the HTTP code when a server answered one."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class Origin(NamedTuple):
+    scheme: str
+    host: str
+    port: int
+
+
+def origin(url: httpx.URL) -> Origin:
+    return Origin(url.scheme, url.host.lower(), url.port or DEFAULT_PORTS.get(url.scheme, 0))
+
+
+def shown(url) -> str:
+    """The caller's URL as an error may quote it: password masked, bounded, control characters escaped."""
+    text = redact_url(str(url)) or ""
+    text = text if len(text) <= 200 else text[:200] + "..."
+    return text if text.isprintable() and " " not in text else repr(text)
+
+
+def _problem(url: httpx.URL) -> str | None:
+    """Why an absolute URL is never fetched, or None."""
+    if url.scheme in CLOUD_SCHEMES:
+        return ("cloud storage URLs need Label Studio to presign them; serve them through a Label Studio "
+                "storage (use_blob_urls) instead")
+    if url.scheme not in DEFAULT_PORTS:
+        return f"scheme {url.scheme!r}; only http and https are fetched"
+    if url.userinfo:
+        return "user names and passwords in URLs are refused"
+    if not url.host or not 0 < (url.port or 1) < 65536:
+        return "not a valid URL"
+    return None
+
+
+def _host_entry(entry: str) -> tuple[str, int | None] | None:
+    """``host``, ``host:port`` or ``[v6]:port`` of DEXTR_ALLOWED_HOSTS; a bad port matches nothing."""
+    entry = entry.strip().lower()
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    else:
+        host, port = entry, ""
+    if not host or (port and not port.isdigit()):
+        return None
+    return host, int(port) if port else None
+
+
+def is_allowed(url: httpx.URL, home: Origin | None, allowed_hosts: Iterable[str]) -> bool:
+    """Label Studio's own origin, or a host (any port) / host:port of the allow-list."""
+    here = origin(url)
+    if home is not None and here == home:
+        return True
+    entries = (_host_entry(e) for e in allowed_hosts)
+    return any(e is not None and e[0] == here.host and e[1] in (None, here.port) for e in entries)
+
+
+def check_url(url: str, *, base: str | None = None, allowed_hosts: Iterable[str] = ()) -> httpx.URL:
+    """The absolute URL ``url`` names (relative ones under ``base``, Label Studio's URL), refused with
+    an :class:`InputError` unless it may be fetched. No network."""
+    def refuse(reason: str) -> InputError:
+        return InputError(f"cannot fetch {shown(url)}: not allowed ({reason})")
+
+    if not isinstance(url, str) or not url:
+        raise InputError(f"cannot fetch {url!r}: not a URL")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise refuse("the URL contains whitespace or control characters")
+    try:
+        parsed = httpx.URL(url)
+        if not parsed.scheme and not parsed.host:
+            if base is None:
+                raise refuse("a relative URL needs LABEL_STUDIO_URL or the /setup hostname")
+            parsed = httpx.URL(base.rstrip("/") + "/" + url.lstrip("/"))
+        elif not parsed.scheme:
+            raise refuse("the URL has no scheme")
+    except httpx.InvalidURL:
+        raise refuse("not a valid URL") from None
+    reason = _problem(parsed)
+    if reason:
+        raise refuse(reason)
+    home = origin(httpx.URL(base)) if base else None
+    if not is_allowed(parsed, home, allowed_hosts):
+        raise refuse(f"host {parsed.host} is neither Label Studio nor in DEXTR_ALLOWED_HOSTS")
+    return parsed
+
+
+class Pool:
+    """One thread-safe httpx connection pool, made on first use in each process (a forked worker
+    must not share its parent's sockets). No redirects (we check each hop) and no cookies (a
+    cookie is a credential that knows no ports)."""
+
+    def __init__(self):
+        self._client: httpx.Client | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def client(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+                self._client = httpx.Client(follow_redirects=False, cookies=jar)
+                self._pid = os.getpid()
+            return self._client
+
+
+SHARED = Pool()
+
+
+def fetch_bytes(url: str, *, base: str | None = None, auth: Callable[[], dict[str, str]] | None = None,
+                allowed_hosts: Iterable[str] = (), max_bytes: int, timeout: float, deadline: float | None = None,
+                method: str = "GET", payload=None, pool: Pool | None = None) -> bytes:
+    """The body of ``url`` after at most :data:`MAX_REDIRECTS` checked hops.
+
+    ``base`` is Label Studio's URL: relative URLs resolve under it and its origin is always
+    allowed; ``auth()`` gives its credential headers, sent only while every hop stayed on that
+    origin. ``timeout`` bounds the whole fetch, redirects included; ``deadline`` (a
+    ``time.monotonic()`` value) is the caller's own, and the earlier wins: it is checked before
+    each hop and between body chunks, and every connect or read may wait only the time left
+    when its hop began. Refusals raise :class:`InputError`, failures :class:`FetchError`, the
+    caller's deadline :class:`ServiceTimeout`.
+    """
+    allowed_hosts = tuple(allowed_hosts)
+    start = time.monotonic()
+    end = start + timeout
+    caller_limits = deadline is not None and deadline < end
+    end = min(end, deadline) if deadline is not None else end
+    target = check_url(url, base=base, allowed_hosts=allowed_hosts)
+    home = origin(httpx.URL(base)) if base else None
+    trusted = home is not None and origin(target) == home
+    content = json.dumps(payload).encode() if payload is not None else None
+    client = (pool or SHARED).client()
+    name = shown(url)
+
+    def failed(reason: str, status: int | None = None) -> FetchError:
+        return FetchError(f"cannot fetch {name}: {reason}", status)
+
+    def timed_out() -> InputError | ServiceTimeout:
+        message = f"cannot fetch {name}: timed out after {round(end - start, 1):g} s"
+        return ServiceTimeout(message) if caller_limits else FetchError(message)
+
+    for _ in range(MAX_REDIRECTS + 1):
+        headers = {"Accept-Encoding": "identity"}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        if trusted and auth is not None:
+            headers.update(auth())
+        left = end - time.monotonic()
+        if left <= 0:
+            raise timed_out()
+        try:
+            with client.stream(method, target, headers=headers, content=content, timeout=left) as resp:
+                if resp.status_code in REDIRECTS and resp.headers.get("location"):
+                    try:
+                        hop = target.join(resp.headers["location"])
+                    except httpx.InvalidURL:
+                        hop = None
+                    if hop is None or _problem(hop) or not is_allowed(hop, home, allowed_hosts):
+                        log.warning("redirect refused", extra={"url": redact_url(url), "from": _origin_text(target),
+                                                               "to": _origin_text(hop)})
+                        raise InputError(f"cannot fetch {name}: redirect to a host that is not allowed")
+                    trusted = trusted and origin(hop) == home
+                    if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
+                        method, content = "GET", None
+                    target = hop
+                    continue
+                if not 200 <= resp.status_code < 300:
+                    raise failed(f"the server answered HTTP {resp.status_code}", resp.status_code)
+                return _read(resp, max_bytes, end, failed, timed_out)
+        except httpx.TimeoutException:
+            raise timed_out() from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            log.warning("fetch failed", extra={"url": redact_url(url), "at": _origin_text(target),
+                                               "error": redact_text(f"{type(exc).__name__}: {exc}")})
+            if isinstance(exc, (httpx.ProtocolError, httpx.DecodingError)):
+                raise failed("the answer was not HTTP") from None
+            raise failed("could not connect") from None
+    raise InputError(f"cannot fetch {name}: too many redirects (more than {MAX_REDIRECTS})")
+
+
+def _read(resp: httpx.Response, max_bytes: int, end: float, failed, timed_out) -> bytes:
+    """The streamed body, refused (not truncated) past ``max_bytes``, stopped at the deadline."""
+    length = resp.headers.get("content-length", "")
+    if length.isdigit() and int(length) > max_bytes:
+        raise failed(f"larger than {max_bytes} bytes")
+    chunks, size = [], 0
+    for chunk in resp.iter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise failed(f"larger than {max_bytes} bytes")
+        if time.monotonic() > end:
+            raise timed_out()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _origin_text(url: httpx.URL | None) -> str:
+    return "-" if url is None else "{}://{}:{}".format(*origin(url))

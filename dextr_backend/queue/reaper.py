@@ -1,0 +1,107 @@
+"""Jobs whose worker stopped answering, found from the heartbeat within a minute.
+
+rq itself notices a dead worker's job only when its started-registry entry expires (the job
+timeout + 60 s: six hours for training), and lists the dead worker as busy until then. Here a
+started execution whose worker has no heartbeat (``keys.ALIVE_PREFIX``) becomes a suspect; if it
+still has none ``GRACE_SECONDS`` later (so a worker starved for a moment is not robbed of its
+job), one reaper claims it (SET NX) and
+
+- requeues a training job at the front of its queue (at most ``MAX_REQUEUES`` times, then fails
+  it), so a restarted worker resumes it from the run's checkpoint; the project's status says
+  "requeued after worker X stopped answering";
+- fails a prediction, so the waiting API request retries once or answers 503 at once;
+- removes the dead worker from rq's registry.
+
+Every worker runs ``reap`` from its dequeue loop every ``SCAN_SECONDS``; the API runs it on
+*Start Training*.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.job_lifecycle import record_job_failure
+from rq.registry import StartedJobRegistry
+from rq.worker import BaseWorker
+
+from . import PREDICT_QUEUE, TRAIN_QUEUE
+from .keys import REAPED, REAPED_TTL, SUSPECT, SUSPECT_TTL, alive_key
+from .training import worker_lost
+
+log = logging.getLogger(__name__)
+
+SCAN_SECONDS = 10.0
+GRACE_SECONDS = 8.0
+MAX_REQUEUES = 2
+
+
+def reap(conn: redis.Redis, queue_names=(PREDICT_QUEUE, TRAIN_QUEUE)) -> list[str]:
+    """Hand on the started jobs of dead workers; returns one line per job handled."""
+    done = []
+    for name in queue_names:
+        registry = StartedJobRegistry(name, connection=conn)
+        for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+            composite = f"{job_id}:{execution_id}"
+            try:
+                job = Job.fetch(job_id, connection=conn)
+            except NoSuchJobError:
+                conn.zrem(registry.key, composite)
+                continue
+            worker = job.worker_name or ""
+            if job.get_status(refresh=False) != JobStatus.STARTED or not worker:
+                continue
+            if conn.exists(alive_key(worker)):
+                conn.delete(SUSPECT.format(execution=composite))
+                continue
+            if conn.set(SUSPECT.format(execution=composite), time.time(), nx=True, ex=SUSPECT_TTL):
+                continue                                   # first sighting: look again later
+            first = float(conn.get(SUSPECT.format(execution=composite)) or time.time())
+            if time.time() - first < GRACE_SECONDS:
+                continue
+            if not conn.set(REAPED.format(execution=composite), worker, nx=True, ex=REAPED_TTL):
+                continue                                   # another reaper has it
+            done.append(_hand_on(conn, Queue(name, connection=conn), job, execution_id, worker))
+    return done
+
+
+def _hand_on(conn: redis.Redis, queue: Queue, job: Job, execution_id: str, worker: str) -> str:
+    training = queue.name == TRAIN_QUEUE
+    requeues = int(job.meta.get("requeues", 0))
+    requeue = training and requeues < MAX_REQUEUES
+    note = (f"requeued after worker {worker} stopped answering" if requeue
+            else f"failed: worker {worker} stopped answering" + (" (its workers died too often)" if training else ""))
+    with conn.pipeline() as pipe:
+        while True:
+            try:
+                if training:
+                    worker_lost(conn, pipe, job, worker, requeue, note)
+                else:
+                    pipe.multi()
+                Execution(execution_id, job.id, connection=conn, worker_name=worker).delete(job, pipe)
+                _forget_worker(pipe, worker)
+                if requeue:
+                    job.meta["requeues"] = requeues + 1
+                    queue.enqueue_job(job, pipeline=pipe, at_front=True)
+                else:
+                    record_job_failure(job, note, pipe)
+                pipe.execute()
+                break
+            except redis.WatchError:
+                pipe.reset()
+    log.warning("job handed on", extra={"job": job.id, "queue": queue.name, "dead_worker": worker, "note": note})
+    return f"{job.id}: {note}"
+
+
+def _forget_worker(pipe, worker: str) -> None:
+    """rq's registration of a dead worker (otherwise listed as busy until its key expires)."""
+    key = BaseWorker.redis_worker_namespace_prefix + worker
+    pipe.delete(key)
+    pipe.srem(BaseWorker.redis_workers_keys, key)
+    for name in (PREDICT_QUEUE, TRAIN_QUEUE):
+        pipe.srem(f"rq:workers:{name}", key)

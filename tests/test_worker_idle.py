@@ -1,0 +1,163 @@
+"""Queue workers keep listening when idle, and their heartbeat is the dequeue loop's own: a worker
+that stops listening drops out of ``/health`` within seconds. Real Redis, real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import redis
+import torch
+from rq import Queue
+
+from dextr_backend.models import build_model
+from dextr_backend.queue import PREDICT_QUEUE
+from dextr_backend.queue.client import QueueClient
+from dextr_backend.queue.keys import ALIVE_TTL, alive_key
+from dextr_backend.queue.worker import DextrWorker, connect
+from dextr_backend.weights.store import WeightsStore
+from services import Worker
+from test_server import body
+
+IDLE_SECONDS = 100     # past rq's connection backoff (1+2+4+...+32 s, then 60 s at a time)
+
+
+@pytest.fixture()
+def env(tmp_path, image_server):
+    torch.manual_seed(0)
+    root = tmp_path / "store"
+    WeightsStore(root).add_version(build_model("lite0").state_dict(), "lite0", name="served", make_current=True)
+    return {"DEXTR_WEIGHTS_DIR": str(root), "DEXTR_ALLOWED_HOSTS": image_server, "DEXTR_DEVICE": "cpu",
+            "DEXTR_THREADS": "1"}
+
+
+def wait_for(condition, seconds: float, step: float = 0.1):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return False
+
+
+def test_an_idle_worker_still_answers(private_redis, env, image_server, tmp_path):
+    """With a read timeout shorter than rq's blocking dequeue, every idle dequeue fails and rq
+    backs off for up to a minute at a time: this request would time out."""
+    log = tmp_path / "worker.log"
+    worker = Worker(private_redis.url, env, log=log).start()
+    try:
+        client = QueueClient(private_redis.url)
+        time.sleep(IDLE_SECONDS)
+        assert len(client.workers()) == 1
+        started = time.monotonic()
+        payload = client.predict(body(image_server), timeout=10)
+        assert "ok" in payload, payload
+        assert time.monotonic() - started < 10
+        assert "could not connect to Redis" not in log.read_text()
+    finally:
+        worker.stop()
+
+
+def test_a_stopped_worker_drops_out_of_health(private_redis, env, tmp_path):
+    log = tmp_path / "worker.log"
+    worker = Worker(private_redis.url, env, log=log).start()
+    client = QueueClient(private_redis.url)
+    try:
+        assert len(client.workers()) == 1
+        starting = [json.loads(line) for line in log.read_text().splitlines() if '"worker starting"' in line]
+        assert starting and starting[0]["threads"] == 1              # DEXTR_THREADS
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        assert wait_for(lambda: client.workers() == [], ALIVE_TTL + 2), "a stopped worker still counted as alive"
+        assert time.monotonic() - stopped <= ALIVE_TTL + 2
+        os.kill(worker.proc.pid, signal.SIGCONT)
+        assert wait_for(lambda: len(client.workers()) == 1, 10), "the worker did not come back"
+    finally:
+        os.kill(worker.proc.pid, signal.SIGCONT)
+        worker.stop()
+
+
+class InThreadWorker(DextrWorker):
+    def _install_signal_handlers(self):
+        pass                                   # only the main thread may; this one runs in a thread
+
+
+def test_the_heartbeat_stops_when_the_dequeue_loop_stops_listening(private_redis, monkeypatch):
+    """The process and its threads stay alive; only the loop is stuck (here: every dequeue fails,
+    as with the old short read timeout). A heartbeat from a side thread would have gone on."""
+    real = Queue.dequeue_any.__func__
+    mode = {"now": "listen"}
+
+    def dequeue_any(cls, queues, timeout, connection, **kw):
+        if mode["now"] == "deaf":
+            raise redis.ConnectionError("simulated: the dequeue cannot read from Redis")
+        if mode["now"] == "stop":
+            from rq.exceptions import StopRequested
+            raise StopRequested()
+        return real(cls, queues, timeout, connection, **kw)
+
+    monkeypatch.setattr(Queue, "dequeue_any", classmethod(dequeue_any))
+    worker = InThreadWorker([PREDICT_QUEUE], connection=connect(private_redis.url), name="in-thread")
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    client = QueueClient(private_redis.url)
+    try:
+        assert wait_for(lambda: client.workers() == ["in-thread"], 10)
+        mode["now"] = "deaf"
+        assert wait_for(lambda: client.workers() == [], ALIVE_TTL + 3), "a deaf worker still counted as alive"
+        assert thread.is_alive()
+        mode["now"] = "listen"
+        assert wait_for(lambda: client.workers() == ["in-thread"], 15), "the worker did not listen again"
+    finally:
+        mode["now"] = "stop"
+        thread.join(20)
+    assert not redis.Redis.from_url(private_redis.url).exists(alive_key("in-thread"))
+
+
+def test_a_timeout_counts_the_jobs_really_waiting(private_redis):
+    """Counted before this request's job is cancelled, and without the ids of expired jobs that
+    linger in rq's list: here one other live job and this one (three stale ids left out)."""
+    from dextr_backend.errors import ServiceTimeout
+
+    conn = redis.Redis.from_url(private_redis.url)
+    conn.set(alive_key("nobody-home"), PREDICT_QUEUE, ex=60)     # "alive", but never takes a job
+    client = QueueClient(private_redis.url)
+    client.predict_queue.enqueue_call("dextr_backend.queue.jobs.predict", args=({},), ttl=60)
+    for stale in ("gone-1", "gone-2", "gone-3"):
+        conn.rpush(client.predict_queue.key, stale)
+    with pytest.raises(ServiceTimeout) as err:
+        client.predict({"tasks": []}, timeout=2)
+    assert "2 jobs waiting in 'dextr-predict', this one included" in str(err.value)
+
+
+def test_a_dead_workers_prediction_is_failed_by_another_worker(private_redis, env, image_server, tmp_path):
+    """Found from the heartbeat within seconds, not when rq's started-registry entry expires; the
+    dead worker leaves rq's registry too (it was listed as busy)."""
+    from rq import Worker as RqWorker
+    from rq.job import Job, JobStatus
+
+    from test_server import _slow_batch
+
+    url = private_redis.url
+    workers = [Worker(url, env, log=tmp_path / f"worker{i}.log").start() for i in range(2)]
+    conn = redis.Redis.from_url(url)
+    try:
+        job = QueueClient(url).predict_queue.enqueue_call("dextr_backend.queue.jobs.predict",
+                                                          args=(_slow_batch(image_server, 90),), timeout=300)
+        assert wait_for(lambda: Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED, 30)
+        name = Job.fetch(job.id, connection=conn).worker_name
+        (busy,) = [w for w in workers if f"-{w.proc.pid}-" in name]
+        busy.kill()
+        killed = time.monotonic()
+        assert wait_for(lambda: Job.fetch(job.id, connection=conn).get_status() == JobStatus.FAILED, 45, step=0.5)
+        assert time.monotonic() - killed < 45
+        failed = Job.fetch(job.id, connection=conn).latest_result()
+        assert f"worker {name} stopped answering" in failed.exc_string
+        assert name not in {w.name for w in RqWorker.all(connection=conn)}
+    finally:
+        for w in workers:
+            w.stop()
