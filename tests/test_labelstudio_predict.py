@@ -124,9 +124,14 @@ def test_interactive_four_clicks_give_a_brush_mask(segmenter, image_server):
     assert segmenter.cache.hits >= 1 and len(segmenter.cache) == 1   # repeated clicks: no re-download
 
 
-def test_fewer_than_four_clicks_give_an_empty_result_not_an_empty_list(segmenter, image_server):
+def test_fewer_than_four_clicks_give_no_prediction_for_the_task(segmenter, image_server):
+    """One entry per task (an empty top-level list is an error in Label Studio's page), and that
+    entry is an empty list of predictions: an empty *result* would be stored as a prediction when
+    a task opens, and deleted clicks when Auto-Accept accepts it (tests/browser cases b and e)."""
     out = segmenter.predict(request(image_server, CLICKS[:3]))
-    assert out["results"] == [{"result": [], "score": 0.0, "model_version": "random"}]
+    assert out["results"] == [[]]
+    opened = segmenter.predict(request(image_server, task={"id": 8, "data": {"image": "unused"}}))
+    assert opened["results"] == [[]]
 
 
 def test_rectangle_and_polygon_output(segmenter, image_server):

@@ -102,13 +102,19 @@ class Segmenter:
                                  "(DEXTR_PREDICT_TIMEOUT); send fewer tasks or objects at once, or raise it")
 
     def _task_result(self, task: dict, config: LabelConfig, prompts: list[Prompt], predictor: DextrPredictor,
-                     fetcher: ImageFetcher, deadline: float) -> dict:
+                     fetcher: ImageFetcher, deadline: float) -> dict | list:
+        """One prediction for ``task`` (a dict), or none (``[]``) when there is nothing to segment.
+
+        Label Studio reads each item of ``results`` as one prediction or a list of them. ``[]``
+        stores nothing when a task opens (an empty prediction of this model version would make
+        *Retrieve predictions* skip the task for good), and the labeling page keeps its keypoints
+        with Auto-Accept Suggestions on (accepting an empty result deletes them)."""
         ready = [p for p in prompts if p.ready]
         if any(p.negatives for p in prompts):
             log.info("negative clicks ignored: DEXTR uses extreme points only",
                      extra={"task": task.get("id"), "negatives": sum(len(p.negatives) for p in prompts)})
         if not ready:
-            return {"result": [], "score": 0.0, "model_version": predictor.version}
+            return []
         result, scores = [], []
         batch = max(1, predictor.batch_size)
         for start in range(0, len(ready), batch):
