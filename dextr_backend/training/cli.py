@@ -44,10 +44,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                 "imagenet:lite0 starts from the ImageNet backbone alone")
     p.add_argument("--arch", default=None,
                    help="grow the --init version into this architecture, e.g. lite0r (lite0 + a stride-2 "
-                        "boundary refiner); default: the --init version's own")
+                        "boundary refiner) or lite0c (lite0 frozen + a corrector for corrective clicks); "
+                        "default: the --init version's own")
     p.add_argument("--freeze", type=part_list, default=(), metavar="PARTS",
                    help="comma-separated parts of the network left untrained, e.g. backbone,decoder to train "
                         "only lite0r's new refiner (default: none)")
+    p.add_argument("--corrections", type=int, default=3, metavar="K",
+                   help="architectures that take corrective clicks (lite0c): each sample gets 1 to K simulated "
+                        "clicks, each placed on the errors of the network's latest answer (default: 3)")
     p.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
     p.add_argument("--samples-per-epoch", type=int, default=None,
                    help="augmented samples per epoch (default: 10 per training object, 200 to 2000)")
@@ -129,13 +133,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--ema {args.ema}: the decay must lie in [0, 1), e.g. 0.998 (0 = off)")
     if not 0.0 <= args.color_jitter < 1.0:
         raise InputError(f"--color-jitter {args.color_jitter}: the strength must lie in [0, 1), e.g. 0.2 (0 = off)")
+    if args.corrections < 1:
+        raise InputError(f"--corrections {args.corrections}: at least 1 simulated click per sample")
     refs, source = load_refs(args)
     n_train = len(refs)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_minutes=args.max_minutes,
                          patience=args.patience, seed=args.seed, threads=args.threads, val_objects=args.val_objects,
                          resolution=args.resolution, cpu_bf16=args.bf16, ema_decay=args.ema,
                          samples_per_epoch=args.samples_per_epoch or min(2000, max(200, 10 * n_train)),
-                         freeze=args.freeze, augment=Augment(color=args.color_jitter))
+                         freeze=args.freeze, corrections=args.corrections, augment=Augment(color=args.color_jitter))
     if args.lr is not None:
         config.lr = args.lr
     elif not (args.init or "").startswith("imagenet:"):
@@ -149,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
     if outcome.guard_miou is not None:
         versus += f"; guard mIoU {outcome.guard_miou:.2f}" + (
             "" if outcome.baseline_guard_miou is None else f" vs {outcome.baseline_guard_miou:.2f}")
+    for key, value in outcome.corrected.items():
+        if not key.startswith("baseline_") and value is not None:
+            base = outcome.corrected.get(f"baseline_{key}")
+            versus += f"; {key} {value:.2f}" + ("" if base is None else f" vs {base:.2f}")
     print(f"{outcome.version.name}: val mIoU {outcome.val_miou:.2f} {versus} -> {verdict} "
           f"({outcome.minutes:.1f} min, stopped: {outcome.stopped})")
     print(json.dumps(outcome.summary()))

@@ -14,7 +14,7 @@ import logging
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,7 @@ from ..predictor import DextrPredictor
 from ..weights.registry import default_threshold
 from ..weights.store import Version, WeightsStore
 from .datasets import ObjectRef, objects_key, split, spread
-from .trainer import TrainConfig, Trainer, guard_miou, validation_miou
+from .trainer import CORRECTION_CLICKS, TrainConfig, Trainer, guard_miou, validation_miou
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class Outcome:
     stopped: str
     guard_miou: float | None = None            # the new version on the guard folder
     baseline_guard_miou: float | None = None   # the current version there
+    corrected: dict = field(default_factory=dict)   # corrections versions: the 6-click scores of both
 
     def summary(self) -> dict:
         return {"version": self.version.name, "promoted": self.promoted, "baseline": self.baseline,
@@ -52,6 +53,7 @@ class Outcome:
                     "guard_miou": round(self.guard_miou, 2),
                     "baseline_guard_miou": (None if self.baseline_guard_miou is None
                                             else round(self.baseline_guard_miou, 2))}),
+                **{k: (None if v is None else round(v, 2)) for k, v in self.corrected.items()},
                 "minutes": round(self.minutes, 2), "stopped": self.stopped}
 
 
@@ -75,19 +77,37 @@ IMAGENET = "imagenet:"
 
 
 def _scores(arch: str, state: dict, input_size: int, threshold: float, trim: int, val_refs, guard_objects,
-            seed: int, device: str) -> tuple[float, float | None]:
-    """One version's validation mIoU and guard mIoU (None without a guard), from one predictor."""
+            seed: int, device: str, clicks: int | None = None, version: str = "custom") -> dict:
+    """One version's ``val_miou`` and ``guard_miou`` (None without a guard), from one predictor;
+    with ``clicks`` also ``val_miou_6`` and ``guard_miou_6`` (a version without corrections
+    ignores the clicks, so there it scores its 4-click masks)."""
     model = load_state(build_model(arch), state)
     predictor = DextrPredictor(model, input_size, threshold=threshold, device=device,
-                               postprocess=PostProcess(trim=trim))
-    guard = guard_miou(predictor, guard_objects) if guard_objects else None
-    return validation_miou(predictor, val_refs, seed), guard
+                               postprocess=PostProcess(trim=trim), corrections=get_architecture(arch).corrections,
+                               version=version)
+    out = {"val_miou": None, "guard_miou": None}
+    for key, value in (("guard_miou", guard_miou(predictor, guard_objects, clicks) if guard_objects else None),
+                       ("val_miou", validation_miou(predictor, val_refs, seed, clicks))):
+        if clicks and value is not None:
+            out[key], out[f"{key}_{clicks}"] = value
+        else:
+            out[key] = value
+    if clicks and not guard_objects:
+        out[f"guard_miou_{clicks}"] = None
+    return out
 
 
 def at_least_as_good(val: float, base_val: float, guard: float | None = None,
-                     base_guard: float | None = None) -> bool:
-    """The promotion rule: no worse on the validation split, and no worse on the guard if there is one."""
-    return val >= base_val and (guard is None or base_guard is None or guard >= base_guard)
+                     base_guard: float | None = None, corrected: dict | None = None,
+                     base_corrected: dict | None = None) -> bool:
+    """The promotion rule: no worse on the validation split, and no worse on the guard if there is one.
+
+    A corrections version must also be no worse on each score of ``corrected`` (e.g.
+    ``{"val_miou_6": ..., "guard_miou_6": ...}``) than the incumbent's same score.
+    """
+    pairs = [(val, base_val), (guard, base_guard)]
+    pairs += [(v, (base_corrected or {}).get(k)) for k, v in (corrected or {}).items()]
+    return all(new is None or old is None or new >= old for new, old in pairs[1:]) and val >= base_val
 
 
 def load_guard(folder: str | Path) -> list:
@@ -140,18 +160,23 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
         incumbent = store.load(None)
     except WeightsError:
         incumbent = None          # nothing is current yet: the first trained version wins
-    incumbent_score, incumbent_guard = (
+    clicks = CORRECTION_CLICKS if trainer.corrections else None
+    incumbent_scores = (
         _scores(incumbent.arch, incumbent.state_dict, incumbent.input_size, incumbent.threshold,
-                incumbent.meta.trim, val_refs, guard_objects, config.seed, device)
-        if incumbent else (float("nan"), None))
+                incumbent.meta.trim, val_refs, guard_objects, config.seed, device, clicks, incumbent.version)
+        if incumbent else {"val_miou": float("nan"), "guard_miou": None})
+    incumbent_score, incumbent_guard = incumbent_scores["val_miou"], incumbent_scores["guard_miou"]
     log.info("current version scored", extra={"current": incumbent and incumbent.version,
-                                              "val_miou": incumbent_score, "val_objects": len(val_refs),
-                                              "guard_miou": incumbent_guard})
+                                              "val_objects": len(val_refs), **incumbent_scores})
     result = trainer.run()
     scoring = time.monotonic()
-    score, guard_score = _scores(arch, result.state_dict, input_size, threshold, trim, val_refs, guard_objects,
-                                 config.seed, device)
-    better = incumbent is None or at_least_as_good(score, incumbent_score, guard_score, incumbent_guard)
+    scores = _scores(arch, result.state_dict, input_size, threshold, trim, val_refs, guard_objects,
+                     config.seed, device, clicks)
+    score, guard_score = scores["val_miou"], scores["guard_miou"]
+    corrected = {k: v for k, v in scores.items() if k.endswith(f"_{clicks}")} if clicks else {}
+    base_corrected = {k: v for k, v in incumbent_scores.items() if k in corrected}
+    better = incumbent is None or at_least_as_good(score, incumbent_score, guard_score, incumbent_guard,
+                                                   corrected, base_corrected)
     promoted = force or better
     minutes = (result.seconds + time.monotonic() - scoring) / 60   # every sitting of a resumed run
     metrics = {"val_miou": round(score, 2)}
@@ -161,6 +186,11 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
         metrics["guard_miou"] = round(guard_score, 2)
         if incumbent_guard is not None:
             metrics["baseline_guard_miou"] = round(incumbent_guard, 2)
+    for key, value in corrected.items():
+        if value is not None:
+            metrics[key] = round(value, 2)
+            if incumbent and base_corrected.get(key) is not None:
+                metrics[f"baseline_{key}"] = round(base_corrected[key], 2)
     card = {
         "data": {**source, "train_objects": len(train_refs), "val_objects": len(val_refs),
                  "train_images": len({r.image for r in train_refs}), "val_images": len({r.image for r in val_refs})},
@@ -184,5 +214,9 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     log.info("training finished", extra={"version": version.name, "promoted": promoted, "val_miou": score,
                                          "baseline_val_miou": incumbent_score, "guard_miou": guard_score,
                                          "baseline_guard_miou": incumbent_guard})
+    outcome_corrected = {}
+    for key, value in corrected.items():
+        outcome_corrected[key] = value
+        outcome_corrected[f"baseline_{key}"] = base_corrected.get(key)
     return Outcome(version, promoted, incumbent.version if incumbent else None, incumbent_score, score,
-                   minutes, result.stopped, guard_score, incumbent_guard)
+                   minutes, result.stopped, guard_score, incumbent_guard, outcome_corrected)

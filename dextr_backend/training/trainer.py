@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..errors import InputError
 from ..evaluation.runner import evaluate_objects
 from ..models import build_model, get_architecture, load_state
+from .corrections import simulate
 from ..postprocess import PostProcess
 from ..predictor import DextrPredictor, pick_device, warn_if_bf16_emulated
 from .datasets import ObjectRef, as_eval_objects, load_object, spread
@@ -56,6 +57,7 @@ class TrainConfig:
     cpu_bf16: bool = False             # bf16 autocast on a CPU with native support (~30% faster steps)
     ema_decay: float = 0.0             # > 0: validate and keep an exponential moving average of the weights
     freeze: tuple[str, ...] = ()       # top-level modules left as they are (weights and BatchNorm statistics)
+    corrections: int = 3               # corrections architectures: 1 to this many simulated clicks per sample
     augment: Augment = field(default_factory=Augment)
 
 
@@ -78,15 +80,31 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def validation_miou(predictor: DextrPredictor, refs: Sequence[ObjectRef], seed: int = 0) -> float:
-    """mIoU (percent) with the exact extreme points of each object, as ``evaluate`` computes it."""
-    result = evaluate_objects(predictor, as_eval_objects(list(refs)), seed=seed, progress=False, warmup=False)
-    return float(result.miou) if result.miou is not None else float("nan")
+# A corrections version is also scored after 2 corrective clicks on top of the 4 extreme points.
+CORRECTION_CLICKS = 6
 
 
-def guard_miou(predictor: DextrPredictor, objects: Sequence) -> float:
-    """mIoU (percent) on a guard folder's objects (loaded once by ``promotion.load_guard``)."""
-    return evaluate_objects(predictor, objects, progress=False, warmup=False).miou
+def _scored(result, clicks: int | None):
+    miou = float(result.miou) if result.miou is not None else float("nan")
+    if not clicks:
+        return miou
+    return miou, float(result.miou_by_clicks()[clicks])
+
+
+def validation_miou(predictor: DextrPredictor, refs: Sequence[ObjectRef], seed: int = 0,
+                    clicks: int | None = None):
+    """mIoU (percent) with the exact extreme points of each object, as ``evaluate`` computes it;
+    with ``clicks`` (e.g. 6), ``(that, mIoU after that many clicks)`` from the same run."""
+    result = evaluate_objects(predictor, as_eval_objects(list(refs)), seed=seed, progress=False, warmup=False,
+                              max_clicks=clicks or 4)
+    return _scored(result, clicks)
+
+
+def guard_miou(predictor: DextrPredictor, objects: Sequence, clicks: int | None = None):
+    """mIoU (percent) on a guard folder's objects (loaded once by ``promotion.load_guard``);
+    with ``clicks``, ``(that, mIoU after that many clicks)``."""
+    return _scored(evaluate_objects(predictor, objects, progress=False, warmup=False, max_clicks=clicks or 4),
+                   clicks)
 
 
 def _freeze_bn(model: torch.nn.Module) -> None:
@@ -114,6 +132,15 @@ def freeze_parts(model: torch.nn.Module, names: Sequence[str]) -> list[torch.nn.
     if not any(p.requires_grad for p in model.parameters()):
         raise InputError("nothing left to train: every part of the network is frozen")
     return modules
+
+
+def is_backbone(name: str) -> bool:
+    """A parameter of a pretrained trunk (lower learning rate), also inside a composite
+    (``corrector.backbone.*``); ResNet's trunk is ``conv1``, ``bn1`` and ``layer1``-``layer4``."""
+    parts = name.split(".")
+    if "backbone" in parts[:-1]:
+        return True
+    return parts[0] in ("conv1", "bn1") or (parts[0].startswith("layer") and parts[0] != "layer5")
 
 
 class WeightAverage:
@@ -169,16 +196,20 @@ class Trainer:
         self.on_epoch = on_epoch
         if config.threads:
             torch.set_num_threads(config.threads)
+        # A corrections network trains only its corrector: pass 1 stays exactly the parent's.
+        self.corrections = get_architecture(config.arch).corrections
+        if self.corrections and init_state is None:
+            raise InputError(f"{config.arch} grows from a trained version: give --init VERSION, not ImageNet")
         self.model = build_model(config.arch, imagenet=init_state is None)
         if init_state is not None:
             load_state(self.model, init_state)
         self.model.to(self.device)
         freeze = config.freeze_bn if config.freeze_bn is not None else len(self.train_refs) < 500
         self.freeze_bn = freeze
-        self.frozen_modules = freeze_parts(self.model, config.freeze)
+        frozen = tuple(config.freeze) + (("base",) if self.corrections and "base" not in config.freeze else ())
+        self.frozen_modules = freeze_parts(self.model, frozen)
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        backbone = [p for n, p in trainable if n.startswith(("backbone.", "conv1", "bn1", "layer"))
-                    and not n.startswith("layer5")]
+        backbone = [p for n, p in trainable if is_backbone(n)]
         ids = {id(p) for p in backbone}
         head = [p for _, p in trainable if id(p) not in ids]
         self.optimizer = torch.optim.AdamW(
@@ -250,7 +281,24 @@ class Trainer:
                 ys.append(sample[1])
         x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).to(self.device)
         y = torch.from_numpy(np.stack(ys))[:, None].to(self.device)
+        if self.corrections:
+            x = simulate(self._probabilities, x, y, self.cfg.corrections, self.cfg.threshold, self.rng)
         return x, y
+
+    @torch.no_grad()
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, S, S)`` probabilities without a gradient, in eval mode (the simulated user's view)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self._autocast():
+                return torch.sigmoid(self.model(x).float())[:, 0]
+        finally:
+            self.model.train(was_training)
+            if self.freeze_bn:
+                _freeze_bn(self.model)
+            for m in self.frozen_modules:
+                m.eval()
 
     def _set_lr(self, total_steps: int) -> None:
         if self.step < self.cfg.warmup_steps:
@@ -273,19 +321,34 @@ class Trainer:
         self._eval_model.load_state_dict(self.ema.state)
         return self._eval_model
 
-    def scores(self) -> tuple[float | None, float | None]:
-        """Validation and guard mIoU (None where there is nothing to score) from one predictor.
+    def scores(self) -> dict:
+        """``val_miou`` and ``guard_miou`` (None where there is nothing to score) from one predictor;
+        a corrections network adds ``val_miou_6`` and ``guard_miou_6`` (after 2 corrective clicks).
 
         Scored as the model will be used: the version records the training resolution as its
         working size, and keeps its parent's threshold and trim.
         """
+        out = {"val_miou": None}
         if not self.val_refs and not self.guard_objects:
-            return None, None
+            return out
         predictor = DextrPredictor(self.result_model(), self.resolution, threshold=self.cfg.threshold,
                                    postprocess=PostProcess(trim=self.cfg.trim), device=self.device)
-        val = validation_miou(predictor, self.val_refs, self.cfg.seed) if self.val_refs else None
-        guard = guard_miou(predictor, self.guard_objects) if self.guard_objects else None
-        return val, guard
+        clicks = CORRECTION_CLICKS if self.corrections else None
+        for key, objects, score in (("val_miou", self.val_refs, lambda o: validation_miou(predictor, o, self.cfg.seed,
+                                                                                          clicks)),
+                                    ("guard_miou", self.guard_objects, lambda o: guard_miou(predictor, o, clicks))):
+            if not objects:
+                continue
+            value = score(objects)
+            if clicks:
+                out[key], out[f"{key}_{clicks}"] = value
+            else:
+                out[key] = value
+        return out
+
+    def selection_key(self) -> str:
+        """The score the best epoch is chosen on: corrections networks by their corrected masks."""
+        return f"val_miou_{CORRECTION_CLICKS}" if self.corrections else "val_miou"
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -326,11 +389,12 @@ class Trainer:
                 self._save()   # keep the partial epoch's progress for a resumed run
                 break
             self.epoch += 1
-            val, guard = self.scores()
-            row = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)), "val_miou": val,
-                   "minutes": self.elapsed() / 60}
-            if guard is not None:   # watched, not used to choose: validation picks the best epoch
-                row["guard_miou"] = guard
+            scores = self.scores()
+            val = scores.get(self.selection_key())
+            row = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)),
+                   "val_miou": scores["val_miou"], "minutes": self.elapsed() / 60}
+            # The guard is watched, not used to choose: validation picks the best epoch.
+            row.update({k: v for k, v in scores.items() if k != "val_miou" and v is not None})
             self.history.append(row)
             log.info("epoch done", extra=row)
             if val is None or val > self.best:
