@@ -91,7 +91,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="evaluate only the first N objects (default: all)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="write objects.csv, iou_histogram.png, summary.json and overlays of the "
-                        f"{WORST} worst objects (worst/) into DIR")
+                        f"{WORST} worst objects (worst/) into DIR; with --max-clicks also clicks.png (mIoU by "
+                        "clicks) and each object's click counts in objects.csv")
     p.add_argument("--json", action="store_true",
                    help="print one JSON line last on stdout: miou, n, ms_per_object, baseline_miou, "
                         "baseline_ms_per_object, weights, dataset, jitter; with --max-clicks also noc85, noc90, "

@@ -316,9 +316,15 @@ def evaluate_objects(predict_fn, objects: Iterable, *, jitter: int = 0, seed: in
     return EvalResult(rows, _lowest(worst, keep_worst), jitter, seed, baseline_name, max_clicks)
 
 
+def shown_iou(row: ObjectResult) -> float:
+    """IoU of the mask an overlay shows: the model's (else the baseline's), after its last click."""
+    if row.iou is not None:
+        return row.ious[-1] if row.ious else row.iou
+    return row.baseline_ious[-1] if row.baseline_ious else row.baseline_iou
+
+
 def _score(case: Case) -> float:
-    r = case.row
-    return r.iou if r.iou is not None else r.baseline_iou
+    return shown_iou(case.row)
 
 
 def _lowest(cases: list[Case], k: int) -> list[Case]:
