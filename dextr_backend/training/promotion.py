@@ -27,7 +27,7 @@ from ..predictor import DextrPredictor
 from ..weights.registry import default_threshold
 from ..weights.store import Version, WeightsStore
 from .datasets import ObjectRef, objects_key, split, spread
-from .trainer import CORRECTION_CLICKS, TrainConfig, Trainer, guard_miou, validation_miou
+from .trainer import CORRECTION_CLICKS, TrainConfig, Trainer, score_objects
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,7 @@ def _scores(arch: str, state: dict, input_size: int, threshold: float, trim: int
     predictor = DextrPredictor(model, input_size, threshold=threshold, device=device,
                                postprocess=PostProcess(trim=trim), corrections=get_architecture(arch).corrections,
                                version=version)
-    out = {"val_miou": None, "guard_miou": None}
-    for key, value in (("guard_miou", guard_miou(predictor, guard_objects, clicks) if guard_objects else None),
-                       ("val_miou", validation_miou(predictor, val_refs, seed, clicks))):
-        if clicks and value is not None:
-            out[key], out[f"{key}_{clicks}"] = value
-        else:
-            out[key] = value
-    if clicks and not guard_objects:
-        out[f"guard_miou_{clicks}"] = None
-    return out
+    return score_objects(predictor, val_refs, guard_objects, seed, clicks)
 
 
 def at_least_as_good(val: float, base_val: float, guard: float | None = None,

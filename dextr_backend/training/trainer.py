@@ -25,9 +25,9 @@ from tqdm import tqdm
 from ..errors import InputError
 from ..evaluation.runner import evaluate_objects
 from ..models import build_model, get_architecture, load_state
-from .corrections import simulate
 from ..postprocess import PostProcess
 from ..predictor import DextrPredictor, pick_device, warn_if_bf16_emulated
+from .corrections import simulate
 from .datasets import ObjectRef, as_eval_objects, load_object, spread
 from .loss import balanced_bce
 from .samples import Augment, make_sample
@@ -84,27 +84,36 @@ def _atomic_save(obj, path: Path) -> None:
 CORRECTION_CLICKS = 6
 
 
-def _scored(result, clicks: int | None):
-    miou = float(result.miou) if result.miou is not None else float("nan")
-    if not clicks:
-        return miou
-    return miou, float(result.miou_by_clicks()[clicks])
+def _miou(result, clicks: int | None = None) -> float:
+    value = result.miou_by_clicks()[clicks] if clicks else result.miou
+    return float(value) if value is not None else float("nan")
 
 
-def validation_miou(predictor: DextrPredictor, refs: Sequence[ObjectRef], seed: int = 0,
-                    clicks: int | None = None):
-    """mIoU (percent) with the exact extreme points of each object, as ``evaluate`` computes it;
-    with ``clicks`` (e.g. 6), ``(that, mIoU after that many clicks)`` from the same run."""
-    result = evaluate_objects(predictor, as_eval_objects(list(refs)), seed=seed, progress=False, warmup=False,
-                              max_clicks=clicks or 4)
-    return _scored(result, clicks)
+def score_objects(predictor: DextrPredictor, val_refs: Sequence[ObjectRef], guard_objects: Sequence | None,
+                  seed: int = 0, clicks: int | None = None) -> dict:
+    """``val_miou`` and ``guard_miou`` (percent; None where there is nothing to score), as
+    ``evaluate`` computes them; with ``clicks`` (e.g. 6) also ``val_miou_6`` and ``guard_miou_6``,
+    the mIoU after that many clicks, from the same runs."""
+    out = {}
+    runs = {"val_miou": (as_eval_objects(list(val_refs)), seed) if val_refs else None,
+            "guard_miou": (guard_objects, 0) if guard_objects else None}
+    for key, run in runs.items():
+        result = None if run is None else evaluate_objects(predictor, run[0], seed=run[1], progress=False,
+                                                           warmup=False, max_clicks=clicks or 4)
+        out[key] = None if result is None else _miou(result)
+        if clicks:
+            out[f"{key}_{clicks}"] = None if result is None else _miou(result, clicks)
+    return out
 
 
-def guard_miou(predictor: DextrPredictor, objects: Sequence, clicks: int | None = None):
-    """mIoU (percent) on a guard folder's objects (loaded once by ``promotion.load_guard``);
-    with ``clicks``, ``(that, mIoU after that many clicks)``."""
-    return _scored(evaluate_objects(predictor, objects, progress=False, warmup=False, max_clicks=clicks or 4),
-                   clicks)
+def validation_miou(predictor: DextrPredictor, refs: Sequence[ObjectRef], seed: int = 0) -> float:
+    """mIoU (percent) with the exact extreme points of each object, as ``evaluate`` computes it."""
+    return score_objects(predictor, refs, None, seed)["val_miou"]
+
+
+def guard_miou(predictor: DextrPredictor, objects: Sequence) -> float:
+    """mIoU (percent) on a guard folder's objects (loaded once by ``promotion.load_guard``)."""
+    return score_objects(predictor, [], objects)["guard_miou"]
 
 
 def _freeze_bn(model: torch.nn.Module) -> None:
@@ -328,23 +337,12 @@ class Trainer:
         Scored as the model will be used: the version records the training resolution as its
         working size, and keeps its parent's threshold and trim.
         """
-        out = {"val_miou": None}
         if not self.val_refs and not self.guard_objects:
-            return out
+            return {"val_miou": None}
         predictor = DextrPredictor(self.result_model(), self.resolution, threshold=self.cfg.threshold,
                                    postprocess=PostProcess(trim=self.cfg.trim), device=self.device)
-        clicks = CORRECTION_CLICKS if self.corrections else None
-        for key, objects, score in (("val_miou", self.val_refs, lambda o: validation_miou(predictor, o, self.cfg.seed,
-                                                                                          clicks)),
-                                    ("guard_miou", self.guard_objects, lambda o: guard_miou(predictor, o, clicks))):
-            if not objects:
-                continue
-            value = score(objects)
-            if clicks:
-                out[key], out[f"{key}_{clicks}"] = value
-            else:
-                out[key] = value
-        return out
+        return score_objects(predictor, self.val_refs, self.guard_objects, self.cfg.seed,
+                             CORRECTION_CLICKS if self.corrections else None)
 
     def selection_key(self) -> str:
         """The score the best epoch is chosen on: corrections networks by their corrected masks."""
