@@ -179,13 +179,12 @@ class DextrPredictor:
         """Any mix of images and objects: ``[(image, points), ...]`` or ``[(image, points, positives,
         negatives), ...]``. At most two batched passes: the extreme points for every item, then, for
         the items with corrective clicks, all of their clicks at once (versions that take them)."""
-        images, points, inputs, crops, corrections = [], [], [], [], []
+        points, inputs, crops, corrections = [], [], [], []
         for item in items:
             image, pts, pos, neg = _as_item(item)
             image = as_rgb(image)
             pts = geometry.as_points(pts, image.shape)
             x, crop = geometry.prepare_input(image, pts, self.input_size, self.pad, self.sigma)
-            images.append(image)
             points.append(pts)
             inputs.append(x)
             crops.append(crop)
@@ -209,6 +208,11 @@ class DextrPredictor:
         for image, first, pos, neg in items:
             if first.crop is None or first.first_probabilities is None:
                 raise InputError("correct() needs a Prediction made by this predictor (it holds pass 1)")
+            if not self.corrections:       # pass 1 stands: no crop to rebuild
+                jobs.append((None, None, None, _clicks(pos, first.mask.shape), _clicks(neg, first.mask.shape)))
+                points.append(first.points)
+                results.append(first)
+                continue
             image = as_rgb(image)
             x, crop = geometry.prepare_input(image, first.points, self.input_size, self.pad, self.sigma)
             jobs.append((x, crop, first.first_probabilities, _clicks(pos, image.shape), _clicks(neg, image.shape)))
