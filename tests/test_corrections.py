@@ -376,3 +376,27 @@ def test_promotion_needs_the_corrected_scores_too():
     assert not at_least_as_good(80, 80, 70, 70, {"val_miou_6": 81.0, "guard_miou_6": 69.9}, base)
     assert not at_least_as_good(79.9, 80, 70, 70, {"val_miou_6": 90.0, "guard_miou_6": 90.0}, base)
     assert at_least_as_good(80, 80, None, None, {"val_miou_6": 80.0, "guard_miou_6": None}, base)
+
+
+def test_grown_default_model_reproduces_its_parent_on_real_objects(shared_data, weights_dir):
+    """The shipped default grown into lite0c: the same masks with and without corrective clicks."""
+    from dextr_backend.evaluation import load_dataset
+    from dextr_backend.postprocess import PostProcess
+    from dextr_backend.weights.store import WeightsStore
+
+    loaded = WeightsStore().load("bsds-lite0-v3.2")
+    parent = DextrPredictor.from_weights("bsds-lite0-v3.2", device="cpu")
+    model = load_state(build_model("lite0c"), grow_state("lite0c", loaded.state_dict))
+    child = DextrPredictor(model, loaded.input_size, threshold=loaded.threshold, device="cpu",
+                           postprocess=PostProcess(trim=loaded.meta.trim))
+    for obj in list(load_dataset(shared_data / "GrabCut", limit=2)):
+        image = cv2.cvtColor(cv2.imread(str(obj.image_path)), cv2.COLOR_BGR2RGB)
+        points = geometry.extreme_points(obj.mask)
+        first = parent.predict(image, points)
+        click = next_click(first.mask, obj.mask, obj.ignore)
+        pos, neg = ([(click.x, click.y)], []) if click.positive else ([], [(click.x, click.y)])
+        np.testing.assert_array_equal(child.predict(image, points).probabilities, first.probabilities)
+        fixed = child.predict(image, points, pos, neg)
+        assert fixed.corrections == 1
+        np.testing.assert_allclose(fixed.probabilities, first.probabilities, atol=1e-6)
+        np.testing.assert_array_equal(fixed.mask, first.mask)
