@@ -180,11 +180,17 @@ class DextrLite(nn.Module):
         self.register_buffer("input_shift", shift.view(1, in_channels, 1, 1), persistent=False)
         self.register_buffer("input_scale", scale.view(1, in_channels, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
+    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The stride-4 logits, the decoder's last hidden features (stride 4) and the backbone's
+        maps (stride 2 first when refining), before any upsampling."""
         x = (x - self.input_shift) / self.input_scale
         feats = self.backbone(x, stride2=self.refiner is not None)
         logits, hidden = self.decoder(feats if self.refiner is None else feats[1:])
+        return logits, hidden, feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        logits, hidden, feats = self.decode(x)
         out = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if self.refiner is not None:
             delta = self.refiner(feats[0], hidden, logits)

@@ -29,7 +29,7 @@ from ..postprocess import PostProcess
 from ..predictor import DextrPredictor, pick_device, warn_if_bf16_emulated
 from .corrections import simulate
 from .datasets import ObjectRef, as_eval_objects, load_object, spread
-from .loss import balanced_bce
+from .loss import balanced_bce, correction_bce
 from .samples import Augment, make_sample
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class TrainConfig:
     ema_decay: float = 0.0             # > 0: validate and keep an exponential moving average of the weights
     freeze: tuple[str, ...] = ()       # top-level modules left as they are (weights and BatchNorm statistics)
     corrections: int = 3               # corrections architectures: 1 to this many simulated clicks per sample
+    error_weight: float = 1.0          # corrections architectures: loss weight of the pixels pass 1 got wrong
     augment: Augment = field(default_factory=Augment)
 
 
@@ -229,6 +230,8 @@ class Trainer:
         self.ema = (WeightAverage(self.model, config.ema_decay, warmup=init_state is None)
                     if config.ema_decay else None)
         self._eval_model = copy.deepcopy(self.model) if self.ema else None
+        if hasattr(self.model, "reuse_base"):   # lite0h: one frozen backbone pass per training batch
+            self.model.reuse_base = True
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         self.epoch, self.step, self.best, self.bad_epochs = 0, 0, -1.0, 0
         self.history: list[dict] = []
@@ -309,6 +312,14 @@ class Trainer:
             for m in self.frozen_modules:
                 m.eval()
 
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``balanced_bce``; a corrections network's pass 2 may weight pass 1's errors more
+        (``error_weight``; the 7th input channel is pass 1's probabilities x 255)."""
+        if not self.corrections:
+            return balanced_bce(logits, y)
+        previous = x[:, 6] > self.cfg.threshold * 255.0
+        return correction_bce(logits, y, previous, self.cfg.error_weight)
+
     def _set_lr(self, total_steps: int) -> None:
         if self.step < self.cfg.warmup_steps:
             f = (self.step + 1) / self.cfg.warmup_steps
@@ -368,7 +379,7 @@ class Trainer:
                 self._set_lr(total_steps)
                 x, y = self._batch()
                 with self._autocast():
-                    loss = balanced_bce(self.model(x).float(), y)
+                    loss = self.loss(self.model(x).float(), x, y)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
