@@ -119,6 +119,8 @@ class DextrPredictor:
         self.version = version
         self.batch_size = int(batch_size)
         self.model = model.eval().to(self.device)
+        if hasattr(self.model, "reuse_base"):    # lite0h: pass 2 reuses pass 1's backbone (HeadedDextr)
+            self.model.reuse_base = True
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
 

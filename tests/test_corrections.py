@@ -1,4 +1,4 @@
-"""Corrective clicks: the lite0c network, its input channels, the two-pass predictor, the click
+"""Corrective clicks: the lite0c and lite0h networks, their input channels, the two-pass predictor, the click
 protocol, ``evaluate --max-clicks`` and training with simulated corrections."""
 
 from __future__ import annotations
@@ -400,3 +400,136 @@ def test_grown_default_model_reproduces_its_parent_on_real_objects(shared_data, 
         assert fixed.corrections == 1
         np.testing.assert_allclose(fixed.probabilities, first.probabilities, atol=1e-6)
         np.testing.assert_array_equal(fixed.mask, first.mask)
+
+
+# ------------------------------------------------------------------------------------- lite0h
+
+def clicked(x: torch.Tensor, positives=(), negatives=()) -> torch.Tensor:
+    """``(N, 4, S, S)`` -> 7 channels with the same clicks on every sample (and a pass-1 map)."""
+    s = x.shape[-1]
+    pos = torch.from_numpy(geometry.click_map(np.array(positives, float), s))
+    neg = torch.from_numpy(geometry.click_map(np.array(negatives, float), s))
+    extra = torch.stack([pos, neg, torch.full((s, s), 128.0)])
+    return torch.cat([x, extra.expand(len(x), -1, -1, -1)], 1)
+
+
+@pytest.fixture(scope="module")
+def headed(parent):
+    return load_state(build_model("lite0h"), grow_state("lite0h", parent.state_dict())).eval()
+
+
+def test_grown_lite0h_answers_both_passes_exactly_as_its_parent(parent, headed):
+    x = torch.rand(2, 4, 96, 96) * 255
+    with torch.inference_mode():
+        expected = parent(x)
+        assert torch.equal(headed(x), expected)
+        assert torch.equal(headed(clicked(x, [(40, 50)], [(10, 80), (70, 20)])), expected)
+        assert torch.equal(headed(torch.cat([x, torch.rand(2, 3, 96, 96) * 255], 1)), expected)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(headed(clicked(x, [(40, 50)])), parent(x))
+    assert sum(p.numel() for p in headed.head.parameters()) < 100_000
+    with pytest.raises(ValueError, match="4 or 7 input channels"):
+        headed(torch.rand(1, 5, 32, 32))
+
+
+def test_lite0h_is_detected_grows_once_and_keeps_its_base_frozen(headed):
+    state = headed.state_dict()
+    assert detect_architecture(state) == "lite0h"
+    again = grow_state("lite0h", state)
+    assert again.keys() == state.keys() and all(torch.equal(again[k], state[k]) for k in state)
+    spec = get_architecture("lite0h")
+    assert spec.corrections and spec.input_size == 384
+    with pytest.raises(WeightsError, match="cannot grow into lite0h"):
+        grow_state("lite0h", build_model("lite2").state_dict())
+    model = build_model("lite0h").train()
+    assert not model.base.training and model.head.training
+    assert not any(p.requires_grad for p in model.base.parameters())
+
+
+def test_lite0h_finds_the_clicks_and_a_trained_head_follows_them(parent):
+    from dextr_backend.models.correction_head import click_points
+
+    maps = clicked(torch.zeros(1, 4, 64, 64), [(5, 7), (40, 30)], [(60, 2)])[0, 4:6]
+    points = click_points(maps)
+    assert sorted(points[0].tolist()) == [[5.0, 7.0], [40.0, 30.0]] and points[1].tolist() == [[60.0, 2.0]]
+    model = load_state(build_model("lite0h"), grow_state("lite0h", parent.state_dict())).eval()
+    torch.nn.init.normal_(model.head.out.weight, std=0.5)
+    x = torch.rand(1, 4, 64, 64) * 255
+    with torch.inference_mode():
+        here, there = model(clicked(x, [(10, 10)])), model(clicked(x, [(50, 50)]))
+    assert not torch.equal(here, there)
+
+
+def test_reusing_the_parents_pass_changes_nothing(parent):
+    model = load_state(build_model("lite0h"), grow_state("lite0h", parent.state_dict())).eval()
+    torch.nn.init.normal_(model.head.out.weight, std=0.5)
+    x = torch.rand(3, 4, 64, 64) * 255
+    inputs = clicked(x, [(20, 30)], [(50, 10)])
+    with torch.no_grad():
+        expected = model(inputs)
+        model.reuse_base = True
+        assert torch.equal(model(x), parent(x))                # fills the cache
+        assert torch.equal(model(inputs), expected)             # the same rows
+        assert torch.equal(model(inputs[[2, 0]]), expected[[2, 0]])   # some of them, reordered
+        other = clicked(torch.rand(1, 4, 64, 64) * 255, [(20, 30)])
+        model.reuse_base = False
+        fresh = model(other)
+        model.reuse_base = True
+        assert torch.equal(model(other), fresh)                 # a new crop is computed, not reused
+
+
+def test_correction_loss_weighs_pass_one_errors():
+    from dextr_backend.training.loss import balanced_bce, correction_bce
+
+    target = torch.tensor([[[[1.0, 1.0, 0.0, 0.0]]]])
+    logits = torch.tensor([[[[2.0, -1.0, -2.0, -2.0]]]])
+    previous = torch.tensor([[[True, False, False, False]]])        # pass 1 missed pixel 1
+    assert torch.allclose(correction_bce(logits, target, previous, 1.0), balanced_bce(logits, target))
+    # Weight 4: emphasis (1, 4, 1, 1), mean 7/4, times the balanced 1/2 each.
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits.flatten(), target.flatten(), reduction="none")
+    expected = (0.5 * torch.tensor([1.0, 4.0, 1.0, 1.0]) / 1.75 * bce).mean()
+    assert torch.allclose(correction_bce(logits, target, previous, 4.0), expected)
+    assert correction_bce(logits, target, previous, 4.0) > balanced_bce(logits, target)   # the missed pixel is the worst
+
+
+def test_lite0h_training_moves_only_the_head(tmp_path):
+    from dextr_backend.training.datasets import folder_objects, split
+    from dextr_backend.training.trainer import Trainer
+
+    refs = folder_objects(make_shapes(tmp_path / "shapes"))
+    train, val = split(refs)
+    parent = build_model("lite0").state_dict()
+    trainer = Trainer(small_config(arch="lite0h", samples_per_epoch=8, lr=1e-2, val_objects=2, error_weight=4.0),
+                      train, val, tmp_path / "run", init_state=grow_state("lite0h", parent))
+    assert trainer.model.reuse_base
+    trained = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in trainer.model.head.parameters()}
+    result = trainer.run()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(after[f"base.{k}"], v) for k, v in parent.items())
+    assert torch.count_nonzero(after["head.out.weight"]) > 0
+    assert result.best_val_miou == result.history[0]["val_miou_6"]
+
+
+def test_lite0h_predictor_runs_the_backbone_once_per_crop(parent, scene):
+    image, points = scene
+    model = load_state(build_model("lite0h"), grow_state("lite0h", parent.state_dict())).eval()
+    torch.nn.init.normal_(model.head.out.weight, std=0.5)
+    calls = []
+    decode = model.base.decode
+    model.base.decode = lambda x: calls.append(len(x)) or decode(x)
+    predictor = DextrPredictor(model, 64, threshold=0.5, device="cpu")
+    first = predictor.predict(image, points)
+    fixed = predictor.predict(image, points, positives=[(70, 60)], negatives=[(40, 40)])
+    again = predictor.correct(image, first, positives=[(70, 60)], negatives=[(40, 40)])
+    assert calls == [1] and fixed.corrections == 2          # one backbone pass for the crop, 3 requests
+    np.testing.assert_array_equal(again.probabilities, fixed.probabilities)
+    model.reuse_base = False
+    plain = DextrPredictor.__new__(DextrPredictor)
+    plain.__dict__.update(predictor.__dict__)
+    np.testing.assert_allclose(plain.correct(image, first, positives=[(70, 60)], negatives=[(40, 40)]).probabilities,
+                               fixed.probabilities, atol=1e-6)
+    assert not np.array_equal(fixed.probabilities, first.probabilities)
+    model.reuse_base = True
+    predictor.predict(image, points + 3, positives=[(70, 60)])
+    assert calls == [1, 1, 1]                                   # a new crop: computed (plain: once more)

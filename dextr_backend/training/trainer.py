@@ -230,7 +230,7 @@ class Trainer:
         self.ema = (WeightAverage(self.model, config.ema_decay, warmup=init_state is None)
                     if config.ema_decay else None)
         self._eval_model = copy.deepcopy(self.model) if self.ema else None
-        if hasattr(self.model, "reuse_base"):   # lite0h: one frozen backbone pass per training batch
+        if hasattr(self.model, "reuse_base"):   # lite0h: one frozen backbone pass per batch and its click rounds
             self.model.reuse_base = True
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         self.epoch, self.step, self.best, self.bad_epochs = 0, 0, -1.0, 0
