@@ -110,6 +110,27 @@ def heatmap(points: np.ndarray, size: tuple[int, int], sigma: float = SIGMA) -> 
     return (255.0 * (out - lo) / (hi - lo + 1e-10)).astype(np.float32)
 
 
+def crop_sigma(resolution: int, sigma: float | None = None) -> float:
+    """The Gaussians' width at a working size: 10 px at 512, scaled with ``resolution``."""
+    return SIGMA * resolution / PAPER_RESOLUTION if sigma is None else float(sigma)
+
+
+def to_crop(points: np.ndarray, box: tuple[int, int, int, int], resolution: int) -> np.ndarray:
+    """Image pixels -> integer pixels of the ``resolution``-sided crop of ``box``."""
+    cw, ch = box[2] - box[0] + 1, box[3] - box[1] + 1
+    # Integer arithmetic: truncates like the official code without float rounding surprises.
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return (pts.astype(np.int64) - [box[0], box[1]]) * resolution // [cw, ch]
+
+
+def click_map(points: np.ndarray, resolution: int, sigma: float | None = None) -> np.ndarray:
+    """Heatmap of clicks already in crop pixels, 0-255 float32; all zeros without clicks."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        return np.zeros((resolution, resolution), np.float32)
+    return heatmap(pts, (resolution, resolution), crop_sigma(resolution, sigma))
+
+
 @dataclass(frozen=True)
 class Crop:
     """Where a network input came from: the padded box and the clicked points."""
@@ -127,18 +148,14 @@ def prepare_input(image: np.ndarray, points: np.ndarray, resolution: int = PAPER
     ``sigma`` defaults to 10 px at 512 and scales with ``resolution`` so that the Gaussians
     cover the same share of the crop at every working size.
     """
-    if sigma is None:
-        sigma = SIGMA * resolution / PAPER_RESOLUTION
+    sigma = crop_sigma(resolution, sigma)
     pts = np.asarray(points, dtype=np.float64)
     box = points_box(pts, pad)
     crop = crop_padded(image, box)
-    ch, cw = crop.shape[:2]
     resized = cv2.resize(crop, (resolution, resolution), interpolation=cv2.INTER_CUBIC).astype(np.float32)
     if resized.ndim == 2:
         resized = resized[:, :, None]
-    # Integer arithmetic: truncates like the official code without float rounding surprises.
-    local = (pts.astype(np.int64) - [box[0], box[1]]) * resolution // [cw, ch]
-    hm = heatmap(local, (resolution, resolution), sigma)
+    hm = heatmap(to_crop(pts, box, resolution), (resolution, resolution), sigma)
     x = np.concatenate([resized, hm[:, :, None]], axis=2)
     return x, Crop(box=box, tight_box=points_box(pts, 0), image_shape=tuple(image.shape[:2]),
                    resolution=resolution)
@@ -196,3 +213,27 @@ def box_points(box, width: int, height: int) -> np.ndarray:
     y0, y1 = np.clip([y0, y1], 0, height - 1)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     return np.array([[x0, cy], [x1, cy], [cx, y0], [cx, y1]], dtype=np.float64)
+
+
+def inside_box(points: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Which points (truncated to whole pixels) lie inside the inclusive ``box``."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2).astype(np.int64)
+    return (p[:, 0] >= box[0]) & (p[:, 0] <= box[2]) & (p[:, 1] >= box[1]) & (p[:, 1] <= box[3])
+
+
+def correction_channels(crop: Crop, positives, negatives, previous: np.ndarray,
+                        sigma: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 3 channels a corrections network adds to the 4 of :func:`prepare_input`, ``SxSx3`` float32.
+
+    Positive-click map, negative-click map (the extreme heatmap's Gaussian and point mapping) and
+    ``previous`` (pass-1 probabilities in this crop, ``SxS``) x 255. Pass 2 uses pass 1's crop, so
+    clicks outside its padded box cannot be shown to the network: they are dropped, and the
+    positives and negatives kept are returned with the channels (image pixels).
+    """
+    pos = np.asarray(positives, dtype=np.float64).reshape(-1, 2)
+    neg = np.asarray(negatives, dtype=np.float64).reshape(-1, 2)
+    pos, neg = pos[inside_box(pos, crop.box)], neg[inside_box(neg, crop.box)]
+    s = crop.resolution
+    channels = np.stack([click_map(to_crop(pos, crop.box, s), s, sigma), click_map(to_crop(neg, crop.box, s), s, sigma),
+                         np.asarray(previous, dtype=np.float32) * 255.0], axis=2)
+    return channels.astype(np.float32), pos, neg

@@ -30,6 +30,27 @@ class Prediction:
     probabilities: np.ndarray   # float32 (H, W), zero outside the points' box
     score: float                # mean probability inside the mask: the model's own confidence
     points: np.ndarray = field(repr=False)  # (N, 2) the clicks used
+    # Pass 1 as the network saw it, so corrections can be added without running it again (``correct``).
+    crop: geometry.Crop | None = field(default=None, repr=False)
+    first_probabilities: np.ndarray | None = field(default=None, repr=False)  # float32 (S, S), pass 1
+    corrections: int = 0        # corrective clicks the network used (0 for a version without corrections)
+
+
+def _as_item(item) -> tuple:
+    """``(image, points)`` or ``(image, points, positives, negatives)`` -> the 4-tuple."""
+    if len(item) == 2:
+        return item[0], item[1], (), ()
+    if len(item) == 4:
+        return tuple(item)
+    raise InputError(f"a batch item is (image, points) or (image, points, positives, negatives), "
+                     f"not {len(item)} values")
+
+
+def _clicks(points, image_shape) -> np.ndarray:
+    """Corrective clicks as an ``(N, 2)`` array (N may be 0), inside the image."""
+    if points is None or len(points) == 0:
+        return np.zeros((0, 2), np.float64)
+    return geometry.as_points(points, image_shape, min_points=1)
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -80,13 +101,21 @@ class DextrPredictor:
     >>> predictor = DextrPredictor.from_weights()            # the current weights version
     >>> pred = predictor.predict(image, [[x0, y0], [x1, y1], [x2, y2], [x3, y3]])
     >>> pred.mask.shape == image.shape[:2]
+    >>> fixed = predictor.predict(image, points, positives=[[x, y]], negatives=[])
+
+    A request is stateless and costs at most two network passes: the extreme points give the
+    previous mask (pass 1), then all corrective clicks at once (pass 2, same crop). A version
+    without corrections ignores them and says so in the log.
     """
 
     def __init__(self, model: nn.Module, input_size: int, *, threshold: float = 0.8, pad: int = geometry.PAD,
                  sigma: float | None = None, device: str | torch.device = "auto",
                  postprocess: PostProcess | None = None, version: str = "custom", batch_size: int = 8,
-                 cpu_bf16: bool | None = None, flip: bool | None = None):
+                 cpu_bf16: bool | None = None, flip: bool | None = None, corrections: bool | None = None):
         self.device = pick_device(device)
+        # Whether the network takes the 7-channel input with corrective clicks (models docstring).
+        self.corrections = bool(getattr(model, "corrections", False)) if corrections is None else corrections
+        self._told_ignored = False
         # Test-time flip: the mirrored crop's logits, mirrored back, are averaged in. Twice the
         # network time for +0.8 to +1.7 mIoU on the benchmarks (see the model card).
         self.flip = (os.environ.get("DEXTR_FLIP", "0") == "1") if flip is None else flip
@@ -105,6 +134,8 @@ class DextrPredictor:
         self.version = version
         self.batch_size = int(batch_size)
         self.model = model.eval().to(self.device)
+        if hasattr(self.model, "reuse_base"):    # lite0h: pass 2 reuses pass 1's backbone (HeadedDextr)
+            self.model.reuse_base = True
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -112,13 +143,14 @@ class DextrPredictor:
     def from_weights(cls, version: str | None = None, *, device: str | torch.device = "auto",
                      store=None, **kwargs) -> "DextrPredictor":
         """Build the network named by a weights version (default: the store's current one)."""
-        from .models import build_model, load_state
+        from .models import build_model, get_architecture, load_state
         from .weights.store import WeightsStore
 
         loaded = (store or WeightsStore()).load(version)
         model = load_state(build_model(loaded.arch), loaded.state_dict)
         kwargs.setdefault("threshold", loaded.threshold)
         kwargs.setdefault("postprocess", PostProcess(trim=loaded.meta.trim))
+        kwargs.setdefault("corrections", get_architecture(loaded.arch).corrections)
         return cls(model, loaded.input_size, device=device, version=loaded.version, **kwargs)
 
     def _autocast(self):
@@ -130,7 +162,8 @@ class DextrPredictor:
         return contextlib.nullcontext()
 
     def forward(self, inputs: np.ndarray) -> np.ndarray:
-        """``(B, S, S, 4)`` float32 network inputs -> ``(B, S, S)`` probabilities, in chunks."""
+        """``(B, S, S, C)`` float32 network inputs (C = 4, or 7 with corrections) -> ``(B, S, S)``
+        probabilities, in chunks."""
         out = []
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(inputs), self.batch_size):
@@ -144,32 +177,97 @@ class DextrPredictor:
                 out.append(torch.sigmoid(logits)[:, 0].cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.input_size, self.input_size), np.float32)
 
-    def predict(self, image: np.ndarray, points) -> Prediction:
-        """One object: ``image`` RGB uint8 (H, W, 3), ``points`` (N >= 4, 2) pixel ``(x, y)``."""
-        return self.predict_batch([(image, points)])[0]
+    def predict(self, image: np.ndarray, points, positives=(), negatives=()) -> Prediction:
+        """One object: ``image`` RGB uint8 (H, W, 3), ``points`` (N >= 4, 2) pixel ``(x, y)``;
+        ``positives`` and ``negatives`` are corrective clicks (pixels), used by versions that take them."""
+        return self.predict_batch([(image, points, positives, negatives)])[0]
 
     def predict_objects(self, image: np.ndarray, objects: Sequence) -> list[Prediction]:
         """Many objects of one image, one forward pass for all of them."""
         return self.predict_batch([(image, pts) for pts in objects])
 
-    def predict_batch(self, items: Sequence[tuple[np.ndarray, object]]) -> list[Prediction]:
-        """Any mix of images and objects: ``[(image, points), ...]`` batched through the network."""
-        images, points, inputs, crops = [], [], [], []
-        for image, pts in items:
+    def _ignored(self, count: int) -> None:
+        """Corrections sent to a version that cannot use them: said once at info, then at debug."""
+        level = logging.DEBUG if self._told_ignored else logging.INFO
+        self._told_ignored = True
+        log.log(level, "weights %s take no corrective clicks: %d ignored", self.version, count)
+
+    def predict_batch(self, items: Sequence[tuple]) -> list[Prediction]:
+        """Any mix of images and objects: ``[(image, points), ...]`` or ``[(image, points, positives,
+        negatives), ...]``. At most two batched passes: the extreme points for every item, then, for
+        the items with corrective clicks, all of their clicks at once (versions that take them)."""
+        points, inputs, crops, corrections = [], [], [], []
+        for item in items:
+            image, pts, pos, neg = _as_item(item)
             image = as_rgb(image)
             pts = geometry.as_points(pts, image.shape)
             x, crop = geometry.prepare_input(image, pts, self.input_size, self.pad, self.sigma)
-            images.append(image)
             points.append(pts)
             inputs.append(x)
             crops.append(crop)
+            corrections.append((_clicks(pos, image.shape), _clicks(neg, image.shape)))
         if not inputs:
             return []
-        probs = self.forward(np.stack(inputs))
-        results = []
-        for prob, crop, pts in zip(probs, crops, points):
-            full = geometry.paste_back(prob, crop)
-            mask = self.postprocess(full > self.threshold, pts)
-            score = float(full[mask].mean()) if mask.any() else 0.0
-            results.append(Prediction(mask=mask, probabilities=full, score=score, points=pts))
-        return results
+        first = self.forward(np.stack(inputs))
+        wanted = [i for i, (pos, neg) in enumerate(corrections) if len(pos) + len(neg)]
+        fixed = dict(zip(wanted, self._second_pass([(inputs[i], crops[i], first[i], *corrections[i])
+                                                    for i in wanted], [points[i] for i in wanted])))
+        return [fixed.get(i) or self._finish(first[i], first[i], crops[i], points[i]) for i in range(len(inputs))]
+
+    def correct(self, image: np.ndarray, first: Prediction, positives=(), negatives=()) -> Prediction:
+        """Pass 2 alone, from a stored pass-1 result: what ``predict(image, first.points, positives,
+        negatives)`` returns, without running pass 1 again (``evaluate`` adds clicks one by one)."""
+        return self.correct_batch([(image, first, positives, negatives)])[0]
+
+    def correct_batch(self, items: Sequence[tuple]) -> list[Prediction]:
+        """``[(image, first, positives, negatives), ...]`` -> predictions, one batched pass 2."""
+        jobs, points, results = [], [], []
+        for image, first, pos, neg in items:
+            if first.crop is None or first.first_probabilities is None:
+                raise InputError("correct() needs a Prediction made by this predictor (it holds pass 1)")
+            if not self.corrections:       # pass 1 stands: no crop to rebuild
+                jobs.append((None, None, None, _clicks(pos, first.mask.shape), _clicks(neg, first.mask.shape)))
+                points.append(first.points)
+                results.append(first)
+                continue
+            image = as_rgb(image)
+            x, crop = geometry.prepare_input(image, first.points, self.input_size, self.pad, self.sigma)
+            jobs.append((x, crop, first.first_probabilities, _clicks(pos, image.shape), _clicks(neg, image.shape)))
+            points.append(first.points)
+            results.append(first)
+        fixed = self._second_pass(jobs, points)
+        return [f if f is not None else r for f, r in zip(fixed, results)]
+
+    def _second_pass(self, jobs: list[tuple], points: list[np.ndarray]) -> list[Prediction | None]:
+        """Jobs ``(4-channel input, crop, pass-1 probabilities, positives, negatives)`` -> corrected
+        predictions; None where pass 1 stands (no usable click, or a version without corrections)."""
+        count = sum(len(pos) + len(neg) for *_, pos, neg in jobs)
+        if not self.corrections:
+            if count:
+                self._ignored(count)
+            return [None] * len(jobs)
+        inputs, kept, out = [], [], [None] * len(jobs)
+        for j, (x, crop, prev, pos, neg) in enumerate(jobs):
+            extra, pos_in, neg_in = geometry.correction_channels(crop, pos, neg, prev, self.sigma)
+            dropped = len(pos) + len(neg) - len(pos_in) - len(neg_in)
+            if dropped:
+                log.info("%d corrective click(s) outside the crop of the extreme points dropped", dropped)
+            if len(pos_in) + len(neg_in):
+                inputs.append(np.concatenate([x, extra], axis=2))
+                kept.append((j, crop, prev, pos_in, len(pos_in) + len(neg_in)))
+        if not inputs:
+            return out
+        second = self.forward(np.stack(inputs))
+        for prob, (j, crop, prev, pos_in, used) in zip(second, kept):
+            out[j] = self._finish(prob, prev, crop, points[j], pos_in, used)
+        return out
+
+    def _finish(self, prob: np.ndarray, first: np.ndarray, crop: geometry.Crop, pts: np.ndarray,
+                positives: np.ndarray | None = None, used: int = 0) -> Prediction:
+        """Paste back, threshold and clean up; a positive click keeps the blob it lies in."""
+        full = geometry.paste_back(prob, crop)
+        clicks = pts if positives is None or not len(positives) else np.concatenate([pts, positives])
+        mask = self.postprocess(full > self.threshold, clicks)
+        score = float(full[mask].mean()) if mask.any() else 0.0
+        return Prediction(mask=mask, probabilities=full, score=score, points=pts, crop=crop,
+                          first_probabilities=first, corrections=used)

@@ -19,7 +19,7 @@ from dextr_backend.errors import InputError, WeightsError
 from dextr_backend.models import build_model
 from dextr_backend.training.datasets import folder_objects, split
 from dextr_backend.training.loss import balanced_bce
-from dextr_backend.training.promotion import at_least_as_good, train_and_promote
+from dextr_backend.training.promotion import train_and_promote
 from dextr_backend.training.samples import Augment, make_sample
 from dextr_backend.training.trainer import TrainConfig, Trainer
 from dextr_backend.weights.store import WeightsStore, read_state_file
@@ -340,14 +340,24 @@ def test_a_worse_model_is_not_promoted(shapes, tmp_path):
     assert store.get("forced").card["forced"] is True
 
 
-@pytest.mark.parametrize("val, base_val, guard, base_guard, promoted", [
-    (83.1, 82.8, None, None, True),      # no guard: validation alone decides
-    (83.1, 82.8, 89.6, 90.4, False),     # run 6 of bsds-lite0-v3's card: better on val, worse on the guard
-    (83.1, 82.8, 90.4, 90.4, True),      # a tie on the guard is not a loss
-    (82.7, 82.8, 95.0, 90.4, False),     # the guard cannot outvote a worse validation score
+@pytest.mark.parametrize("val, base_val, guard, base_guard, corrected, promoted", [
+    (83.1, 82.8, None, None, None, True),      # no guard: validation alone decides
+    (83.1, 82.8, 89.6, 90.4, None, False),     # run 6 of bsds-lite0-v3's card: better on val, worse on the guard
+    (83.1, 82.8, 90.4, 90.4, None, True),      # a tie on the guard is not a loss
+    (82.7, 82.8, 95.0, 90.4, None, False),     # the guard cannot outvote a worse validation score
+    (83.1, 83.1, 90.4, 90.4, (84.0, 83.1), True),    # a corrections version: better after 2 clicks
+    (83.1, 83.1, 90.4, 90.4, (83.0, 83.1), False),   # worse after 2 clicks: not promoted
 ])
-def test_promotion_needs_validation_and_the_guard(val, base_val, guard, base_guard, promoted):
-    assert at_least_as_good(val, base_val, guard, base_guard) is promoted
+def test_promotion_needs_validation_and_the_guard(val, base_val, guard, base_guard, corrected, promoted):
+    from dextr_backend.training.promotion import decide
+
+    six = {} if corrected is None else {"corrected": {"val_miou_6": corrected[0]},
+                                        "base_corrected": {"val_miou_6": corrected[1]}}
+    ok, reason = decide(val=val, base_val=base_val, baseline="v1", val_objects=10, epochs_done=1, stopped="epochs",
+                        min_val_objects=3, guard=guard, base_guard=base_guard, **six)
+    assert ok is promoted
+    if corrected and not promoted:
+        assert "worse on val_miou_6" in reason
 
 
 def test_a_guard_folder_is_scored_for_both_versions_and_recorded(shapes, tmp_path):

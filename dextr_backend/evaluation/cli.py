@@ -33,6 +33,14 @@ mask conventions (--mask-format auto picks by folder):
 clicks are the 4 extreme points of the ground truth (seeded per object, so two runs
 with the same --seed and --jitter see identical points).
 
+--max-clicks N adds corrective clicks 5..N, each placed on the method's own current mask:
+in the largest connected error region (missed object: positive, false object: negative,
+the ignore band left out), at its point farthest from the region's boundary. A request
+with corrections is served as always: pass 1 from the extreme points, then one pass with
+all corrective clicks; versions without corrections ignore them (a flat curve). Reported:
+NoC@85 / NoC@90 (mean clicks to reach IoU 0.85 / 0.90, the 4 extreme points included,
+capped at N), NoF@90 (objects still under 0.90 after N clicks) and mIoU after 4..N clicks.
+
 examples:
   dextr-backend evaluate ../shared/data/GrabCut --baseline grabcut --out runs/grabcut
   dextr-backend evaluate ../shared/data/DAVIS --weights my-model.pth --jitter 5 --json
@@ -56,6 +64,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _at_least_four(text: str) -> int:
+    value = _non_negative(text)
+    if value < 4:
+        raise argparse.ArgumentTypeError(f"counts the 4 extreme points: must be 4 or more, got {value}")
+    return value
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate", help="measure mIoU and speed on a benchmark folder",
@@ -76,13 +91,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="evaluate only the first N objects (default: all)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="write objects.csv, iou_histogram.png, summary.json and overlays of the "
-                        f"{WORST} worst objects (worst/) into DIR")
+                        f"{WORST} worst objects (worst/) into DIR; with --max-clicks also clicks.png (mIoU by "
+                        "clicks) and each object's click counts in objects.csv")
     p.add_argument("--json", action="store_true",
                    help="print one JSON line last on stdout: miou, n, ms_per_object, baseline_miou, "
-                        "baseline_ms_per_object, weights, dataset, jitter")
+                        "baseline_ms_per_object, weights, dataset, jitter; with --max-clicks also noc85, noc90, "
+                        "nof90, miou_by_clicks ({\"4\": mIoU after 4 clicks, ..., \"N\": ...}), "
+                        "ms_per_correction, and baseline_noc85 ... for the baseline")
     p.add_argument("--clicks", choices=("extreme", "box"), default="extreme",
                    help="extreme: the 4 extreme points; box: the tight box's side midpoints, which is what a "
                         "Label Studio rectangle becomes (default: extreme)")
+    p.add_argument("--max-clicks", metavar="N", type=_at_least_four, default=4,
+                   help="after the 4 extreme points, add corrective clicks up to N clicks in all and report "
+                        "NoC@85, NoC@90, NoF@90 and mIoU per click count (default: 4, no corrective clicks)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the click jitter; same seed, same clicks (default: 0)")
     p.add_argument("--device", default="auto",
@@ -103,6 +124,21 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
+def _print_clicks(result, baseline: str | None, corrections: bool) -> None:
+    """NoC, NoF and the mIoU curve, for the model and the baseline."""
+    n = result.max_clicks
+    note = "" if corrections else "  (these weights take no corrective clicks: a flat curve)"
+    print(f"corrections     clicks 5..{n} by the protocol; {_pct(result.correction_ms)} ms per corrected "
+          f"prediction{note}")
+    methods = [("model", False)] if result.miou is not None else []
+    methods += [(baseline, True)] if baseline else []
+    for name, is_base in methods:
+        by = result.miou_by_clicks(is_base)
+        print(f"{name:<15} NoC@85 {result.noc(0.85, is_base):.2f}  NoC@90 {result.noc(0.90, is_base):.2f}  "
+              f"NoF@90 {result.nof(0.90, is_base)} of {result.n}")
+        print(f"{'':<15} mIoU by clicks " + "  ".join(f"{k}:{v:.1f}" for k, v in by.items()))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..predictor import DextrPredictor
     from .report import write_report
@@ -117,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("weights %s on %s (flip: %s)", predictor.version, predictor.device, predictor.flip)
     result = evaluate_objects(predictor, dataset, jitter=args.jitter, seed=args.seed, clicks=args.clicks,
                               baseline=args.baseline, progress=not args.no_progress,
-                              keep_worst=WORST if args.out else 0)
+                              keep_worst=WORST if args.out else 0, max_clicks=args.max_clicks)
     if result.n == 0:
         raise InputError(f"{dataset.root}: every mask is empty, nothing to evaluate")
     info = {"weights": predictor.version, "dataset": str(dataset.root), "jitter": args.jitter, "clicks": args.clicks,
@@ -127,12 +163,16 @@ def run(args: argparse.Namespace) -> int:
           f"format {dataset.mask_format})")
     print(f"weights         {predictor.version} on {predictor.device}")
     what = "4 extreme points" if args.clicks == "extreme" else "box side midpoints"
+    if args.max_clicks > 4:
+        what += f", then corrective clicks up to {args.max_clicks}"
     print(f"clicks          {what}, jitter {args.jitter} px, seed {args.seed}")
     print(f"mIoU            {_pct(result.miou)} %")
     print(f"ms per object   {_pct(result.ms_per_object)}")
     if args.baseline:
         print(f"{args.baseline} mIoU    {_pct(result.baseline_miou)} %  "
               f"({_pct(result.baseline_ms_per_object)} ms per object)")
+    if args.max_clicks > 4:
+        _print_clicks(result, args.baseline, predictor.corrections)
     if args.out:
         out = write_report(result, args.out, info)
         print(f"report          {out}")
@@ -141,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
         line = {"miou": s["miou"], "n": s["n"], "ms_per_object": s["ms_per_object"],
                 "baseline_miou": s["baseline_miou"], "baseline_ms_per_object": s["baseline_ms_per_object"],
                 "baseline": args.baseline, **info}
+        if args.max_clicks > 4:
+            line.update({k: v for k, v in s.items() if k not in line})
         print(json.dumps(line), flush=True)
     return 0
 

@@ -6,7 +6,7 @@ the annotators themselves could not say which side of the boundary they belong t
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -34,3 +34,12 @@ def mean_iou(values: Iterable[float]) -> float | None:
     """Mean of per-object IoUs as a percentage (0-100), ``None`` when there are none."""
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
     return float(arr.mean() * 100.0) if arr.size else None
+
+
+def clicks_to_reach(ious: Sequence[float], threshold: float, first: int = 4) -> int:
+    """Clicks needed to reach ``threshold`` (0-1), where ``ious[i]`` is the IoU after ``first + i``
+    clicks; an object that never reaches it counts the last click count (NoC's cap)."""
+    for i, value in enumerate(ious):
+        if value >= threshold:
+            return first + i
+    return first + len(ious) - 1

@@ -1,7 +1,9 @@
 """``--out DIR``: the evaluation as files a person can look at and a script can read.
 
-* ``objects.csv``: one row per object (IoU 0-1, milliseconds, the clicks as JSON);
+* ``objects.csv``: one row per object (IoU 0-1, milliseconds, the clicks as JSON; with corrective
+  clicks also the clicks each method needed to reach 85 % and 90 % and its IoU after every click);
 * ``iou_histogram.png``: objects per IoU decile, model and baseline side by side;
+* ``clicks.png`` (with corrective clicks): mIoU against the number of clicks, model and baseline;
 * ``worst/NN_<image>.png``: the lowest-IoU objects, ground truth contour in green, the
   prediction in translucent red, the four clicks as dots;
 * ``summary.json``: the summary numbers and the run's settings.
@@ -22,7 +24,7 @@ import numpy as np
 
 from ..imageio import write_image
 from ..overlay import draw_overlay
-from .runner import Case, EvalResult
+from .runner import FIRST_CLICKS, Case, EvalResult, shown_iou
 
 MODEL_RGB = (52, 101, 164)
 BASELINE_RGB = (230, 145, 56)
@@ -33,13 +35,25 @@ def _fmt(v, digits):
     return "" if v is None else f"{v:.{digits}f}"
 
 
+def _ious(values) -> str:
+    return "" if values is None else json.dumps([round(v, 4) for v in values])
+
+
 def write_csv(result: EvalResult, path: Path) -> None:
+    clicks = result.max_clicks > FIRST_CLICKS
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["image", "object", "iou", "ms", "baseline_iou", "baseline_ms", "points"])
+        header = ["image", "object", "iou", "ms", "baseline_iou", "baseline_ms", "points"]
+        if clicks:
+            header += ["noc85", "noc90", "ious", "baseline_noc85", "baseline_noc90", "baseline_ious"]
+        w.writerow(header)
         for r in result.rows:
-            w.writerow([r.image, r.object, _fmt(r.iou, 4), _fmt(r.ms, 2), _fmt(r.baseline_iou, 4),
-                        _fmt(r.baseline_ms, 2), json.dumps(np.asarray(r.points).astype(int).tolist())])
+            row = [r.image, r.object, _fmt(r.iou, 4), _fmt(r.ms, 2), _fmt(r.baseline_iou, 4),
+                   _fmt(r.baseline_ms, 2), json.dumps(np.asarray(r.points).astype(int).tolist())]
+            if clicks:
+                row += [r.noc(0.85) or "", r.noc(0.90) or "", _ious(r.ious), r.noc(0.85, True) or "",
+                        r.noc(0.90, True) or "", _ious(r.baseline_ious)]
+            w.writerow(row)
 
 
 def _nice_step(top: int, ticks: int = 5) -> int:
@@ -109,12 +123,71 @@ def histogram_image(result: EvalResult, width: int = 720, height: int = 440, bin
     return img
 
 
+def clicks_image(result: EvalResult, width: int = 720, height: int = 440) -> np.ndarray:
+    """mIoU after 4..N clicks (RGB uint8), model and baseline, with the 85 % and 90 % lines."""
+    series = []
+    for label, baseline, rgb in (("model", False, MODEL_RGB), (result.baseline, True, BASELINE_RGB)):
+        by = result.miou_by_clicks(baseline)
+        if by:
+            series.append((f"{label}  NoC@90 {result.noc(0.90, baseline):.2f}", by, rgb))
+    values = [v for _, by, _ in series for v in by.values()]
+    ymin = min(80, 5 * math.floor(min(values + [100]) / 5))
+    step = _nice_step(100 - ymin)
+    counts = list(range(FIRST_CLICKS, result.max_clicks + 1))
+
+    img = np.full((height, width, 3), 255, np.uint8)
+    left, right, bottom, top_m = 70, 30, 60, 60
+    x0, x1, y0, y1 = left, width - right, height - bottom, top_m
+    to_y = lambda v: int(round(y0 - (y0 - y1) * (v - ymin) / (100 - ymin)))  # noqa: E731
+    to_x = lambda k: int(round(x0 + (x1 - x0) * (k - counts[0]) / max(len(counts) - 1, 1)))  # noqa: E731
+
+    for tick in range(ymin, 101, step):
+        y = to_y(tick)
+        cv2.line(img, (x0, y), (x1, y), (225, 225, 225), 1)
+        cv2.line(img, (x0 - 5, y), (x0, y), (30, 30, 30), 1)
+        _text(img, str(tick), (x0 - 9, y + 5), anchor="right")
+    for level in (85, 90):
+        if level >= ymin:
+            y = to_y(level)
+            for xa in range(x0, x1, 12):       # dashed
+                cv2.line(img, (xa, y), (min(xa + 6, x1), y), (150, 150, 150), 1)
+            _text(img, f"{level}%", (x1 - 2, y - 4), 0.4, (110, 110, 110), anchor="right")
+    label_every = max(1, math.ceil(len(counts) / 16))
+    for i, k in enumerate(counts):
+        x = to_x(k)
+        cv2.line(img, (x, y0), (x, y0 + 5), (30, 30, 30), 1)
+        if i % label_every == 0 or k == counts[-1]:
+            _text(img, str(k), (x, y0 + 20), anchor="center")
+    cv2.line(img, (x0, y0), (x1, y0), (30, 30, 30), 1)
+    cv2.line(img, (x0, y0), (x0, y1), (30, 30, 30), 1)
+    for _, by, rgb in series:
+        pts = np.array([(to_x(k), to_y(v)) for k, v in by.items()], np.int32)
+        cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, rgb, 2, cv2.LINE_AA)
+        for p in pts:
+            cv2.circle(img, (int(p[0]), int(p[1])), 3, rgb, -1, cv2.LINE_AA)
+    _text(img, "clicks (4 extreme points, then corrections)", ((x0 + x1) // 2, height - 15), 0.55, anchor="center")
+    ylabel = np.full((24, 120, 3), 255, np.uint8)
+    _text(ylabel, "mIoU (%)", (60, 17), 0.55, anchor="center")
+    ylabel = np.ascontiguousarray(np.rot90(ylabel))
+    yc = (y0 + y1) // 2 - 60
+    img[yc:yc + 120, 8:32] = ylabel
+    _text(img, f"mIoU by number of clicks (n={result.n})", (x0, 25), 0.6, thickness=1)
+    for s, (label, _, rgb) in enumerate(series):
+        ly = 25 + s * 20
+        lx = x1 - 230
+        cv2.rectangle(img, (lx, ly - 10), (lx + 12, ly + 2), rgb, -1)
+        _text(img, label, (lx + 18, ly + 1))
+    return img
+
+
 def overlay_image(case: Case) -> np.ndarray:
     """The picture with the prediction (red), the ground truth contour (green) and the clicks."""
     r = case.row
-    score = r.iou if r.iou is not None else r.baseline_iou
+    series = r.ious if r.iou is not None else r.baseline_ious
+    after = f" after {FIRST_CLICKS + len(series) - 1} clicks" if series else ""
     pred = case.pred if case.pred is not None else np.zeros(case.gt.shape, bool)
-    return draw_overlay(case.image, pred, r.points, truth=case.gt, text=f"IoU {100 * score:.1f}%  {r.object}")
+    return draw_overlay(case.image, pred, r.points, truth=case.gt,
+                        text=f"IoU {100 * shown_iou(r):.1f}%{after}  {r.object}")
 
 
 def _safe(name: str) -> str:
@@ -141,11 +214,13 @@ def write_report(result: EvalResult, out_dir, extra: dict | None = None) -> Path
     out.mkdir(parents=True, exist_ok=True)
     write_csv(result, out / "objects.csv")
     write_image(out / "iou_histogram.png", histogram_image(result))
+    if result.max_clicks > FIRST_CLICKS:
+        write_image(out / "clicks.png", clicks_image(result))
     worst = write_worst(result, out / "worst")
     summary = dict(extra or {})
     summary.update(result.summary())
     summary["worst"] = [{"image": c.row.image, "object": c.row.object,
-                         "iou": round(c.row.iou if c.row.iou is not None else c.row.baseline_iou, 4),
+                         "iou": round(shown_iou(c.row), 4),
                          "file": f"worst/{n}"} for c, n in zip(result.worst, worst)]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return out

@@ -2,6 +2,12 @@
 
 Clicks are simulated from the ground truth with a generator seeded by ``(seed, object index)``,
 so two models evaluated with the same seed see exactly the same points, whatever runs between.
+
+With ``max_clicks`` above 4, each method then gets corrective clicks one at a time, each placed
+by the protocol of ``clicks.next_click`` on that method's own current mask, and its IoU is kept
+after every click count. A predictor serves each count as a fresh request would: pass 1 from the
+extreme points (computed once and reused, as it does not depend on the corrections), then one
+pass with all the corrective clicks so far.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ import numpy as np
 from .. import geometry
 from ..errors import InputError
 from ..imageio import read_image
+from .clicks import next_click
 from .grabcut import grabcut_baseline
-from .metrics import iou, mean_iou
+from .metrics import clicks_to_reach, iou, mean_iou
 
 CLICK_MODES = ("extreme", "box")
+FIRST_CLICKS = 4                 # the extreme points (or box midpoints) count as 4 clicks
+NOC_THRESHOLDS = (0.85, 0.90)
 MaskFn = Callable[[np.ndarray, np.ndarray], Any]
 BASELINES: dict[str, MaskFn] = {"grabcut": grabcut_baseline}
 
@@ -36,6 +45,14 @@ class ObjectResult:
     ms: float | None = None         # wall time of the predict call
     baseline_iou: float | None = None
     baseline_ms: float | None = None
+    ious: list[float] | None = None            # with max_clicks > 4: IoU after 4, 5, ..., N clicks
+    baseline_ious: list[float] | None = None
+    correction_ms: float | None = None         # mean wall time of one corrected prediction
+
+    def noc(self, threshold: float, baseline: bool = False) -> int | None:
+        """Clicks to reach ``threshold`` (0-1), capped at the last click count."""
+        values = self.baseline_ious if baseline else self.ious
+        return None if values is None else clicks_to_reach(values, threshold, FIRST_CLICKS)
 
 
 @dataclass
@@ -61,6 +78,7 @@ class EvalResult:
     jitter: int = 0
     seed: int = 0
     baseline: str | None = None
+    max_clicks: int = FIRST_CLICKS
 
     @property
     def n(self) -> int:
@@ -83,13 +101,55 @@ class EvalResult:
     def baseline_ms_per_object(self) -> float | None:
         return _mean(r.baseline_ms for r in self.rows)
 
+    def miou_by_clicks(self, baseline: bool = False) -> dict[int, float] | None:
+        """mIoU (percent) after 4, 5, ..., ``max_clicks`` clicks; None without corrective clicks."""
+        series = [r.baseline_ious if baseline else r.ious for r in self.rows]
+        series = [s for s in series if s is not None]
+        if self.max_clicks <= FIRST_CLICKS or not series:
+            return None
+        return {FIRST_CLICKS + i: mean_iou(s[i] for s in series) for i in range(len(series[0]))}
+
+    def noc(self, threshold: float, baseline: bool = False) -> float | None:
+        """Mean clicks per object to reach ``threshold`` (4 extreme points included, capped at N)."""
+        counts = [r.noc(threshold, baseline) for r in self.rows]
+        counts = [c for c in counts if c is not None]
+        return float(np.mean(counts)) if counts and self.max_clicks > FIRST_CLICKS else None
+
+    def nof(self, threshold: float, baseline: bool = False) -> int | None:
+        """Objects still under ``threshold`` after ``max_clicks`` clicks."""
+        finals = [(r.baseline_ious if baseline else r.ious) for r in self.rows]
+        finals = [f[-1] for f in finals if f is not None]
+        return sum(v < threshold for v in finals) if finals and self.max_clicks > FIRST_CLICKS else None
+
+    @property
+    def correction_ms(self) -> float | None:
+        return _mean(r.correction_ms for r in self.rows)
+
+    def click_summary(self, baseline: bool = False) -> dict:
+        """NoC@85, NoC@90, NoF@90 and mIoU by click count (keys "4" ... "N"); empty at 4 clicks."""
+        by = self.miou_by_clicks(baseline)
+        if by is None:
+            return {}
+        pre = "baseline_" if baseline else ""
+        out = {f"{pre}noc{round(100 * t)}": round(self.noc(t, baseline), 3) for t in NOC_THRESHOLDS}
+        out[f"{pre}nof90"] = self.nof(0.90, baseline)
+        out[f"{pre}miou_by_clicks"] = {str(k): round(v, 3) for k, v in by.items()}
+        return out
+
     def summary(self) -> dict:
         def rnd(v, k):
             return None if v is None else round(v, k)
-        return {"miou": rnd(self.miou, 3), "n": self.n, "ms_per_object": rnd(self.ms_per_object, 2),
-                "baseline": self.baseline, "baseline_miou": rnd(self.baseline_miou, 3),
-                "baseline_ms_per_object": rnd(self.baseline_ms_per_object, 2),
-                "jitter": self.jitter, "seed": self.seed}
+        out = {"miou": rnd(self.miou, 3), "n": self.n, "ms_per_object": rnd(self.ms_per_object, 2),
+               "baseline": self.baseline, "baseline_miou": rnd(self.baseline_miou, 3),
+               "baseline_ms_per_object": rnd(self.baseline_ms_per_object, 2),
+               "jitter": self.jitter, "seed": self.seed}
+        if self.max_clicks > FIRST_CLICKS:
+            out["max_clicks"] = self.max_clicks
+            out["ms_per_correction"] = rnd(self.correction_ms, 2)
+            out.update(self.click_summary())
+            if self.baseline_miou is not None:
+                out.update(self.click_summary(baseline=True))
+        return out
 
 
 def _as_mask_fn(fn) -> MaskFn | None:
@@ -121,9 +181,56 @@ def _timed(fn: MaskFn, image, points) -> tuple[np.ndarray, float]:
     return mask, (time.perf_counter() - start) * 1000.0
 
 
+class _Session:
+    """One method answering clicks on one object: the extreme points first, then corrections.
+
+    A predictor keeps its pass-1 result and adds corrections with ``correct`` (what a fresh
+    request with the same clicks computes); any other callable is called again with
+    ``fn(image, points, positives=..., negatives=...)``.
+    """
+
+    def __init__(self, fn):
+        self.call = fn if callable(fn) else fn.predict
+        self.correct = getattr(fn, "correct", None)
+
+    def first(self, image, points) -> tuple[np.ndarray, Any]:
+        out = self.call(image, points)
+        return np.asarray(getattr(out, "mask", out), dtype=bool), out
+
+    def more(self, image, points, state, positives, negatives) -> np.ndarray:
+        if self.correct is not None:
+            out = self.correct(image, state, positives, negatives)
+        else:
+            out = self.call(image, points, positives=positives, negatives=negatives)
+        return np.asarray(getattr(out, "mask", out), dtype=bool)
+
+
+def click_series(session: _Session, image, points, gt, ignore, max_clicks: int
+                 ) -> tuple[list[float], np.ndarray, float, float | None]:
+    """IoU after 4, 5, ..., ``max_clicks`` clicks, each corrective click placed on the method's own
+    mask; also the final mask, the first call's and the mean corrected call's milliseconds."""
+    start = time.perf_counter()
+    mask, state = session.first(image, points)
+    first_ms = (time.perf_counter() - start) * 1000.0
+    ious = [iou(mask, gt, ignore)]
+    positives, negatives, times = [], [], []
+    for _ in range(FIRST_CLICKS + 1, max_clicks + 1):
+        click = next_click(mask, gt, ignore)
+        if click is None:            # nothing left to fix: the mask stays as it is
+            ious.append(ious[-1])
+            continue
+        (positives if click.positive else negatives).append((click.x, click.y))
+        start = time.perf_counter()
+        mask = session.more(image, points, state, list(positives), list(negatives))
+        times.append((time.perf_counter() - start) * 1000.0)
+        ious.append(iou(mask, gt, ignore))
+    return ious, mask, first_ms, (float(np.mean(times)) if times else None)
+
+
 def evaluate_objects(predict_fn, objects: Iterable, *, jitter: int = 0, seed: int = 0, baseline=None,
                      progress: bool = True, keep_worst: int = 0, warmup: bool = True,
-                     total: int | None = None, clicks: str = "extreme") -> EvalResult:
+                     total: int | None = None, clicks: str = "extreme", max_clicks: int = FIRST_CLICKS
+                     ) -> EvalResult:
     """Click, predict and score every object; returns per-object rows and the summary.
 
     ``predict_fn``: a :class:`~dextr_backend.predictor.DextrPredictor`, or ``fn(image, points)``
@@ -135,11 +242,16 @@ def evaluate_objects(predict_fn, objects: Iterable, *, jitter: int = 0, seed: in
     ``warmup``: one untimed call first, so one-off start-up costs do not count as speed.
     ``clicks``: ``extreme`` (the 4 extreme points) or ``box`` (the tight box's side midpoints,
     which is what a Label Studio rectangle becomes).
+    ``max_clicks``: above 4, add corrective clicks up to this count (see the module docstring);
+    a callable (model or baseline) then also gets ``positives=`` and ``negatives=`` keywords.
     """
     if clicks not in CLICK_MODES:
         raise InputError(f"clicks must be one of {', '.join(CLICK_MODES)}, got {clicks!r}")
     if jitter < 0:
         raise InputError(f"jitter must be 0 or more pixels, got {jitter}")
+    if max_clicks < FIRST_CLICKS:
+        raise InputError(f"max_clicks counts the 4 extreme points: it must be 4 or more, got {max_clicks}")
+    sessions = max_clicks > FIRST_CLICKS
     model = _as_mask_fn(predict_fn)
     baseline_name, base = _as_baseline(baseline)
     if model is None and base is None:
@@ -175,12 +287,22 @@ def evaluate_objects(predict_fn, objects: Iterable, *, jitter: int = 0, seed: in
             if model is not None:
                 if warmup and index == 0:
                     model(image, points)
-                pred, row.ms = _timed(model, image, points)
-                row.iou = iou(pred, mask, ignore)
+                if sessions:
+                    row.ious, pred, row.ms, row.correction_ms = click_series(
+                        _Session(predict_fn), image, points, mask, ignore, max_clicks)
+                    row.iou = row.ious[0]
+                else:
+                    pred, row.ms = _timed(model, image, points)
+                    row.iou = iou(pred, mask, ignore)
                 shown = pred
             if base is not None:
-                base_pred, row.baseline_ms = _timed(base, image, points)
-                row.baseline_iou = iou(base_pred, mask, ignore)
+                if sessions:
+                    row.baseline_ious, base_pred, row.baseline_ms, _ = click_series(
+                        _Session(base), image, points, mask, ignore, max_clicks)
+                    row.baseline_iou = row.baseline_ious[0]
+                else:
+                    base_pred, row.baseline_ms = _timed(base, image, points)
+                    row.baseline_iou = iou(base_pred, mask, ignore)
                 shown = base_pred if shown is None else shown
             rows.append(row)
             if keep_worst > 0:
@@ -191,12 +313,18 @@ def evaluate_objects(predict_fn, objects: Iterable, *, jitter: int = 0, seed: in
             bar.update(1)
     finally:
         bar.close()
-    return EvalResult(rows, _lowest(worst, keep_worst), jitter, seed, baseline_name)
+    return EvalResult(rows, _lowest(worst, keep_worst), jitter, seed, baseline_name, max_clicks)
+
+
+def shown_iou(row: ObjectResult) -> float:
+    """IoU of the mask an overlay shows: the model's (else the baseline's), after its last click."""
+    if row.iou is not None:
+        return row.ious[-1] if row.ious else row.iou
+    return row.baseline_ious[-1] if row.baseline_ious else row.baseline_iou
 
 
 def _score(case: Case) -> float:
-    r = case.row
-    return r.iou if r.iou is not None else r.baseline_iou
+    return shown_iou(case.row)
 
 
 def _lowest(cases: list[Case], k: int) -> list[Case]:
@@ -208,6 +336,9 @@ def _postfix(rows: list[ObjectResult]) -> str:
     m = mean_iou(r.iou for r in rows)
     if m is not None:
         parts.append(f"mIoU {m:.1f}")
+    last = mean_iou(r.ious[-1] for r in rows if r.ious)
+    if last is not None:
+        parts.append(f"after {FIRST_CLICKS + len(rows[0].ious) - 1} clicks {last:.1f}")
     b = mean_iou(r.baseline_iou for r in rows)
     if b is not None:
         parts.append(f"baseline {b:.1f}")

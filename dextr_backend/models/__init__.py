@@ -2,6 +2,11 @@
 
 Every architecture takes ``(N, 4, S, S)`` float tensors (RGB 0-255 + heatmap 0-255) at its
 working size ``S`` and returns logits ``(N, 1, S, S)``.
+
+An architecture with ``corrections`` (``lite0c``, ``lite0h``) also takes ``(N, 7, S, S)``: the same 4 channels
+plus a positive-click map (0-255), a negative-click map (0-255) and the 4-channel pass's
+probabilities x 255, all in the same crop (``geometry.correction_channels``). It answers a
+4-channel input exactly as its parent does and a 7-channel one with its corrected logits.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from .correction_head import HeadedDextr, grow_headed
+from .corrective import CorrectiveDextr, grow_corrective
 from .lite import dextr_lite
 from .resnet import resnet101
 
@@ -23,6 +30,9 @@ class Architecture:
     build: Callable[..., nn.Module]   # build(imagenet=False) -> nn.Module
     input_size: int                   # side of the square crop the network sees
     description: str
+    corrections: bool = False         # also takes the 7-channel input with corrective clicks
+    # Maps a smaller architecture's state dict into this one's names before growing (default: as is).
+    grow: Callable[[dict], dict] | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
@@ -34,6 +44,12 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
                  "CPU variant: EfficientNet-Lite2 + FPN decoder (4.6 M params)"),
     Architecture("lite0r", lambda imagenet=False: dextr_lite("lite0", imagenet, refine=True), 384,
                  "lite0 + a stride-2 boundary refiner (3.2 M params); grows from a lite0 version"),
+    Architecture("lite0c", lambda imagenet=False: CorrectiveDextr("lite0", imagenet), 384,
+                 "a frozen lite0 + a 7-channel lite0 corrector for corrective clicks (2 x 3.2 M params); "
+                 "grows from a lite0 version", corrections=True, grow=grow_corrective),
+    Architecture("lite0h", lambda imagenet=False: HeadedDextr("lite0", imagenet), 384,
+                 "a frozen lite0 + a small correction head on its stride-4 features for corrective clicks "
+                 "(3.2 M + 0.06 M params); grows from a lite0 version", corrections=True, grow=grow_headed),
 )}
 
 
@@ -75,9 +91,14 @@ def grow_state(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
     Why: ``lite0r`` is ``lite0`` plus a refiner; training it from a trained ``lite0`` version keeps
     everything that version learned and starts only the new layers fresh (the refiner's output
-    starts at zero, so the grown network first predicts exactly as its parent).
+    starts at zero, so the grown network first predicts exactly as its parent). ``lite0c`` holds
+    its parent twice, as the frozen ``base`` and as the ``corrector`` with zero new stem filters;
+    ``lite0h`` holds it once, as the frozen ``base``, beside a correction head whose output starts at zero.
     """
     state = _without_prefix(state)
+    spec = get_architecture(arch)
+    if spec.grow is not None:
+        state = spec.grow(state)
     own = build_model(arch).state_dict()
     misfit = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if misfit:

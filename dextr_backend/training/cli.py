@@ -44,10 +44,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                 "imagenet:lite0 starts from the ImageNet backbone alone")
     p.add_argument("--arch", default=None,
                    help="grow the --init version into this architecture, e.g. lite0r (lite0 + a stride-2 "
-                        "boundary refiner); default: the --init version's own")
+                        "boundary refiner), lite0c (lite0 frozen + a corrector for corrective clicks) or lite0h "
+                        "(lite0 frozen + a small correction head for them); "
+                        "default: the --init version's own")
     p.add_argument("--freeze", type=part_list, default=(), metavar="PARTS",
                    help="comma-separated parts of the network left untrained, e.g. backbone,decoder to train "
                         "only lite0r's new refiner (default: none)")
+    p.add_argument("--corrections", type=int, default=3, metavar="K",
+                   help="architectures that take corrective clicks (lite0c, lite0h): each sample gets 1 to K "
+                        "simulated clicks, each placed on the errors of the network's latest answer (default: 3)")
+    p.add_argument("--error-weight", type=float, default=1.0, metavar="W",
+                   help="corrections architectures: the loss weighs the pixels pass 1 got wrong W times the "
+                        "others (default: 1, the plain class-balanced loss)")
     p.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
     p.add_argument("--samples-per-epoch", type=int, default=None,
                    help="augmented samples per epoch (default: 10 per training object, 200 to 2000)")
@@ -137,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--ema {args.ema}: the decay must lie in [0, 1), e.g. 0.998 (0 = off)")
     if not 0.0 <= args.color_jitter < 1.0:
         raise InputError(f"--color-jitter {args.color_jitter}: the strength must lie in [0, 1), e.g. 0.2 (0 = off)")
+    if args.error_weight <= 0:
+        raise InputError(f"--error-weight {args.error_weight}: a positive weight, e.g. 4 (1 = off)")
+    if args.corrections < 1:
+        raise InputError(f"--corrections {args.corrections}: at least 1 simulated click per sample")
     settings = Settings.from_env()
     threads = configure_threads(args.threads if args.threads is not None else settings.threads)
     min_val = settings.train_min_val_objects if args.min_val_objects is None else args.min_val_objects
@@ -146,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
                          patience=args.patience, seed=args.seed, threads=threads, val_objects=args.val_objects,
                          resolution=args.resolution, cpu_bf16=args.bf16, ema_decay=args.ema,
                          samples_per_epoch=args.samples_per_epoch or min(2000, max(200, 10 * n_train)),
-                         freeze=args.freeze, augment=Augment(color=args.color_jitter))
+                         freeze=args.freeze, corrections=args.corrections,
+                         error_weight=args.error_weight, augment=Augment(color=args.color_jitter))
     if args.lr is not None:
         config.lr = args.lr
     elif not (args.init or "").startswith("imagenet:"):

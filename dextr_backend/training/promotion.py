@@ -16,7 +16,7 @@ import logging
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +29,7 @@ from ..predictor import DextrPredictor
 from ..weights.registry import default_threshold
 from ..weights.store import Version, WeightsStore
 from .datasets import ObjectRef, objects_key, split, spread
-from .trainer import TrainConfig, Trainer, guard_miou, validation_miou
+from .trainer import CORRECTION_CLICKS, TrainConfig, Trainer, score_objects
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Outcome:
     reason: str = ""                           # why it was or was not promoted, with the numbers
     val_objects: int = 0
     epochs_done: int = 0
+    corrected: dict = field(default_factory=dict)   # corrections versions: the 6-click scores of both
 
     def summary(self) -> dict:
         return {"version": self.version.name, "promoted": self.promoted, "reason": self.reason,
@@ -58,6 +59,7 @@ class Outcome:
                     "guard_miou": round(self.guard_miou, 2),
                     "baseline_guard_miou": (None if self.baseline_guard_miou is None
                                             else round(self.baseline_guard_miou, 2))}),
+                **{k: (None if v is None else round(v, 2)) for k, v in self.corrected.items()},
                 "minutes": round(self.minutes, 2), "stopped": self.stopped}
 
 
@@ -109,30 +111,36 @@ IMAGENET = "imagenet:"
 
 
 def _scores(arch: str, state: dict, input_size: int, threshold: float, trim: int, val_refs, guard_objects,
-            seed: int, device: str) -> tuple[float, float | None]:
-    """One version's validation mIoU and guard mIoU (None without a guard), from one predictor."""
+            seed: int, device: str, clicks: int | None = None, version: str = "custom") -> dict:
+    """One version's ``val_miou`` and ``guard_miou`` (None without a guard), from one predictor;
+    with ``clicks`` also ``val_miou_6`` and ``guard_miou_6`` (a version without corrections
+    ignores the clicks, so there it scores its 4-click masks)."""
     model = load_state(build_model(arch), state)
     predictor = DextrPredictor(model, input_size, threshold=threshold, device=device,
-                               postprocess=PostProcess(trim=trim))
-    guard = guard_miou(predictor, guard_objects) if guard_objects else None
-    return validation_miou(predictor, val_refs, seed), guard
-
-
-def at_least_as_good(val: float, base_val: float, guard: float | None = None,
-                     base_guard: float | None = None) -> bool:
-    """The promotion rule: no worse on the validation split, and no worse on the guard if there is one."""
-    return val >= base_val and (guard is None or base_guard is None or guard >= base_guard)
+                               postprocess=PostProcess(trim=trim), corrections=get_architecture(arch).corrections,
+                               version=version)
+    return score_objects(predictor, val_refs, guard_objects, seed, clicks)
 
 
 def decide(*, val: float, base_val: float | None, baseline: str | None, val_objects: int, epochs_done: int,
            stopped: str, min_val_objects: int, guard: float | None = None, base_guard: float | None = None,
+           corrected: dict | None = None, base_corrected: dict | None = None,
            force: bool = False) -> tuple[bool, str]:
-    """Whether to promote, and why, in one line with the numbers that decided."""
+    """Whether to promote, and why, in one line with the numbers that decided.
+
+    The rule: no worse on the validation split, and no worse on the guard if there is one; a
+    corrections version must also be no worse on each score of ``corrected`` (e.g.
+    ``{"val_miou_6": ..., "guard_miou_6": ...}``) than the incumbent's same score."""
+    corrected, base_corrected = corrected or {}, base_corrected or {}
     numbers = f"validation mIoU {val:.2f} on {val_objects} object{'s' if val_objects != 1 else ''}"
     if baseline is not None:
         numbers += f" vs {base_val:.2f} for {baseline}"
     if guard is not None:
         numbers += f"; guard mIoU {guard:.2f}" + ("" if base_guard is None else f" vs {base_guard:.2f}")
+    for key, value in corrected.items():
+        if value is not None:
+            base = base_corrected.get(key)
+            numbers += f"; {key} {value:.2f}" + ("" if base is None else f" vs {base:.2f}")
     too_little = []
     if epochs_done < 1:
         too_little.append(f"no full epoch finished (stopped: {stopped})")
@@ -144,6 +152,10 @@ def decide(*, val: float, base_val: float | None, baseline: str | None, val_obje
         worse.append("worse on validation")
     if baseline is not None and guard is not None and base_guard is not None and not guard >= base_guard:
         worse.append("worse on the guard")
+    for key, value in corrected.items():
+        base = base_corrected.get(key)
+        if baseline is not None and value is not None and base is not None and not value >= base:
+            worse.append(f"worse on {key}")
     if not too_little and not worse:
         return True, ("promoted: " + ("at least as good as the current version: " if baseline is not None
                                       else "no current version to compare with: ") + numbers)
@@ -220,24 +232,28 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
         incumbent = store.load(None)
     except WeightsError:
         incumbent = None          # nothing is current yet: the first trained version wins
-    incumbent_score, incumbent_guard = (
+    clicks = CORRECTION_CLICKS if trainer.corrections else None
+    incumbent_scores = (
         _scores(incumbent.arch, incumbent.state_dict, incumbent.input_size, incumbent.threshold,
-                incumbent.meta.trim, val_refs, guard_objects, config.seed, device)
-        if incumbent else (float("nan"), None))
+                incumbent.meta.trim, val_refs, guard_objects, config.seed, device, clicks, incumbent.version)
+        if incumbent else {"val_miou": float("nan"), "guard_miou": None})
+    incumbent_score, incumbent_guard = incumbent_scores["val_miou"], incumbent_scores["guard_miou"]
     log.info("current version scored", extra={"current": incumbent and incumbent.version,
-                                              "val_miou": incumbent_score, "val_objects": len(val_refs),
-                                              "guard_miou": incumbent_guard})
+                                              "val_objects": len(val_refs), **incumbent_scores})
     stage("training")
     result = trainer.run()
     stage("scoring the new version")
     scoring = time.monotonic()
-    score, guard_score = _scores(arch, result.state_dict, input_size, threshold, trim, val_refs, guard_objects,
-                                 config.seed, device)
+    scores = _scores(arch, result.state_dict, input_size, threshold, trim, val_refs, guard_objects,
+                     config.seed, device, clicks)
+    score, guard_score = scores["val_miou"], scores["guard_miou"]
+    corrected = {k: v for k, v in scores.items() if k.endswith(f"_{clicks}")} if clicks else {}
+    base_corrected = {k: v for k, v in incumbent_scores.items() if k in corrected}
     promoted, reason = decide(val=score, base_val=incumbent_score if incumbent else None,
                               baseline=incumbent.version if incumbent else None, val_objects=len(val_refs),
                               epochs_done=result.epochs_done, stopped=result.stopped,
                               min_val_objects=min_val_objects, guard=guard_score, base_guard=incumbent_guard,
-                              force=force)
+                              corrected=corrected, base_corrected=base_corrected, force=force)
     minutes = (result.seconds + time.monotonic() - scoring) / 60   # every sitting of a resumed run
     metrics = {"val_miou": round(score, 2)}
     if incumbent:
@@ -246,6 +262,11 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
         metrics["guard_miou"] = round(guard_score, 2)
         if incumbent_guard is not None:
             metrics["baseline_guard_miou"] = round(incumbent_guard, 2)
+    for key, value in corrected.items():
+        if value is not None:
+            metrics[key] = round(value, 2)
+            if incumbent and base_corrected.get(key) is not None:
+                metrics[f"baseline_{key}"] = round(base_corrected[key], 2)
     card = {
         "data": {**source, "train_objects": len(train_refs), "val_objects": len(val_refs),
                  "train_images": len({r.image for r in train_refs}), "val_images": len({r.image for r in val_refs})},
@@ -270,6 +291,10 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     log.info("training finished", extra={"version": version.name, "promoted": promoted, "decision": reason,
                                          "val_miou": score, "baseline_val_miou": incumbent_score,
                                          "guard_miou": guard_score, "baseline_guard_miou": incumbent_guard})
+    outcome_corrected = {}
+    for key, value in corrected.items():
+        outcome_corrected[key] = value
+        outcome_corrected[f"baseline_{key}"] = base_corrected.get(key)
     return Outcome(version, promoted, incumbent.version if incumbent else None, incumbent_score, score,
                    minutes, result.stopped, guard_score, incumbent_guard, reason=reason,
-                   val_objects=len(val_refs), epochs_done=result.epochs_done)
+                   val_objects=len(val_refs), epochs_done=result.epochs_done, corrected=outcome_corrected)

@@ -30,8 +30,9 @@ from ..evaluation.runner import evaluate_objects
 from ..models import build_model, get_architecture, load_state
 from ..postprocess import PostProcess
 from ..predictor import DextrPredictor, pick_device, warn_if_bf16_emulated
+from .corrections import simulate
 from .datasets import ObjectRef, as_eval_objects, load_object, spread
-from .loss import balanced_bce
+from .loss import balanced_bce, correction_bce
 from .samples import Augment, make_sample
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class TrainConfig:
     cpu_bf16: bool = False             # bf16 autocast on a CPU with native support (~30% faster steps)
     ema_decay: float = 0.0             # > 0: validate and keep an exponential moving average of the weights
     freeze: tuple[str, ...] = ()       # top-level modules left as they are (weights and BatchNorm statistics)
+    corrections: int = 3               # corrections architectures: 1 to this many simulated clicks per sample
+    error_weight: float = 1.0          # corrections architectures: loss weight of the pixels pass 1 got wrong
     augment: Augment = field(default_factory=Augment)
 
 
@@ -109,15 +112,40 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# A corrections version is also scored after 2 corrective clicks on top of the 4 extreme points.
+CORRECTION_CLICKS = 6
+
+
+def _miou(result, clicks: int | None = None) -> float:
+    value = result.miou_by_clicks()[clicks] if clicks else result.miou
+    return float(value) if value is not None else float("nan")
+
+
+def score_objects(predictor: DextrPredictor, val_refs: Sequence[ObjectRef], guard_objects: Sequence | None,
+                  seed: int = 0, clicks: int | None = None) -> dict:
+    """``val_miou`` and ``guard_miou`` (percent; None where there is nothing to score), as
+    ``evaluate`` computes them; with ``clicks`` (e.g. 6) also ``val_miou_6`` and ``guard_miou_6``,
+    the mIoU after that many clicks, from the same runs."""
+    out = {}
+    runs = {"val_miou": (as_eval_objects(list(val_refs)), seed) if val_refs else None,
+            "guard_miou": (guard_objects, 0) if guard_objects else None}
+    for key, run in runs.items():
+        result = None if run is None else evaluate_objects(predictor, run[0], seed=run[1], progress=False,
+                                                           warmup=False, max_clicks=clicks or 4)
+        out[key] = None if result is None else _miou(result)
+        if clicks:
+            out[f"{key}_{clicks}"] = None if result is None else _miou(result, clicks)
+    return out
+
+
 def validation_miou(predictor: DextrPredictor, refs: Sequence[ObjectRef], seed: int = 0) -> float:
     """mIoU (percent) with the exact extreme points of each object, as ``evaluate`` computes it."""
-    result = evaluate_objects(predictor, as_eval_objects(list(refs)), seed=seed, progress=False, warmup=False)
-    return float(result.miou) if result.miou is not None else float("nan")
+    return score_objects(predictor, refs, None, seed)["val_miou"]
 
 
 def guard_miou(predictor: DextrPredictor, objects: Sequence) -> float:
     """mIoU (percent) on a guard folder's objects (loaded once by ``promotion.load_guard``)."""
-    return evaluate_objects(predictor, objects, progress=False, warmup=False).miou
+    return score_objects(predictor, [], objects)["guard_miou"]
 
 
 def _freeze_bn(model: torch.nn.Module) -> None:
@@ -145,6 +173,15 @@ def freeze_parts(model: torch.nn.Module, names: Sequence[str]) -> list[torch.nn.
     if not any(p.requires_grad for p in model.parameters()):
         raise InputError("nothing left to train: every part of the network is frozen")
     return modules
+
+
+def is_backbone(name: str) -> bool:
+    """A parameter of a pretrained trunk (lower learning rate), also inside a composite
+    (``corrector.backbone.*``); ResNet's trunk is ``conv1``, ``bn1`` and ``layer1``-``layer4``."""
+    parts = name.split(".")
+    if "backbone" in parts[:-1]:
+        return True
+    return parts[0] in ("conv1", "bn1") or (parts[0].startswith("layer") and parts[0] != "layer5")
 
 
 class WeightAverage:
@@ -204,16 +241,20 @@ class Trainer:
         self.on_progress = on_progress
         if config.threads:
             torch.set_num_threads(config.threads)
+        # A corrections network trains only its corrector: pass 1 stays exactly the parent's.
+        self.corrections = get_architecture(config.arch).corrections
+        if self.corrections and init_state is None:
+            raise InputError(f"{config.arch} grows from a trained version: give --init VERSION, not ImageNet")
         self.model = build_model(config.arch, imagenet=init_state is None)
         if init_state is not None:
             load_state(self.model, init_state)
         self.model.to(self.device)
         freeze = config.freeze_bn if config.freeze_bn is not None else len(self.train_refs) < 500
         self.freeze_bn = freeze
-        self.frozen_modules = freeze_parts(self.model, config.freeze)
+        frozen = tuple(config.freeze) + (("base",) if self.corrections and "base" not in config.freeze else ())
+        self.frozen_modules = freeze_parts(self.model, frozen)
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        backbone = [p for n, p in trainable if n.startswith(("backbone.", "conv1", "bn1", "layer"))
-                    and not n.startswith("layer5")]
+        backbone = [p for n, p in trainable if is_backbone(n)]
         ids = {id(p) for p in backbone}
         head = [p for _, p in trainable if id(p) not in ids]
         self.optimizer = torch.optim.AdamW(
@@ -224,6 +265,8 @@ class Trainer:
         self.ema = (WeightAverage(self.model, config.ema_decay, warmup=init_state is None)
                     if config.ema_decay else None)
         self._eval_model = copy.deepcopy(self.model) if self.ema else None
+        if hasattr(self.model, "reuse_base"):   # lite0h: one frozen backbone pass per batch and its click rounds
+            self.model.reuse_base = True
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         self.epoch, self.step, self.best, self.bad_epochs = 0, 0, -1.0, 0
         self.history: list[dict] = []
@@ -292,7 +335,32 @@ class Trainer:
                 ys.append(sample[1])
         x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).to(self.device)
         y = torch.from_numpy(np.stack(ys))[:, None].to(self.device)
+        if self.corrections:
+            x = simulate(self._probabilities, x, y, self.cfg.corrections, self.cfg.threshold, self.rng)
         return x, y
+
+    @torch.no_grad()
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, S, S)`` probabilities without a gradient, in eval mode (the simulated user's view)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self._autocast():
+                return torch.sigmoid(self.model(x).float())[:, 0]
+        finally:
+            self.model.train(was_training)
+            if self.freeze_bn:
+                _freeze_bn(self.model)
+            for m in self.frozen_modules:
+                m.eval()
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``balanced_bce``; a corrections network's pass 2 may weight pass 1's errors more
+        (``error_weight``; the 7th input channel is pass 1's probabilities x 255)."""
+        if not self.corrections:
+            return balanced_bce(logits, y)
+        previous = x[:, 6] > self.cfg.threshold * 255.0
+        return correction_bce(logits, y, previous, self.cfg.error_weight)
 
     def _set_lr(self, total_steps: int) -> None:
         if self.step < self.cfg.warmup_steps:
@@ -315,19 +383,23 @@ class Trainer:
         self._eval_model.load_state_dict(self.ema.state)
         return self._eval_model
 
-    def scores(self) -> tuple[float | None, float | None]:
-        """Validation and guard mIoU (None where there is nothing to score) from one predictor.
+    def scores(self) -> dict:
+        """``val_miou`` and ``guard_miou`` (None where there is nothing to score) from one predictor;
+        a corrections network adds ``val_miou_6`` and ``guard_miou_6`` (after 2 corrective clicks).
 
         Scored as the model will be used: the version records the training resolution as its
         working size, and keeps its parent's threshold and trim.
         """
         if not self.val_refs and not self.guard_objects:
-            return None, None
+            return {"val_miou": None}
         predictor = DextrPredictor(self.result_model(), self.resolution, threshold=self.cfg.threshold,
                                    postprocess=PostProcess(trim=self.cfg.trim), device=self.device)
-        val = validation_miou(predictor, self.val_refs, self.cfg.seed) if self.val_refs else None
-        guard = guard_miou(predictor, self.guard_objects) if self.guard_objects else None
-        return val, guard
+        return score_objects(predictor, self.val_refs, self.guard_objects, self.cfg.seed,
+                             CORRECTION_CLICKS if self.corrections else None)
+
+    def selection_key(self) -> str:
+        """The score the best epoch is chosen on: corrections networks by their corrected masks."""
+        return f"val_miou_{CORRECTION_CLICKS}" if self.corrections else "val_miou"
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -350,7 +422,7 @@ class Trainer:
                 self._set_lr(total_steps)
                 x, y = self._batch()
                 with self._autocast():
-                    loss = balanced_bce(self.model(x).float(), y)
+                    loss = self.loss(self.model(x).float(), x, y)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -374,11 +446,12 @@ class Trainer:
                 self._save()   # keep the partial epoch's progress for a resumed run
                 break
             self.epoch += 1
-            val, guard = self.scores()
+            scores = {k: None if v is None else float(v) for k, v in self.scores().items()}
+            val = scores.get(self.selection_key())
             row = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)),
-                   "val_miou": None if val is None else float(val), "minutes": self.elapsed() / 60}
-            if guard is not None:   # watched, not used to choose: validation picks the best epoch
-                row["guard_miou"] = float(guard)
+                   "val_miou": scores["val_miou"], "minutes": self.elapsed() / 60}
+            # The guard is watched, not used to choose: validation picks the best epoch.
+            row.update({k: v for k, v in scores.items() if k != "val_miou" and v is not None})
             self.history.append(row)
             log.info("epoch done", extra=row)
             if val is None or val > self.best:
