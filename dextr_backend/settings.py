@@ -56,7 +56,8 @@ class Settings:
     train_max_minutes: float = 30.0         # DEXTR_TRAIN_MAX_MINUTES: time budget of a retraining job
     train_samples: int = 0                  # DEXTR_TRAIN_SAMPLES: samples per epoch (0 = 4 per object, 160-2000)
     train_val_fraction: float = 0.15        # DEXTR_TRAIN_VAL_FRACTION: share of images held out to decide promotion
-    train_patience: int = 0                 # DEXTR_TRAIN_PATIENCE: epochs without gain before stopping (0 = never)
+    train_patience: int = 0                 # DEXTR_TRAIN_PATIENCE: stop after N epochs without gain, keep the best
+                                            # (0 = run every epoch, keep the last)
     train_guard_dir: str = ""               # DEXTR_TRAIN_GUARD_DIR: objects a new version must not get worse on
     train_min_val_objects: int = 3          # DEXTR_TRAIN_MIN_VAL_OBJECTS: fewer held-out objects -> not promoted
     fetch_timeout: float = 20.0             # DEXTR_FETCH_TIMEOUT: total seconds for one image fetch, redirects included

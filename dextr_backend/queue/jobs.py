@@ -83,8 +83,10 @@ def retrain_config(settings, objects: int):
     """The schedule of one *Start Training*: ``benchmarks/finetune_small_data.py``'s (6 epochs of
     160 samples at the version's working size, lr 3e-4; BatchNorm frozen under 500 objects, as the
     trainer does), more samples per epoch from 40 objects on (4 each, up to 2000), and no early
-    stopping: a handful of held-out objects is too noisy to stop on, so every epoch runs and the
-    best by validation is kept. ``DEXTR_TRAIN_*`` override each part."""
+    stopping: a handful of held-out objects is too noisy to stop on or to pick an epoch by, so every
+    epoch runs and the last is kept (``keep_last``; validation decides the promotion only).
+    ``DEXTR_TRAIN_*`` override each part; with ``DEXTR_TRAIN_PATIENCE`` set, the run stops early
+    and keeps its best epoch by validation."""
     from ..training.trainer import TrainConfig
 
     samples = settings.train_samples or max(160, min(2000, 4 * objects))
@@ -143,6 +145,7 @@ def _train_project(project: int, run, redis_conn) -> dict:
             refs, source={"kind": "labelstudio", "url": redact_url(url), "project": project, "hash": data_hash},
             config=config, val_fraction=settings.train_val_fraction, guard=settings.train_guard_dir or None,
             min_val_objects=settings.train_min_val_objects, hold_out_objects=settings.train_min_val_objects,
+            keep_last=settings.train_patience == 0,
             on_epoch=on_epoch, on_progress=on_step,
             on_stage=stage, on_resume=lambda epoch: progress(True, resumed_from_epoch=epoch))
         return {"ok": {**outcome.summary(), "data_hash": data_hash, "started_from": start}}

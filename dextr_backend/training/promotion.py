@@ -183,7 +183,7 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
                       fresh: bool = False, on_progress: Callable[[dict], None] | None = None,
                       on_stage: Callable[[str], None] | None = None,
                       on_resume: Callable[[int], None] | None = None,
-                      hold_out_objects: int | None = None) -> Outcome:
+                      hold_out_objects: int | None = None, keep_last: bool = False) -> Outcome:
     """Fine-tune ``init`` (default: the current version; ``imagenet:ARCH`` starts from ImageNet),
     then make the result current only if it scores at least the current version's mIoU, on the
     validation split and, when ``guard`` names a folder, on that folder's objects too, after at
@@ -192,7 +192,9 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     the run folder's checkpoint instead of resuming it. ``on_stage`` hears "scoring the current
     version", "training", "scoring the new version"; ``on_resume`` the epoch a run resumes at.
     ``hold_out_objects`` (the retraining job) holds out ``val_fraction`` of the images by count, at
-    least that many objects (``hold_out_split``); None keeps each image's side by its own hash."""
+    least that many objects (``hold_out_split``); None keeps each image's side by its own hash.
+    ``keep_last`` ships the last epoch instead of the best by validation: on a handful of held-out
+    objects the best epoch is mostly noise (a 25-label project's run picked epoch 3 of 6)."""
     stage = on_stage or (lambda name: None)
     store = store or WeightsStore()
     guard_objects = load_guard(guard) if guard else None     # a bad folder fails before training
@@ -242,9 +244,12 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
                                               "val_objects": len(val_refs), **incumbent_scores})
     stage("training")
     result = trainer.run()
+    state = result.state_dict
+    if keep_last and result.epochs_done:
+        state = {k: v.detach().cpu().clone() for k, v in trainer.result_model().state_dict().items()}
     stage("scoring the new version")
     scoring = time.monotonic()
-    scores = _scores(arch, result.state_dict, input_size, threshold, trim, val_refs, guard_objects,
+    scores = _scores(arch, state, input_size, threshold, trim, val_refs, guard_objects,
                      config.seed, device, clicks)
     score, guard_score = scores["val_miou"], scores["guard_miou"]
     corrected = {k: v for k, v in scores.items() if k.endswith(f"_{clicks}")} if clicks else {}
@@ -278,13 +283,14 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
         "duration_minutes": round(minutes, 2),
         "history": result.history,
         "stopped": result.stopped,
+        "kept": "last epoch" if keep_last and result.epochs_done else "best epoch by validation",
         "promoted": promoted,
         "decision": reason,
         "forced": reason.startswith("promoted by --force"),
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "device": str(trainer.device)},
     }
-    version = store.add_version(result.state_dict, arch, name=name, parent=parent_name, metrics=metrics,
+    version = store.add_version(state, arch, name=name, parent=parent_name, metrics=metrics,
                                 card=card, threshold=threshold, trim=trim, input_size=input_size,
                                 make_current=promoted)
     shutil.rmtree(run_dir, ignore_errors=True)   # finished: the next run starts fresh
