@@ -40,6 +40,7 @@ def _train_val_fraction() -> float:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str | None = None            # REDIS_URL: queue mode; unset = in-process inference
+    redis_wait: float = 60.0                # DEXTR_REDIS_WAIT: seconds a starting worker waits for Redis
     label_studio_url: str | None = None     # LABEL_STUDIO_URL
     label_studio_api_key: str | None = None  # LABEL_STUDIO_API_KEY (legacy token or personal access token)
     basic_auth_user: str | None = None      # BASIC_AUTH_USER
@@ -77,6 +78,7 @@ class Settings:
         hosts = tuple(h.strip() for h in env.get("DEXTR_ALLOWED_HOSTS", "").split(",") if h.strip())
         return cls(
             redis_url=env.get("REDIS_URL") or None,
+            redis_wait=_float("DEXTR_REDIS_WAIT", 60.0),
             label_studio_url=env.get("LABEL_STUDIO_URL") or None,
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or None,
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,

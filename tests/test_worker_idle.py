@@ -161,3 +161,43 @@ def test_a_dead_workers_prediction_is_failed_by_another_worker(private_redis, en
     finally:
         for w in workers:
             w.stop()
+
+
+def test_a_worker_started_before_redis_waits_for_it(env, tmp_path):
+    """A compose stack may start the worker first: it waits, saying so, and serves once Redis is up."""
+    import subprocess
+    import sys
+
+    from services import RedisServer, free_port
+
+    server = RedisServer(tmp_path / "late-redis", port=free_port())
+    log = tmp_path / "worker.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dextr_backend", "worker", "--redis-url", server.url],
+                                env={**os.environ, **env, "DEXTR_REDIS_WAIT": "90"}, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: "waiting for Redis" in log.read_text(), 60), log.read_text()
+        server.start()
+        assert wait_for(lambda: len(QueueClient(server.url).workers()) == 1, 60), log.read_text()
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        server.stop()
+
+
+def test_a_worker_gives_up_on_redis_with_a_clear_error(env, tmp_path):
+    import subprocess
+    import sys
+
+    from services import free_port
+
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    done = subprocess.run([sys.executable, "-m", "dextr_backend", "worker", "--redis-url", url],
+                          env={**os.environ, **env, "DEXTR_REDIS_WAIT": "2"}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0
+    assert "cannot reach Redis" in done.stderr and "after 2 s" in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr

@@ -115,6 +115,21 @@ class DextrWorker(SimpleWorker):
         super().teardown()
 
 
+def wait_for_redis(connection: redis.Redis, url: str, seconds: float) -> redis.Redis:
+    """Wait up to ``seconds`` for Redis to answer, saying so once a second: in a compose stack the
+    worker may start before Redis does (Podman runs no healthchecks without systemd)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            connection.ping()
+            return connection
+        except redis.RedisError as exc:
+            if time.monotonic() >= deadline:
+                raise DextrError(f"cannot reach Redis at {redact_url(url)} after {seconds:g} s: {exc}") from None
+            log.warning("waiting for Redis", extra={"redis": redact_url(url), "error": str(exc)})
+            time.sleep(1.0)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run a queue worker (model stays loaded)",
                        description="Serve the Redis queues: 'dextr-predict' (interactive and batch masks) "
@@ -141,11 +156,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     threads = configure_threads(args.threads if args.threads is not None else settings.threads)
     name = args.name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-    try:
-        worker = DextrWorker(queues, connection=connect(url), name=name, log_job_description=False)
-        worker.connection.ping()
-    except redis.RedisError as exc:
-        raise DextrError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+    connection = wait_for_redis(connect(url), url, settings.redis_wait)
+    worker = DextrWorker(queues, connection=connection, name=name, log_job_description=False)
     if PREDICT_QUEUE in queues:
         from ..labelstudio import predict as predict_module
 
