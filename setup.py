@@ -20,7 +20,6 @@ setup(
     package_data={"dextr_backend.shipped_weights": ["*.json", "*.pt", "*.md"]},
     install_requires=[
         "torch>=2.1",
-        "torchvision>=0.16",
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
         "redis>=5",
