@@ -13,6 +13,7 @@ from . import __version__
 from .errors import DextrError
 from .logs import setup_logging
 from .redact import redact_text
+from .settings import Settings
 
 # Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
@@ -47,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
     try:
+        settings = Settings.from_env()
+        setup_logging(args.log_level or settings.log_level, settings.log_format)
         return int(args.func(args) or 0)
     except DextrError as exc:
         print(f"dextr-backend: error: {redact_text(str(exc))}", file=sys.stderr)
