@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dextr_backend.errors import InputError
-from dextr_backend.queue.jobs import retrain_config
+from dextr_backend.labelstudio.retrain import retrain_config
 from dextr_backend.settings import Settings
 from dextr_backend.training.datasets import ObjectRef
 from dextr_backend.training.promotion import hold_out_split, image_rank

@@ -32,14 +32,14 @@ The result is one ``mask`` shape (the only type CVAT's UI uses from interactors)
 mask) as the ``CONFIDENCE`` attribute. ``preprocess_image`` decodes the frame once; the agent
 caches its result, so further clicks on the same frame skip the decoding.
 
-The predictor is built once per process, on first use: weights ``$DEXTR_WEIGHTS`` (a version
-name or a ``.pt`` file; default the current version), device ``$DEXTR_DEVICE`` (default auto).
+The predictor is the process's resident one (:mod:`dextr_backend.service.resident`), loaded on
+first use: weights ``$DEXTR_WEIGHTS`` (a version name or a ``.pt`` file; default the current
+version, taken up again when training promotes a new one), device ``$DEXTR_DEVICE``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 
 import cvat_sdk.auto_annotation as cvataa
 import numpy as np
@@ -47,33 +47,12 @@ import PIL.Image
 from cvat_sdk import models
 from cvat_sdk.masks import encode_mask
 
-from dextr_backend.cvat.prompts import extreme_clicks, predictor_from_env
+from dextr_backend.cvat.prompts import extreme_clicks
+from dextr_backend.service import resident
 
 log = logging.getLogger("dextr_backend.cvat.native")
 
 spec = cvataa.InteractionFunctionSpec(min_pos_points=0, min_neg_points=None, min_bounding_boxes=0)
-
-_predictor = None
-_lock = threading.Lock()
-
-
-def get_predictor():
-    """The process's predictor, loaded on first use."""
-    global _predictor
-    if _predictor is None:
-        with _lock:
-            if _predictor is None:
-                _predictor = predictor_from_env()
-                log.info("DEXTR weights %s loaded on %s", _predictor.version, _predictor.device)
-    return _predictor
-
-
-def set_predictor(predictor) -> None:
-    """Use this predictor from now on (``None``: load from the environment again on next use)."""
-    global _predictor
-    with _lock:
-        _predictor = predictor
-
 
 def image_array(image: PIL.Image.Image) -> np.ndarray:
     """A frame as a read-only RGB uint8 ``(H, W, 3)`` array."""
@@ -98,7 +77,7 @@ def detect(context: cvataa.InteractionFunctionContext, image, prompts: cvataa.In
     points = extreme_clicks(prompts.pos_points, prompts.bounding_box, width, height)
     if points is None:
         return []
-    pred = get_predictor().predict(image, points)
+    pred = resident.shared().get().predict(image, points)
     if not pred.mask.any():
         return []
     confidence = models.AttributeValRequest(spec_id=int(cvataa.InteractionResultAttributes.CONFIDENCE),

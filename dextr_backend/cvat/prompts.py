@@ -18,8 +18,6 @@ Negative points carry no meaning for DEXTR, whose network sees only the extreme 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ..errors import InputError
@@ -89,11 +87,3 @@ def extreme_clicks(pos_points, box, width: int, height: int) -> np.ndarray | Non
         side = int(np.argmin([abs(x - x0), abs(x - x1), abs(y - y0), abs(y - y1)]))
         stand_ins[side] = (x, y)
     return stand_ins
-
-
-def predictor_from_env(device: str | None = None):
-    """A predictor for ``$DEXTR_WEIGHTS`` (default: the current version) on ``$DEXTR_DEVICE``."""
-    from ..predictor import DextrPredictor
-
-    device = device or os.environ.get("DEXTR_DEVICE", "").strip() or "auto"
-    return DextrPredictor.from_weights(os.environ.get("DEXTR_WEIGHTS") or None, device=device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..settings import Settings
 from . import redis_url
 
 RUNS_SHOWN = 5
@@ -69,7 +70,7 @@ def table(projects: list[dict]) -> str:
 def run(args: argparse.Namespace) -> int:
     from .client import QueueClient
 
-    client = QueueClient(redis_url(args.redis_url, "training jobs live in Redis"))
+    client = QueueClient(redis_url(args.redis_url, Settings.from_env().redis_url, "training jobs live in Redis"))
     client.ping()
     jobs = client.training_status()
     if args.json:

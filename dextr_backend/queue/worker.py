@@ -3,7 +3,7 @@
 rq's default worker forks a child per job, which would reload the network every time and
 breaks CUDA. This worker runs jobs in its own process (rq's ``SimpleWorker``), loads the model
 once before taking jobs, and picks up a newly promoted weights version between jobs (the
-Segmenter checks the store's current version per request).
+resident predictor checks the store's version stamp per request).
 
 Its heartbeat (``keys.ALIVE_PREFIX``, read by ``QueueClient.workers`` and ``/health``) is written
 by the dequeue loop itself, after each blocking dequeue of at most ``DEQUEUE_SECONDS`` came back:
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from ..settings import Settings
     from ..threads import configure_threads
 
-    url = redis_url(args.redis_url, "the worker needs Redis")
+    url = redis_url(args.redis_url, Settings.from_env().redis_url, "the worker needs Redis")
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = set(queues) - {PREDICT_QUEUE, TRAIN_QUEUE}
     if unknown:
@@ -159,10 +159,9 @@ def run(args: argparse.Namespace) -> int:
     connection = wait_for_redis(connect(url), url, settings.redis_wait)
     worker = DextrWorker(queues, connection=connection, name=name, log_job_description=False)
     if PREDICT_QUEUE in queues:
-        from ..labelstudio import predict as predict_module
+        from ..service import resident
 
-        predict_module._SEGMENTER = predict_module.Segmenter(settings)
-        version = predict_module._SEGMENTER.predictor().version   # load and keep the model now
+        version = resident.shared(settings).get().version   # load and keep the model now
         log.info("model loaded", extra={"version": version})
     log.info("worker starting", extra={"worker": name, "queues": queues, "threads": threads})
     worker.work(burst=args.burst, with_scheduler=False)

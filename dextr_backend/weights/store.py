@@ -239,6 +239,20 @@ class WeightsStore:
         self.root = Path(root).expanduser() if root is not None else default_root()
         self.shipped_dir = Path(shipped_dir) if shipped_dir is not None else default_shipped_dir()
 
+    @classmethod
+    def from_settings(cls, settings) -> "WeightsStore":  # TEMPORARY until the lower-layer merge
+        return cls(settings.weights_dir or None)
+
+    def stamp(self):  # TEMPORARY until the lower-layer merge
+        out = []
+        for path in (self.root / MANIFEST, (self.shipped_dir / INDEX) if self.shipped_dir else None):
+            try:
+                st = path.stat() if path else None
+                out.append((st.st_mtime_ns, st.st_size) if st else None)
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
     # ----------------------------------------------------------------- reading
     def _read_json(self, path: Path, empty: dict) -> dict:
         if not path.exists():

@@ -13,7 +13,8 @@ from hostile import LEGACY_TOKEN, fake_label_studio, png
 from dextr_backend.errors import InputError, ServiceTimeout
 from dextr_backend.labelstudio.client import LabelStudioClient
 from dextr_backend.labelstudio.fetch import FetchError
-from dextr_backend.labelstudio.images import ImageCache, ImageFetcher
+from dextr_backend.labelstudio.images import ImageFetcher
+from dextr_backend.service.cache import ImageCache
 
 
 @pytest.fixture()
@@ -122,7 +123,7 @@ def test_the_image_cache_keeps_label_studios_and_tokens_apart(servers):
 
 
 def test_bad_urls_are_422_through_the_server(servers, garbage, tmp_path, monkeypatch):
-    from test_labelstudio_predict import CLICKS, CONFIG
+    from test_labelstudio_backend import CLICKS, CONFIG
 
     from dextr_backend.models import build_model
     from dextr_backend.server.app import create_app

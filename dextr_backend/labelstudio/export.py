@@ -1,0 +1,2 @@
+"""TEMPORARY until the lower-layer merge."""
+from ..training.datasets import export_labelstudio  # noqa: F401
