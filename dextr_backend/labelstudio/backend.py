@@ -82,9 +82,6 @@ class LabelStudioBackend:
         *Retrieve predictions* skip the task for good), and the labeling page keeps its keypoints
         with Auto-Accept Suggestions on (accepting an empty result deletes them)."""
         ready = [p for p in prompts if p.ready]
-        if any(p.negatives for p in prompts):
-            log.info("negative clicks ignored: DEXTR uses extreme points only",
-                     extra={"task": task.get("id"), "negatives": sum(len(p.negatives) for p in prompts)})
         if not ready:
             return []
         result, scores = [], []
@@ -94,13 +91,12 @@ class LabelStudioBackend:
             items, owners = [], []
             for p in ready[start:start + batch]:
                 image = fetcher.get(task_image_url(task, config.image_key(p.to_name)), deadline=deadline)
-                points = p.extreme_points()
                 h, w = image.shape[:2]
                 if (w, h) != (p.width, p.height):     # LS measured another size (e.g. EXIF rotation)
-                    points = points * [w / p.width, h / p.height]
-                    points = np.minimum(points, [w - 1, h - 1])
-                    p = Prompt(p.to_name, p.label, w, h, p.points, p.negatives, p.box)
-                items.append((image, points))
+                    p = p.scaled(w, h)
+                # The extreme points (pass 1), then every correction at once (pass 2, versions
+                # that take them; the predictor logs the ones a version ignores).
+                items.append((image, p.extreme_points(), *p.corrections()))
                 owners.append(p)
             self._check_time(deadline)
             for p, pred in zip(owners, predictor.predict_batch(items)):
