@@ -307,7 +307,7 @@ def test_report_artefacts(tmp_path, predictor):
 
 def test_cli_prints_a_final_json_line(tmp_path, capsys, weights_dir):
     pytest.importorskip("dextr_backend.weights.store", reason="the weights store is not written yet")
-    pytest.importorskip("dextr_backend.weights.cli", reason="the weights CLI is not written yet")
+    pytest.importorskip("dextr_backend.cli.weights", reason="the weights CLI is not written yet")
     from dextr_backend.cli import main
 
     make_grabcut(tmp_path / "data")
@@ -328,7 +328,7 @@ def test_cli_prints_a_final_json_line(tmp_path, capsys, weights_dir):
 def test_cli_help_and_bad_dataset(tmp_path, capsys):
     import argparse
 
-    from dextr_backend.evaluation.cli import add_parser, run
+    from dextr_backend.cli.evaluate import add_parser, run
 
     parser = argparse.ArgumentParser(prog="dextr-backend")
     add_parser(parser.add_subparsers(dest="command"))

@@ -6,11 +6,10 @@ PREDICT_QUEUE = "dextr-predict"
 TRAIN_QUEUE = "dextr-train"
 
 
-def redis_url(explicit: str | None, configured: str | None, purpose: str) -> str:
-    """The Redis URL from a ``--redis-url`` flag, else the settings' ``REDIS_URL``; a clear error without one."""
+def redis_url(url: str | None, purpose: str) -> str:
+    """``url`` (a ``--redis-url`` flag, else the settings' ``REDIS_URL``), or a clear error without one."""
     from ..errors import InputError
 
-    url = explicit or configured
     if not url:
         raise InputError(f"{purpose}: set REDIS_URL (e.g. redis://localhost:6379/0) or pass --redis-url")
     return url

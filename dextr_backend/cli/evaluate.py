@@ -11,8 +11,8 @@ import json
 import logging
 
 from ..errors import InputError
-from .datasets import MASK_FORMATS, load_dataset
-from .runner import BASELINES, evaluate_objects
+from ..evaluation.datasets import MASK_FORMATS, load_dataset
+from ..evaluation.runner import BASELINES, evaluate_objects
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _print_clicks(result, baseline: str | None, corrections: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..predictor import DextrPredictor
-    from .report import write_report
+    from ..evaluation.report import write_report
 
     from ..settings import Settings
     from ..threads import configure_threads

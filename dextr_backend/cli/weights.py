@@ -6,8 +6,8 @@ import argparse
 import json
 
 from ..models import ARCHITECTURES
-from .registry import KNOWN_WEIGHTS, KnownWeights
-from .store import Version, WeightsStore
+from ..weights.registry import KNOWN_WEIGHTS, KnownWeights
+from ..weights.store import Version, WeightsStore
 
 
 def _store() -> WeightsStore:
