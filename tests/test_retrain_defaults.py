@@ -82,7 +82,8 @@ def test_the_job_ships_the_last_epoch_not_a_noisy_pick(tmp_path, monkeypatch, ke
     from dextr_backend.models import build_model
     from dextr_backend.training import promotion
     from dextr_backend.training.datasets import folder_objects
-    from dextr_backend.weights.store import WeightsStore, read_state_file
+    from dextr_backend.weights.files import read_state_file
+    from dextr_backend.weights.store import WeightsStore
     from test_training import make_shapes, small_config
 
     real_run, last = promotion.Trainer.run, {}

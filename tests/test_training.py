@@ -22,7 +22,8 @@ from dextr_backend.training.loss import balanced_bce
 from dextr_backend.training.promotion import train_and_promote
 from dextr_backend.training.samples import Augment, make_sample
 from dextr_backend.training.trainer import TrainConfig, Trainer
-from dextr_backend.weights.store import WeightsStore, read_state_file
+from dextr_backend.weights.files import read_state_file
+from dextr_backend.weights.store import WeightsStore
 
 
 
