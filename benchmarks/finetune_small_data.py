@@ -27,7 +27,7 @@ from dextr_backend.evaluation.runner import evaluate_objects
 from dextr_backend.models import build_model, load_state
 from dextr_backend.postprocess import PostProcess
 from dextr_backend.predictor import DextrPredictor
-from dextr_backend.training.datasets import as_eval_objects, folder_objects
+from dextr_backend.data.objects import as_eval_objects, folder_objects
 from dextr_backend.training.cli import part_list
 from dextr_backend.training.trainer import TrainConfig, Trainer
 from dextr_backend.weights.store import WeightsStore

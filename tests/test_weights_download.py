@@ -172,6 +172,6 @@ def test_cli_download(weights_dir, server, payload, capsys):
     assert main(["weights", "download", "mine", "--url", server.base + "/good.pth",
                  "--sha256", digest, "--use"]) == 0
     assert "now current" in capsys.readouterr().out
-    assert WeightsStore().current().name == "mine"
+    assert WeightsStore(weights_dir).current().name == "mine"
     assert main(["weights", "download", "other", "--url", server.base + "/good.pth", "--sha256", "abc"]) == 2
     assert "not a sha256" in capsys.readouterr().err
