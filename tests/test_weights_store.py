@@ -288,3 +288,23 @@ def test_every_shipped_version_matches_its_checksum_and_the_default_is_one_of_th
         assert (shipped / meta.card["file"]).is_file()    # every shipped version has its model card
     files = {v["file"] for v in index["versions"]}
     assert sum((shipped / f).stat().st_size for f in files) <= 25 * 10**6   # what an install carries
+
+
+def test_the_stamp_changes_with_every_write_and_reads_are_cached(store, lite_state, monkeypatch):
+    """A resident predictor polls ``stamp()`` per request; the JSON is parsed again only after a write."""
+    before = store.stamp()
+    store.add_version(lite_state, "lite0", name="a", make_current=True)
+    after_add = store.stamp()
+    assert after_add != before
+    reads = []
+    real = type(store)._read_json
+    monkeypatch.setattr(type(store), "_read_json", lambda self, *a: reads.append(a[0]) or real(self, *a))
+    for _ in range(3):
+        assert store.current().name == "a" and store.current_name() == "a"
+        store.check()
+    assert reads == []                                  # nothing changed: no JSON read at all
+    other = WeightsStore(store.root, shipped_dir=store.shipped_dir)   # another process, say
+    other.add_version(lite_state, "lite0", name="b")
+    other.use("b")
+    assert store.stamp() != after_add and store.current().name == "b"
+    assert reads                                        # re-read once the stamp moved

@@ -9,6 +9,9 @@ Files and the manifest are written with ``files.atomic_write`` and the manifest'
 read-modify-write runs under ``files.locked``, so a training worker and an API server sharing the
 store never see half a file or lose each other's versions. Every file's sha256 is checked before
 it is unpickled, so a truncated copy is refused rather than half-loaded.
+
+A little over 300 lines: reading (cached by ``stamp``) and writing (under the lock) share the
+manifest's layout and naming rules, which would otherwise have to be exposed between modules.
 """
 
 from __future__ import annotations
