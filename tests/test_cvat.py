@@ -99,14 +99,14 @@ def decoded(shapes, image):
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
     """The shipped default weights on the CPU, with a private empty user store."""
-    from dextr_backend.predictor import DextrPredictor
+    from dextr_backend.build import build_predictor
     from dextr_backend.weights.store import WeightsStore
 
     store = WeightsStore(tmp_path_factory.mktemp("cvat-weights"))
     if store.current_name() is None:
         pytest.skip("no shipped default weights yet (weights/index.json has no 'default'): "
                     "the quality checks need the trained model")
-    return DextrPredictor.from_weights(device="cpu", store=store)
+    return build_predictor(store=store, device="cpu")
 
 
 @pytest.fixture()

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from dextr_backend.data.benchmarks import EvalObject, decode_objects, load_dataset
 from dextr_backend.errors import InputError
-from dextr_backend.evaluation import (EvalObject, evaluate_objects, grabcut_baseline, iou, load_dataset,
-                                      mean_iou, write_report)
-from dextr_backend.evaluation.datasets import decode_objects
+from dextr_backend.evaluation import evaluate_objects, grabcut_baseline, iou, mean_iou, write_report
 from dextr_backend.models import build_model
 from dextr_backend.predictor import DextrPredictor
 
@@ -356,7 +355,7 @@ def test_real_grabcut_reader_and_baseline(shared_data):
 
 
 def test_box_clicks_are_the_tight_box_side_midpoints():
-    from dextr_backend.evaluation.datasets import EvalObject
+    from dextr_backend.data.benchmarks import EvalObject
     from dextr_backend.evaluation.runner import evaluate_objects
 
     mask = np.zeros((50, 80), bool)

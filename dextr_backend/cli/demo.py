@@ -67,11 +67,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predictor import DextrPredictor
+    from ..build import build_predictor
 
     image, truth, name = demo_object(Path(args.data) if args.data else None)
     points = extreme_points(truth)
-    predictor = DextrPredictor.from_weights(args.weights)
+    predictor = build_predictor(args.weights)
     pred = predictor.predict(image, points)
     iou = float((pred.mask & truth).sum() / max((pred.mask | truth).sum(), 1))
     out = Path(args.out)

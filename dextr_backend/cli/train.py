@@ -103,7 +103,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def load_refs(args: argparse.Namespace, settings: Settings):
     """The objects and a description of where they came from (for the model card)."""
-    from ..training.datasets import bsds_regions, export_labelstudio, folder_hash, folder_objects
+    from ..data.objects import bsds_regions, folder_hash, folder_objects
 
     if args.dataset:
         root = Path(args.dataset)
@@ -120,15 +120,14 @@ def load_refs(args: argparse.Namespace, settings: Settings):
             fmt = args.format
         return refs, {"kind": "folder", "path": str(root.resolve()), "format": fmt, "hash": folder_hash(root)}
     from ..labelstudio.client import LabelStudioClient
+    from ..labelstudio.retrain import export_project
 
     url = args.labelstudio_url or settings.label_studio_url
     if not url or args.project is None:
         raise InputError("--labelstudio-url (or $LABEL_STUDIO_URL) and --project are needed to train from Label Studio")
-    client = LabelStudioClient(url, args.api_key or settings.label_studio_api_key)
-    cache = settings.labelstudio_data_dir(args.project)
-    folder = export_labelstudio(client, args.project, cache)
-    return folder_objects(folder, "half"), {"kind": "labelstudio", "url": url, "project": args.project,
-                                            "hash": folder_hash(folder)}
+    client = LabelStudioClient(url, args.api_key or settings.label_studio_api_key,
+                               allowed_hosts=settings.allowed_hosts, fetch_timeout=settings.fetch_timeout)
+    return export_project(settings, client, args.project)
 
 
 def run(args: argparse.Namespace) -> int:

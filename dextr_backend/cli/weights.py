@@ -7,11 +7,12 @@ import json
 
 from ..models import ARCHITECTURES
 from ..weights.registry import KNOWN_WEIGHTS, KnownWeights
+from ..settings import Settings
 from ..weights.store import Version, WeightsStore
 
 
 def _store() -> WeightsStore:
-    return WeightsStore()
+    return WeightsStore.from_settings(Settings.from_env())
 
 
 def _metrics(metrics: dict, limit: int = 3) -> str:
@@ -72,7 +73,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    v = _store().download(args.name, url=args.url, sha256=args.sha256, make_current=args.use)
+    import sys
+
+    from ..weights.download import install
+
+    settings = Settings.from_env()
+    v = install(WeightsStore.from_settings(settings), args.name, mirror=settings.weights_mirror, url=args.url,
+                sha256=args.sha256, make_current=args.use, report=lambda line: print(line, file=sys.stderr))
     print(f"{v.name}: {v.arch}, {(v.size or 0) / 2**20:.1f} MiB, sha256 {v.sha256}, at {v.path}"
           + ("; now current" if args.use else f"; make it current with `dextr-backend weights use {v.name}`"))
     return 0

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
-
+from ..data.objects import ObjectRef, folder_hash, folder_objects
 from ..errors import InputError
 from ..redact import redact_url
 from ..settings import Settings
@@ -35,10 +34,12 @@ def label_studio_client(settings: Settings, setups: SetupStore | None, project: 
                              fetch_timeout=settings.fetch_timeout)
 
 
-def export_project(settings: Settings, client: LabelStudioClient, project: int) -> Path:
-    """The project's accepted labels as an image/mask folder under ``DEXTR_DATA_DIR``, refreshed
-    in place (unchanged images are not fetched again)."""
-    return export_labelstudio(client, project, settings.labelstudio_data_dir(project))
+def export_project(settings: Settings, client: LabelStudioClient, project: int) -> tuple[list[ObjectRef], dict]:
+    """The project's accepted labels as training objects, exported to an image/mask folder under
+    ``DEXTR_DATA_DIR`` (refreshed in place), and the source record a model card keeps."""
+    folder = export_labelstudio(client, project, settings.labelstudio_data_dir(project))
+    return folder_objects(folder, "half"), {"kind": "labelstudio", "url": redact_url(client.url), "project": project,
+                                            "hash": folder_hash(folder)}
 
 
 def retrain_config(settings: Settings, objects: int):
@@ -61,21 +62,19 @@ def retrain_project(settings: Settings, client: LabelStudioClient, project: int,
                     progress: Callable[..., None] = lambda force=False, **fields: None) -> dict:
     """Export, then train and promote; the run's summary. Skipped (``skipped: True``) when the
     labels and the starting version are those of ``last_trained``, the project's previous run."""
-    from ..training.datasets import folder_hash, folder_objects
     from ..training.promotion import train_and_promote
     from ..weights.store import WeightsStore
 
     stage("exporting labels")
-    folder = export_project(settings, client, project)
+    refs, source = export_project(settings, client, project)
     store = WeightsStore.from_settings(settings)
-    data_hash, start = folder_hash(folder), store.current_name()
+    data_hash, start = source["hash"], store.current_name()
     same = last_trained
     if same and same["data_hash"] == data_hash and start in (same["started_from"], same["version"]):
         return {"skipped": True, "data_hash": data_hash, "started_from": start,
                 "reason": f"not trained: the labels are unchanged since run {same['run']}, which "
                           f"trained on them from {same['started_from']} and made {same['version']} "
                           f"(current: {start})"}
-    refs = folder_objects(folder, "half")
     config = retrain_config(settings, len(refs))
     progress(objects=len(refs), epoch=0, epochs=config.epochs, epochs_done=0)
 
@@ -88,8 +87,7 @@ def retrain_project(settings: Settings, client: LabelStudioClient, project: int,
                                           / config.epochs, 4))
 
     outcome = train_and_promote(
-        refs, source={"kind": "labelstudio", "url": redact_url(client.url), "project": project, "hash": data_hash},
-        config=config, store=store, val_fraction=settings.train_val_fraction,
+        refs, source=source, config=config, store=store, val_fraction=settings.train_val_fraction,
         guard=settings.train_guard_dir or None, min_val_objects=settings.train_min_val_objects,
         hold_out_objects=settings.train_min_val_objects, keep_last=settings.train_patience == 0,
         on_epoch=on_epoch, on_progress=on_step, on_stage=stage,
