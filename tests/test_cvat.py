@@ -68,11 +68,13 @@ class FakePredictor:
     version, device = "fake", "cpu"
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.corrections = [], []
 
-    def predict(self, image, points):
+    def predict(self, image, points, positives=(), negatives=()):
         points = np.asarray(points, dtype=np.float64)
         self.calls.append(points)
+        self.corrections.append((np.asarray(positives, dtype=np.float64).reshape(-1, 2).tolist(),
+                                 np.asarray(negatives, dtype=np.float64).reshape(-1, 2).tolist()))
         mask = np.zeros(image.shape[:2], bool)
         (x0, y0), (x1, y1) = points.min(0).astype(int), points.max(0).astype(int)
         mask[y0:y1 + 1, x0:x1 + 1] = True
@@ -134,17 +136,31 @@ def test_native_module_loads_through_cvat_cli():
     driver = agent.get_function_driver_class(function.spec)
     assert driver.FUNCTION_KIND == "interactor"
     fields = driver.get_remote_function_fields(function.spec)
-    # a box alone is allowed, negative points are not (no min_neg_points field = -1 in CVAT)
-    assert fields == {"min_pos_points": 0, "startswith_box_optional": True}
+    # a box alone is allowed, and negative points are offered (they correct the mask)
+    assert fields == {"min_pos_points": 0, "min_neg_points": 0, "startswith_box_optional": True}
     assert callable(function.detect) and callable(function.preprocess_image)
     by_module = common.FunctionLoader("dextr_backend.cvat.native", None, {}).load()
     assert by_module.spec == function.spec
 
 
 def test_native_spec():
-    assert native.spec.min_neg_points is None          # CVAT's UI offers no negative clicks
+    assert native.spec.min_neg_points == 0             # CVAT's UI offers negative clicks
     assert native.spec.min_bounding_boxes == 0         # a box is optional
     assert native.spec.min_pos_points == 0             # so that a box alone reaches detect
+
+
+def test_native_corrections_reach_the_predictor(fake_native):
+    """Positive points after the fourth and every negative point are corrective clicks."""
+    image = np.zeros((60, 80, 3), np.uint8)
+    clicks = [(5, 30), (79, 31), (40, 2), (41, 59)]
+    native.detect(Context(), image, Prompts(pos=clicks + [(30, 30)], neg=[(60, 10), (61, 12)]))
+    np.testing.assert_array_equal(fake_native.calls[-1], clicks)
+    assert fake_native.corrections[-1] == ([[30, 30]], [[60, 10], [61, 12]])
+    # with a box standing in, negatives still correct
+    native.detect(Context(), image, Prompts(neg=[(12, 22)], box=[(10, 20), (50, 40)]))
+    assert fake_native.corrections[-1] == ([], [[12, 22]])
+    with pytest.raises(InputError, match="negative point"):
+        native.detect(Context(), image, Prompts(pos=clicks, neg=[(500, 1)]))
 
 
 def test_preprocess_image_is_a_readonly_rgb_array():
@@ -181,7 +197,7 @@ def test_native_prompt_rules(fake_native):
 
 def test_native_empty_mask_gives_no_shape():
     class Empty(FakePredictor):
-        def predict(self, image, points):
+        def predict(self, image, points, positives=(), negatives=()):
             pred = super().predict(image, points)
             pred.mask[:] = False
             return pred
@@ -300,6 +316,17 @@ def test_nuclio_answers_with_a_full_frame_mask(monkeypatch):
     assert status == 200
 
 
+def test_nuclio_corrections_reach_the_predictor():
+    image = np.full((40, 60, 3), 90, np.uint8)
+    fake = FakePredictor()
+    context = nuclio_context(fake)
+    status, _ = call(context, {"image": encoded(image, ".png"), "neg_points": [[3, 4]],
+                               "pos_points": [[10, 20], [50, 21], [30, 5], [31, 35], [20, 20]]})
+    assert status == 200
+    np.testing.assert_array_equal(fake.calls[-1], [[10, 20], [50, 21], [30, 5], [31, 35]])
+    assert fake.corrections[-1] == ([[20, 20]], [[3, 4]])
+
+
 def test_nuclio_mask_json_is_json():
     mask = np.random.default_rng(0).random((7, 5)) > 0.5
     assert json.loads(nuclio.mask_json(mask)) == mask.astype(int).tolist()
@@ -339,7 +366,7 @@ def test_nuclio_bad_input_is_4xx(body, message):
 
 def test_nuclio_bug_is_500_not_a_crash():
     class Broken(FakePredictor):
-        def predict(self, image, points):
+        def predict(self, image, points, positives=(), negatives=()):
             raise RuntimeError("boom")
 
     context = nuclio_context(Broken())

@@ -180,3 +180,59 @@ def test_a_newly_promoted_version_is_taken_up_without_restart(backend, image_ser
     backend.predict(request(image_server, CLICKS))
     backend.resident.store.add_version(build_model("lite0").state_dict(), "lite0", name="v-next", make_current=True)
     assert backend.predict(request(image_server, CLICKS))["model_version"] == "v-next"
+
+
+# ---------------------------------------------------------------- corrective clicks (issue 20)
+
+def test_clicks_after_the_fourth_and_alt_clicks_are_corrections():
+    (p,) = prompts_from_results(CLICKS + [kp(90, 60), kp(5, 5, positive=False)])
+    np.testing.assert_allclose(p.extreme_points(), [[30, 60], [130, 62], [80, 20], [82, 100]])
+    positives, negatives = p.corrections()
+    np.testing.assert_allclose(positives, [[90, 60]])
+    np.testing.assert_allclose(negatives, [[5, 5]])
+
+
+def test_a_smart_rectangle_followed_by_clicks_is_one_corrected_object():
+    (p,) = prompts_from_results([rect(30, 20, 130, 100), kp(60, 60), kp(10, 10, positive=False)])
+    assert p.from_box
+    np.testing.assert_allclose(p.extreme_points(), box_points(p.box, W, H))
+    np.testing.assert_allclose(p.box, (30, 20, 130, 100))
+    positives, negatives = p.corrections()
+    np.testing.assert_allclose(positives, [[60, 60]])
+    np.testing.assert_allclose(negatives, [[10, 10]])
+    # four keypoints of their own stay their own object beside the box
+    assert len(prompts_from_results([rect(30, 20, 130, 100)] + CLICKS)) == 2
+
+
+def corrective_store(tmp_path) -> WeightsStore:
+    """A small random ``lite0c``: its corrector is another random network than its base, whose
+    probabilities (about 0.527) lie above the threshold where the base's (at most 0.518) do not,
+    so a correction changes the mask."""
+    torch.manual_seed(1)
+    store = WeightsStore(tmp_path / "corrective-store", shipped_dir=tmp_path / "none")
+    store.add_version(build_model("lite0c").state_dict(), "lite0c", name="corrective", make_current=True,
+                      threshold=0.52)
+    return store
+
+
+def mask_of(out) -> np.ndarray:
+    (brush,) = [r for r in out["results"][0]["result"] if r["type"] == "brushlabels"]
+    return brush_to_mask(brush["value"], H, W)
+
+
+def test_a_negative_keypoint_changes_the_mask_of_a_version_that_takes_corrections(tmp_path, image_server):
+    settings = Settings(allowed_hosts=(image_server,), device="cpu")
+    backend = LabelStudioBackend(settings, ResidentPredictor(settings, corrective_store(tmp_path)), ImageCache())
+    plain = mask_of(backend.predict(request(image_server, CLICKS)))
+    corrected = mask_of(backend.predict(request(image_server, CLICKS + [kp(80, 60, positive=False)])))
+    assert (plain != corrected).any()
+    again = mask_of(backend.predict(request(image_server, CLICKS + [kp(80, 60, positive=False)])))
+    assert (again == corrected).all()                   # stateless: the same clicks, the same mask
+
+
+def test_a_version_without_corrections_ignores_them_says_so_and_answers(backend, image_server, caplog):
+    plain = mask_of(backend.predict(request(image_server, CLICKS)))
+    with caplog.at_level("INFO"):
+        ignored = mask_of(backend.predict(request(image_server, CLICKS + [kp(80, 60, positive=False)])))
+    assert (plain == ignored).all()
+    assert any("take no corrective clicks" in r.getMessage() for r in caplog.records)

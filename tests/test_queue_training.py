@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 import redis
 
+from services import env_settings
 from dextr_backend.cli import main
 from dextr_backend.errors import InputError
 from dextr_backend.labelstudio import jobs
@@ -117,10 +118,9 @@ def test_start_training_route_checks_the_project_and_the_label_studio(private_re
     from fastapi.testclient import TestClient
 
     from dextr_backend.server.app import create_app
-    from dextr_backend.settings import Settings
 
     for ls_url in (None, "http://ls.example:8080"):
-        app = create_app(Settings(redis_url=private_redis.url, label_studio_url=ls_url, device="cpu"))
+        app = create_app(env_settings(redis_url=private_redis.url, label_studio_url=ls_url, device="cpu"))
         with TestClient(app) as c:
             huge = c.post("/webhook", json={"action": "START_TRAINING", "project": 10**30})
             assert huge.status_code == 422 and "out of range" in huge.json()["detail"]

@@ -8,11 +8,10 @@ CVAT's lambda manager posts, for every click once ``min_pos_points`` are placed:
 and a version-2 interactor answers ``{"mask": <H x W 0/1 rows for the whole frame>, "points":
 [[x, y], ...]}`` (the outline of the largest piece; CVAT draws from the mask).
 
-Four or more positive points are the extreme points; with fewer, a box stands in
-(:mod:`dextr_backend.cvat.prompts`). Negative points and ``threshold`` are accepted and ignored:
-DEXTR's network sees only the extreme points, and each weights version records its own
-threshold. ``function.yaml`` leaves ``min_neg_points`` unset, so CVAT's UI offers no negative
-clicks anyway.
+Four positive points are the extreme points; with fewer, a box stands in; further positive
+points and all negative points are corrective clicks (:mod:`dextr_backend.cvat.prompts`), which
+``function.yaml`` offers with ``min_neg_points: 0``. ``threshold`` is accepted and ignored: each
+weights version records its own.
 
 Every bad request is answered with ``{"error": "..."}``: 400 when the body is not a JSON object,
 422 when its content is wrong (no image, corrupt base64 or picture, too few points, points
@@ -27,7 +26,7 @@ import binascii
 import hashlib
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,7 +36,7 @@ from ..postprocess import mask_to_polygons
 from ..service import resident
 from ..service.cache import ImageCache, shared_cache
 from ..settings import Settings
-from .prompts import extreme_clicks, pixel_points
+from .prompts import object_clicks
 
 MAX_BODY_MB = 64
 
@@ -45,7 +44,9 @@ MAX_BODY_MB = 64
 @dataclass
 class Request:
     image: np.ndarray            # RGB uint8 (H, W, 3)
-    points: np.ndarray           # (N >= 4, 2) extreme points in pixels
+    points: np.ndarray           # (4, 2) extreme points in pixels
+    positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # corrective clicks
+    negatives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
 
 def _body_dict(body) -> dict:
@@ -104,12 +105,12 @@ def parse_request(body, cache: ImageCache | None = None) -> Request:
             raise InputError(f"'{key}' must be a list of [x, y] pairs")
     image = decode_frame(data.get("image"), cache)
     height, width = image.shape[:2]
-    pixel_points(data.get("neg_points"), width, height, "negative point")   # checked, not used
-    points = extreme_clicks(data.get("pos_points"), data.get("obj_bbox"), width, height)
-    if points is None:
+    clicks = object_clicks(data.get("pos_points"), data.get("neg_points"), data.get("obj_bbox"), width, height)
+    if clicks is None:
         got = len(data.get("pos_points") or [])
         raise InputError(f"need at least 4 positive points (the object's extreme points) or a box, got {got}")
-    return Request(image=image, points=points)
+    points, positives, negatives = clicks
+    return Request(image=image, points=points, positives=positives, negatives=negatives)
 
 
 def mask_json(mask: np.ndarray) -> str:
@@ -126,7 +127,7 @@ def mask_json(mask: np.ndarray) -> str:
 
 def answer(predictor, request: Request) -> str:
     """The version-2 response body: the full-frame mask and the largest piece's outline."""
-    pred = predictor.predict(request.image, request.points)
+    pred = predictor.predict(request.image, request.points, request.positives, request.negatives)
     polygons = mask_to_polygons(pred.mask, epsilon=1.0)
     outline = max(polygons, key=lambda p: len(p.exterior)).exterior if polygons else np.zeros((0, 2))
     points = json.dumps(np.round(np.asarray(outline, dtype=np.float64), 2).tolist())

@@ -179,7 +179,11 @@ def create_app(settings: Settings | None = None, resident: ResidentPredictor | N
 
     @app.get("/versions")
     def versions():
-        return {"versions": [v.name for v in resident.store.versions()], "current": resident.version}
+        """Every version, the one served, and those that use corrective clicks (the others ignore
+        them, and say so in the log)."""
+        known = resident.store.versions()
+        return {"versions": [v.name for v in known], "current": resident.version,
+                "take_corrections": [v.name for v in known if v.takes_corrections]}
 
     @app.get("/train/status")
     def train_status():

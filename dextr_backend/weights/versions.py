@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
-from ..models import build_model, load_state
+from ..models import ARCHITECTURES, build_model, load_state
 from .files import sha256_file
 from .registry import KNOWN_WEIGHTS
 
@@ -67,6 +67,12 @@ class Version:
     path: Path | None = field(default=None, compare=False)
     shipped: bool = field(default=False, compare=False)
     trim: int = 0      # pixels eroded off each mask's boundary after thresholding (PostProcess.trim)
+
+    @property
+    def takes_corrections(self) -> bool:
+        """Whether its network uses corrective clicks after the extreme points (``lite0c``, ``lite0h``)."""
+        arch = ARCHITECTURES.get(self.arch)
+        return bool(arch and arch.corrections)
 
     @classmethod
     def from_record(cls, record: dict, directory: Path, *, shipped: bool = False, origin: Path) -> "Version":
