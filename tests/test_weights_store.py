@@ -234,7 +234,8 @@ def test_cli_import_use_list_show(weights_dir, tmp_path, lite_state, capsys):
 
     assert main(["weights", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:4] == ["NAME", "ARCH", "SIZE", "MASK"]
+    assert lines[0].split()[:5] == ["NAME", "ARCH", "CLICKS", "SIZE", "MASK"]
+    assert any(" cats " in line and " lite0 " in line and " 4 " in line for line in lines)   # no corrections
     assert any(line.startswith("*") and " cats " in line for line in lines)
     assert any(" dogs " in line and " t=0.6 trim 2 " in line and not line.startswith("*") for line in lines)
     assert any("dextr_pascal-sbd" in line and "not downloaded" in line for line in lines)
