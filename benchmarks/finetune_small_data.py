@@ -27,9 +27,10 @@ from dextr_backend.evaluation.runner import evaluate_objects
 from dextr_backend.models import build_model, load_state
 from dextr_backend.postprocess import PostProcess
 from dextr_backend.predictor import DextrPredictor
-from dextr_backend.training.datasets import as_eval_objects, folder_objects
-from dextr_backend.training.cli import part_list
+from dextr_backend.cli.train import part_list
+from dextr_backend.data.objects import as_eval_objects, folder_objects
 from dextr_backend.training.trainer import TrainConfig, Trainer
+from dextr_backend.settings import Settings
 from dextr_backend.weights.store import WeightsStore
 
 DEFAULT_DATA = Path(os.environ.get("DEXTR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     refs = folder_objects(args.data)
     pool = [r for r in refs if frame(r) < 200]
     test = [r for r in refs if frame(r) >= 250]
-    loaded = WeightsStore().load(args.weights)
+    loaded = WeightsStore.from_settings(Settings.from_env()).load(args.weights)
     base = load_state(build_model(loaded.arch), loaded.state_dict)
     t0 = time.monotonic()
     before = score(base, loaded, test)

@@ -19,12 +19,13 @@ import numpy as np
 from tqdm import tqdm
 
 from dextr_backend import geometry
+from dextr_backend.build import build_predictor
+from dextr_backend.data.benchmarks import load_dataset
 from dextr_backend.errors import DextrError
-from dextr_backend.evaluation.datasets import load_dataset
 from dextr_backend.evaluation.metrics import iou
 from dextr_backend.imageio import read_image
 from dextr_backend.postprocess import PostProcess
-from dextr_backend.predictor import DextrPredictor
+from dextr_backend.settings import Settings
 
 VARIANTS = {
     "none": PostProcess(keep_connected=False, max_hole_fraction=0.0),
@@ -61,11 +62,12 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
-    predictor = DextrPredictor.from_weights(args.weights, postprocess=VARIANTS["none"], flip=args.flip)
+    predictor = build_predictor(args.weights, postprocess=VARIANTS["none"], flip=args.flip)
     thresholds = ([float(t) for t in args.thresholds.split(",")] if args.thresholds else [predictor.threshold])
-    sources = [(str(root), load_dataset(root)) for root in args.datasets]
+    sources = [(str(root), load_dataset(root, shared_data=Settings.from_env().shared_data)) for root in args.datasets]
     if args.bsds_val:
-        from dextr_backend.training.datasets import as_eval_objects, bsds_regions, split, spread
+        from dextr_backend.data.objects import as_eval_objects, bsds_regions
+        from dextr_backend.data.splits import split, spread
 
         val = split(bsds_regions(args.bsds_val, drop_background=args.drop_background))[1]
         val = val[: args.val_objects] if args.first else spread(val, args.val_objects)

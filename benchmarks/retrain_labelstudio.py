@@ -56,7 +56,7 @@ def score(loaded, refs) -> float:
     from dextr_backend.models import build_model, load_state
     from dextr_backend.postprocess import PostProcess
     from dextr_backend.predictor import DextrPredictor
-    from dextr_backend.training.datasets import as_eval_objects
+    from dextr_backend.data.objects import as_eval_objects
 
     model = load_state(build_model(loaded.arch), loaded.state_dict)
     predictor = DextrPredictor(model, loaded.input_size, threshold=loaded.threshold, device="cpu",
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from dextr_backend.training.datasets import folder_objects
+    from dextr_backend.data.objects import folder_objects
     from dextr_backend.weights.store import WeightsStore
 
     torch.set_num_threads(args.threads)

@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 
 from dextr_backend import geometry
+from dextr_backend.data.benchmarks import load_dataset
 from dextr_backend.errors import DextrError
-from dextr_backend.evaluation.datasets import load_dataset
 from dextr_backend.evaluation.metrics import iou
+from dextr_backend.settings import Settings
 
 
 def ceiling(objects, stride: int, size: int) -> float:
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
         strides = [int(s) for s in args.strides.split(",")]
         print(f"{'dataset':<40} " + " ".join(f"{'stride ' + str(s):>9}" for s in strides))
         for root in args.datasets:
-            objects = list(load_dataset(root))
+            objects = list(load_dataset(root, shared_data=Settings.from_env().shared_data))
             print(f"{str(root)[-40:]:<40} " + " ".join(f"{ceiling(objects, s, args.size):>9.2f}" for s in strides))
     except (DextrError, ValueError) as exc:  # bad folder or stride list: one line, not a traceback
         p.exit(2, f"error: {exc}\n")

@@ -1,4 +1,9 @@
-"""Errors a user can fix. The CLI and the servers turn these into one clear line, never a traceback."""
+"""Errors a user can fix, and the one table that turns them into HTTP statuses.
+
+The CLI turns these into one clear line and exit code 2; the Label Studio server, the queue
+jobs and the nuclio function into a status from :func:`http_status` and a ``detail`` message,
+never a traceback.
+"""
 
 
 class DextrError(Exception):
@@ -6,11 +11,19 @@ class DextrError(Exception):
 
 
 class InputError(DextrError, ValueError):
-    """Bad points, a bad image, a malformed request."""
+    """Bad points, a bad image, a malformed request (HTTP 422)."""
+
+
+class MalformedRequest(InputError):
+    """Not JSON at all (HTTP 400), as opposed to JSON with bad content (422)."""
+
+
+class RequestTooLarge(InputError):
+    """A body over ``DEXTR_MAX_BODY_MB`` (HTTP 413)."""
 
 
 class WeightsError(DextrError):
-    """Unknown, missing, corrupt or incompatible weights."""
+    """Unknown, missing, corrupt or incompatible weights: the deployment's fault (HTTP 503)."""
 
 
 class ServiceUnavailable(DextrError):
@@ -18,4 +31,22 @@ class ServiceUnavailable(DextrError):
 
 
 class ServiceTimeout(DextrError):
-    """A worker did not answer in time (HTTP 504)."""
+    """The request ran out of time, waiting for a worker or in one (HTTP 504)."""
+
+
+# Most specific first: MalformedRequest and RequestTooLarge are InputErrors.
+_STATUSES = ((MalformedRequest, 400), (RequestTooLarge, 413), (InputError, 422), (ServiceTimeout, 504),
+             (ServiceUnavailable, 503), (WeightsError, 503))
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status of an error: 4xx for the caller's, 503/504 for the service's, 500 for a bug."""
+    for kind, status in _STATUSES:
+        if isinstance(exc, kind):
+            return status
+    return 422 if isinstance(exc, DextrError) else 500
+
+
+def error_payload(exc: BaseException) -> dict:
+    """An error as a queue job's answer: plain data the API turns back into the same status."""
+    return {"error": str(exc), "status": http_status(exc), "kind": type(exc).__name__}

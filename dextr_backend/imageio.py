@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .settings import max_image_pixels
 
 # Decompression-bomb guard: a 50-megapixel photo is fine, a 30k x 30k PNG is not.
-MAX_PIXELS = int(os.environ.get("DEXTR_MAX_IMAGE_PIXELS", 80_000_000))
+MAX_PIXELS = max_image_pixels()
 
 
 def as_rgb(image) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 
@@ -40,10 +39,11 @@ class RedactingFormatter(logging.Formatter):
         return redact_text(super().format(record))
 
 
-def setup_logging(level: str | None = None) -> None:
-    level = (level or os.environ.get("LOG_LEVEL") or "INFO").upper()
+def setup_logging(level: str | None = None, log_format: str = "json") -> None:
+    """Log to stderr at ``level`` (default INFO) as JSON lines, or as text with ``log_format="text"``."""
+    level = (level or "INFO").upper()
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("LOG_FORMAT", "json").lower() == "text":
+    if log_format.lower() == "text":
         handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())

@@ -73,8 +73,8 @@ class PostProcess:
 
     keep_connected: bool = True
     max_hole_fraction: float = 0.05   # chosen on BSDS500 validation (benchmarks/postprocess.py): +0.07 mIoU
-    # Pixels eroded off the boundary first. A weights version carries its own (``Version.trim``):
-    # bsds-lite0-v3's masks come out about one pixel too wide on held-out objects.
+    # Pixels eroded off the boundary first: a weights version carries its own (``Version.trim``),
+    # tuned with its threshold, for a network whose masks come out slightly too wide.
     trim: int = 0
 
     def __call__(self, mask: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -158,13 +158,6 @@ def polygons_to_json(polygons: list[Polygon]) -> list[dict]:
     """Plain lists for JSON: ``[{"exterior": [[x, y], ...], "holes": [[[x, y], ...], ...]}, ...]``."""
     return [{"exterior": np.asarray(p.exterior, dtype=float).tolist(),
              "holes": [np.asarray(h, dtype=float).tolist() for h in p.holes]} for p in polygons]
-
-
-def polygons_from_json(data: list[dict]) -> list[Polygon]:
-    """Inverse of :func:`polygons_to_json`."""
-    return [Polygon(exterior=np.asarray(d["exterior"], dtype=np.float64).reshape(-1, 2),
-                    holes=[np.asarray(h, dtype=np.float64).reshape(-1, 2) for h in d.get("holes", [])])
-            for d in data]
 
 
 def polygons_to_mask(polygons: list[Polygon], shape: tuple[int, int]) -> np.ndarray:

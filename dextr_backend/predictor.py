@@ -1,14 +1,14 @@
 """Numpy in, numpy out: an RGB image and extreme points become a mask.
 
 The predictor owns the device, precision and batching; the network (``models``) is pure
-tensors and the pipeline maths (``geometry``) is pure numpy, so each can be tested alone.
+tensors and the pipeline maths (``geometry``) is pure numpy, so each can be tested alone. It reads
+no environment and knows no weights store: ``build.build_predictor`` makes one from a version.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -75,9 +75,8 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     """Whether this CPU computes bfloat16 natively (avx512_bf16 or amx_bf16); None where unknown.
 
-    Without it, bf16 autocast is emulated: on a 2-core AVX2 EPYC a lite0 training step at 384 px
-    took 15.7 s instead of 2.6 s in fp32. Callers warn rather than refuse, since the answer can be
-    unknown (not Linux) and the user may know better.
+    Without it, bf16 autocast is emulated and several times slower than fp32. Callers warn rather
+    than refuse, since the answer can be unknown (not Linux) and the user may know better.
     """
     try:
         with open(cpuinfo) as f:
@@ -98,7 +97,7 @@ def warn_if_bf16_emulated(what: str) -> None:
 class DextrPredictor:
     """Runs a DEXTR network on clicks.
 
-    >>> predictor = DextrPredictor.from_weights()            # the current weights version
+    >>> predictor = build_predictor()            # dextr_backend.build: the current weights version
     >>> pred = predictor.predict(image, [[x0, y0], [x1, y1], [x2, y2], [x3, y3]])
     >>> pred.mask.shape == image.shape[:2]
     >>> fixed = predictor.predict(image, points, positives=[[x, y]], negatives=[])
@@ -111,17 +110,17 @@ class DextrPredictor:
     def __init__(self, model: nn.Module, input_size: int, *, threshold: float = 0.8, pad: int = geometry.PAD,
                  sigma: float | None = None, device: str | torch.device = "auto",
                  postprocess: PostProcess | None = None, version: str = "custom", batch_size: int = 8,
-                 cpu_bf16: bool | None = None, flip: bool | None = None, corrections: bool | None = None):
+                 cpu_bf16: bool = False, flip: bool = False, corrections: bool | None = None):
         self.device = pick_device(device)
         # Whether the network takes the 7-channel input with corrective clicks (models docstring).
         self.corrections = bool(getattr(model, "corrections", False)) if corrections is None else corrections
         self._told_ignored = False
-        # Test-time flip: the mirrored crop's logits, mirrored back, are averaged in. Twice the
-        # network time for +0.8 to +1.7 mIoU on the benchmarks (see the model card).
-        self.flip = (os.environ.get("DEXTR_FLIP", "0") == "1") if flip is None else flip
-        # bf16 on a CPU with native support is ~35% faster for lite0; off unless asked, since its
-        # masks must be checked against fp32 for each model (see benchmarks/latency.py --bf16).
-        self.cpu_bf16 = (os.environ.get("DEXTR_CPU_BF16", "0") == "1") if cpu_bf16 is None else cpu_bf16
+        # Test-time flip: the mirrored crop's logits, mirrored back, are averaged in; twice the
+        # network time for a small gain (the model cards give it per version).
+        self.flip = bool(flip)
+        # bf16 on a CPU with native support is faster, but off unless asked: its masks must be
+        # checked against fp32 for each model (benchmarks/latency.py --bf16).
+        self.cpu_bf16 = bool(cpu_bf16)
         if self.cpu_bf16 and self.device.type == "cpu":
             warn_if_bf16_emulated("DEXTR_CPU_BF16=1")
         self.input_size = int(input_size)
@@ -138,20 +137,6 @@ class DextrPredictor:
             self.model.reuse_base = True
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-
-    @classmethod
-    def from_weights(cls, version: str | None = None, *, device: str | torch.device = "auto",
-                     store=None, **kwargs) -> "DextrPredictor":
-        """Build the network named by a weights version (default: the store's current one)."""
-        from .models import build_model, get_architecture, load_state
-        from .weights.store import WeightsStore
-
-        loaded = (store or WeightsStore()).load(version)
-        model = load_state(build_model(loaded.arch), loaded.state_dict)
-        kwargs.setdefault("threshold", loaded.threshold)
-        kwargs.setdefault("postprocess", PostProcess(trim=loaded.meta.trim))
-        kwargs.setdefault("corrections", get_architecture(loaded.arch).corrections)
-        return cls(model, loaded.input_size, device=device, version=loaded.version, **kwargs)
 
     def _autocast(self):
         if self.device.type == "cuda":

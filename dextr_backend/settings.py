@@ -1,7 +1,9 @@
 """Settings from the environment, with Label Studio's own names where they exist.
 
-Every variable is listed in README's *Settings* table; `Settings.from_env()` is the only
-place that reads them for the server, the workers and the queue.
+Every variable is listed in README's *Settings* table. This module is the only one in the package
+that reads the environment (``tests/test_layout.py`` checks): everything else takes a
+:class:`Settings`, so a library caller, a test or a CLI flag can say what it wants without
+touching ``os.environ``.
 """
 
 from __future__ import annotations
@@ -37,8 +39,22 @@ def _train_val_fraction() -> float:
     return value
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _default_shared_data() -> str:
+    """``../shared/data`` beside a source checkout; empty for an installed package."""
+    from pathlib import Path
+
+    candidate = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return str(candidate) if candidate.is_dir() else ""
+
+
 @dataclass(frozen=True)
 class Settings:
+    host: str = "0.0.0.0"                   # DEXTR_HOST: bind address of `serve`
+    port: int = 9090                        # DEXTR_PORT: port of `serve`
     redis_url: str | None = None            # REDIS_URL: queue mode; unset = in-process inference
     redis_wait: float = 60.0                # DEXTR_REDIS_WAIT: seconds a starting worker waits for Redis
     label_studio_url: str | None = None     # LABEL_STUDIO_URL
@@ -68,6 +84,15 @@ class Settings:
     max_body_mb: int = 64                   # DEXTR_MAX_BODY_MB: larger request bodies are refused
     max_concurrent: int = 4                 # DEXTR_MAX_CONCURRENT: /predict requests worked on at once per process
     threads: int = 0                        # DEXTR_THREADS: torch CPU threads per process (0 = CPUs / processes)
+    weights_dir: str = ""                   # DEXTR_WEIGHTS_DIR: the weights store (default: the package's weights/)
+    weights_mirror: str = ""                # DEXTR_WEIGHTS_MIRROR: where official checkpoints are downloaded from
+    data_dir: str = ""                      # DEXTR_DATA_DIR: exported Label Studio labels (default: the temp dir)
+    shared_data: str = ""                   # DEXTR_SHARED_DATA: the benchmark images (default: ../shared/data)
+    flip: bool = False                      # DEXTR_FLIP: average with a mirrored pass (2x the cost)
+    cpu_bf16: bool = False                  # DEXTR_CPU_BF16: bfloat16 autocast on CPU
+    max_image_pixels: int = 80_000_000      # DEXTR_MAX_IMAGE_PIXELS: larger images are refused before decoding
+    log_level: str = "INFO"                 # LOG_LEVEL
+    log_format: str = "json"                # LOG_FORMAT: json | text
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -77,6 +102,8 @@ class Settings:
             raise InputError(f"DEXTR_OUTPUT must be one of {', '.join(OUTPUTS)}, got {output!r}")
         hosts = tuple(h.strip() for h in env.get("DEXTR_ALLOWED_HOSTS", "").split(",") if h.strip())
         return cls(
+            host=env.get("DEXTR_HOST", "").strip() or "0.0.0.0",
+            port=_int("DEXTR_PORT", 9090),
             redis_url=env.get("REDIS_URL") or None,
             redis_wait=_float("DEXTR_REDIS_WAIT", 60.0),
             label_studio_url=env.get("LABEL_STUDIO_URL") or None,
@@ -105,4 +132,45 @@ class Settings:
             max_body_mb=_int("DEXTR_MAX_BODY_MB", 64),
             max_concurrent=_int("DEXTR_MAX_CONCURRENT", 4),
             threads=_int("DEXTR_THREADS", 0),
+            weights_dir=env.get("DEXTR_WEIGHTS_DIR", "").strip(),
+            weights_mirror=env.get("DEXTR_WEIGHTS_MIRROR", "").strip(),
+            data_dir=env.get("DEXTR_DATA_DIR", "").strip(),
+            shared_data=env.get("DEXTR_SHARED_DATA", "").strip() or _default_shared_data(),
+            flip=_flag("DEXTR_FLIP"),
+            cpu_bf16=_flag("DEXTR_CPU_BF16"),
+            max_image_pixels=_int("DEXTR_MAX_IMAGE_PIXELS", 80_000_000),
+            log_level=(env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
+            log_format=(env.get("LOG_FORMAT", "").strip() or "json").lower(),
         )
+
+    def labelstudio_data_dir(self, project: int):
+        """Where a Label Studio project's exported labels are kept between retraining runs."""
+        import tempfile
+        from pathlib import Path
+
+        return Path(self.data_dir or Path(tempfile.gettempdir()) / "dextr-backend") / f"ls-{project}"
+
+    def for_threads(self, threads: int) -> "Settings":
+        """These settings with ``threads`` fixed (``serve --threads``, shared by its processes)."""
+        from dataclasses import replace
+
+        return replace(self, threads=threads)
+
+
+def max_image_pixels() -> int:
+    """``DEXTR_MAX_IMAGE_PIXELS`` alone, for the decoder's module-level limit (imported early)."""
+    return _int("DEXTR_MAX_IMAGE_PIXELS", 80_000_000)
+
+
+def limit_opencv_decoding() -> None:
+    """OpenCV refuses to decode images above this many pixels *before* allocating them, which is
+    what stops a small "decompression bomb" file from eating the server's memory. OpenCV reads its
+    limit from the process environment before its first decode, so the package sets it on import
+    (unless the caller set OpenCV's own variable)."""
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_image_pixels()))
+
+
+def share_threads(threads: int) -> None:
+    """``serve --workers N --threads T``: the server processes are forked with this environment and
+    each builds its own Settings from it, so T reaches them here."""
+    os.environ["DEXTR_THREADS"] = str(threads)

@@ -138,3 +138,13 @@ class Backend(_Process):
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError("backend did not come up")
+
+
+def env_settings(**fields):
+    """The environment's settings (a test's ``DEXTR_WEIGHTS_DIR`` included) with ``fields`` changed:
+    ``Settings(...)`` alone would serve the default store, since only settings read the environment."""
+    import dataclasses
+
+    from dextr_backend.settings import Settings
+
+    return dataclasses.replace(Settings.from_env(), **fields)

@@ -53,7 +53,7 @@ def test_stride_ceiling_falls_as_the_grid_coarsens():
                                                   "stride_ceiling.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from dextr_backend.evaluation.datasets import EvalObject
+    from dextr_backend.data.benchmarks import EvalObject
 
     objects = []
     for i, r in enumerate((12, 20, 30)):       # a ring and two thin crosses: boundaries a coarse grid blurs

@@ -16,7 +16,8 @@ import torch
 
 from dextr_backend import geometry
 from dextr_backend.errors import InputError, WeightsError
-from dextr_backend.evaluation import EvalObject, evaluate_objects, grabcut_baseline, iou, write_report
+from dextr_backend.data.benchmarks import EvalObject
+from dextr_backend.evaluation import evaluate_objects, grabcut_baseline, iou, write_report
 from dextr_backend.evaluation.clicks import Click, next_click
 from dextr_backend.evaluation.metrics import clicks_to_reach
 from dextr_backend.models import build_model, detect_architecture, get_architecture, grow_state, load_state
@@ -327,7 +328,8 @@ def test_simulated_corrections_give_every_sample_at_least_one_click():
 
 
 def test_lite0c_training_moves_only_the_corrector(tmp_path):
-    from dextr_backend.training.datasets import folder_objects, split
+    from dextr_backend.data.objects import folder_objects
+    from dextr_backend.data.splits import split
     from dextr_backend.training.trainer import Trainer
 
     refs = folder_objects(make_shapes(tmp_path / "shapes"))
@@ -353,14 +355,14 @@ def test_train_command_grows_lite0c_and_records_the_corrected_scores(tmp_path, w
     from dextr_backend.weights.store import WeightsStore
 
     shapes = make_shapes(tmp_path / "shapes")
-    WeightsStore().add_version(build_model("lite0").state_dict(), "lite0", name="base", input_size=64,
-                               threshold=0.6, trim=1, make_current=True)
+    WeightsStore(weights_dir).add_version(build_model("lite0").state_dict(), "lite0", name="base", input_size=64,
+                                          threshold=0.6, trim=1, make_current=True)
     code = main(["train", "--dataset", str(shapes), "--init", "base", "--arch", "lite0c", "--epochs", "1",
                  "--samples-per-epoch", "8", "--batch-size", "4", "--val-objects", "2", "--corrections", "2",
                  "--name", "fixer", "--force"])
     assert code == 0
     assert "val_miou_6" in capsys.readouterr().out
-    version = WeightsStore().get("fixer")
+    version = WeightsStore(weights_dir).get("fixer")
     assert version.arch == "lite0c" and version.threshold == 0.6 and version.trim == 1
     assert {"val_miou_6", "baseline_val_miou_6"} <= set(version.metrics)
     assert version.card["hyper_parameters"]["corrections"] == 2
@@ -384,12 +386,13 @@ def test_promotion_needs_the_corrected_scores_too():
 
 def test_grown_default_model_reproduces_its_parent_on_real_objects(shared_data, weights_dir):
     """The shipped default grown into lite0c: the same masks with and without corrective clicks."""
-    from dextr_backend.evaluation import load_dataset
+    from dextr_backend.build import predictor_for
+    from dextr_backend.data.benchmarks import load_dataset
     from dextr_backend.postprocess import PostProcess
     from dextr_backend.weights.store import WeightsStore
 
-    loaded = WeightsStore().load("bsds-lite0-v3.2")
-    parent = DextrPredictor.from_weights("bsds-lite0-v3.2", device="cpu")
+    loaded = WeightsStore(weights_dir).load("bsds-lite0-v3.2")
+    parent = predictor_for(loaded, device="cpu")
     model = load_state(build_model("lite0c"), grow_state("lite0c", loaded.state_dict))
     child = DextrPredictor(model, loaded.input_size, threshold=loaded.threshold, device="cpu",
                            postprocess=PostProcess(trim=loaded.meta.trim))
@@ -497,7 +500,8 @@ def test_correction_loss_weighs_pass_one_errors():
 
 
 def test_lite0h_training_moves_only_the_head(tmp_path):
-    from dextr_backend.training.datasets import folder_objects, split
+    from dextr_backend.data.objects import folder_objects
+    from dextr_backend.data.splits import split
     from dextr_backend.training.trainer import Trainer
 
     refs = folder_objects(make_shapes(tmp_path / "shapes"))

@@ -28,6 +28,7 @@ from dextr_backend.errors import InputError  # noqa: E402
 from dextr_backend.evaluation.metrics import iou  # noqa: E402
 from dextr_backend.geometry import extreme_points  # noqa: E402
 from dextr_backend.predictor import Prediction  # noqa: E402
+from dextr_backend.service import resident  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NATIVE_FILE = REPO / "dextr_backend" / "cvat" / "native.py"
@@ -67,11 +68,13 @@ class FakePredictor:
     version, device = "fake", "cpu"
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.corrections = [], []
 
-    def predict(self, image, points):
+    def predict(self, image, points, positives=(), negatives=()):
         points = np.asarray(points, dtype=np.float64)
         self.calls.append(points)
+        self.corrections.append((np.asarray(positives, dtype=np.float64).reshape(-1, 2).tolist(),
+                                 np.asarray(negatives, dtype=np.float64).reshape(-1, 2).tolist()))
         mask = np.zeros(image.shape[:2], bool)
         (x0, y0), (x1, y1) = points.min(0).astype(int), points.max(0).astype(int)
         mask[y0:y1 + 1, x0:x1 + 1] = True
@@ -98,29 +101,29 @@ def decoded(shapes, image):
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
     """The shipped default weights on the CPU, with a private empty user store."""
-    from dextr_backend.predictor import DextrPredictor
+    from dextr_backend.build import build_predictor
     from dextr_backend.weights.store import WeightsStore
 
     store = WeightsStore(tmp_path_factory.mktemp("cvat-weights"))
     if store.current_name() is None:
         pytest.skip("no shipped default weights yet (weights/index.json has no 'default'): "
                     "the quality checks need the trained model")
-    return DextrPredictor.from_weights(device="cpu", store=store)
+    return build_predictor(store=store, device="cpu")
 
 
 @pytest.fixture()
 def fake_native():
     fake = FakePredictor()
-    native.set_predictor(fake)
+    resident.use(resident.PinnedPredictor(fake))
     yield fake
-    native.set_predictor(None)
+    resident.use(None)
 
 
 @pytest.fixture()
 def real_native(predictor):
-    native.set_predictor(predictor)
+    resident.use(resident.PinnedPredictor(predictor))
     yield predictor
-    native.set_predictor(None)
+    resident.use(None)
 
 
 # --------------------------------------------------------------------------- native function
@@ -133,17 +136,31 @@ def test_native_module_loads_through_cvat_cli():
     driver = agent.get_function_driver_class(function.spec)
     assert driver.FUNCTION_KIND == "interactor"
     fields = driver.get_remote_function_fields(function.spec)
-    # a box alone is allowed, negative points are not (no min_neg_points field = -1 in CVAT)
-    assert fields == {"min_pos_points": 0, "startswith_box_optional": True}
+    # a box alone is allowed, and negative points are offered (they correct the mask)
+    assert fields == {"min_pos_points": 0, "min_neg_points": 0, "startswith_box_optional": True}
     assert callable(function.detect) and callable(function.preprocess_image)
     by_module = common.FunctionLoader("dextr_backend.cvat.native", None, {}).load()
     assert by_module.spec == function.spec
 
 
 def test_native_spec():
-    assert native.spec.min_neg_points is None          # CVAT's UI offers no negative clicks
+    assert native.spec.min_neg_points == 0             # CVAT's UI offers negative clicks
     assert native.spec.min_bounding_boxes == 0         # a box is optional
     assert native.spec.min_pos_points == 0             # so that a box alone reaches detect
+
+
+def test_native_corrections_reach_the_predictor(fake_native):
+    """Positive points after the fourth and every negative point are corrective clicks."""
+    image = np.zeros((60, 80, 3), np.uint8)
+    clicks = [(5, 30), (79, 31), (40, 2), (41, 59)]
+    native.detect(Context(), image, Prompts(pos=clicks + [(30, 30)], neg=[(60, 10), (61, 12)]))
+    np.testing.assert_array_equal(fake_native.calls[-1], clicks)
+    assert fake_native.corrections[-1] == ([[30, 30]], [[60, 10], [61, 12]])
+    # with a box standing in, negatives still correct
+    native.detect(Context(), image, Prompts(neg=[(12, 22)], box=[(10, 20), (50, 40)]))
+    assert fake_native.corrections[-1] == ([], [[12, 22]])
+    with pytest.raises(InputError, match="negative point"):
+        native.detect(Context(), image, Prompts(pos=clicks, neg=[(500, 1)]))
 
 
 def test_preprocess_image_is_a_readonly_rgb_array():
@@ -180,16 +197,16 @@ def test_native_prompt_rules(fake_native):
 
 def test_native_empty_mask_gives_no_shape():
     class Empty(FakePredictor):
-        def predict(self, image, points):
+        def predict(self, image, points, positives=(), negatives=()):
             pred = super().predict(image, points)
             pred.mask[:] = False
             return pred
 
-    native.set_predictor(Empty())
+    resident.use(resident.PinnedPredictor(Empty()))
     try:
         assert native.detect(Context(), np.zeros((20, 20, 3), np.uint8), Prompts(box=[(2, 2), (15, 15)])) == []
     finally:
-        native.set_predictor(None)
+        resident.use(None)
 
 
 def test_native_on_grabcut(shared_data, real_native):
@@ -217,13 +234,13 @@ def test_native_loads_weights_from_environment(predictor, weights_dir, monkeypat
     """The process singleton: ``$DEXTR_WEIGHTS`` (default current), ``$DEXTR_DEVICE``, built once."""
     monkeypatch.setenv("DEXTR_DEVICE", "cpu")
     monkeypatch.delenv("DEXTR_WEIGHTS", raising=False)
-    native.set_predictor(None)
+    resident.use(None)
     try:
-        first = native.get_predictor()
+        first = resident.shared().get()
         assert first.version == predictor.version and first.device.type == "cpu"
-        assert native.get_predictor() is first
+        assert resident.shared().get() is first
     finally:
-        native.set_predictor(None)
+        resident.use(None)
 
 
 # --------------------------------------------------------------------------- nuclio function
@@ -278,7 +295,7 @@ def test_nuclio_main_is_a_shim():
     assert main.handler is nuclio.handler and main.init_context is nuclio.init_context
 
 
-def test_nuclio_answers_with_a_full_frame_mask():
+def test_nuclio_answers_with_a_full_frame_mask(monkeypatch):
     image = np.full((40, 60, 3), 90, np.uint8)
     context = nuclio_context(FakePredictor())
     body = {"image": encoded(image, ".png"), "pos_points": [[10, 20], [50, 21], [30, 5], [31, 35]],
@@ -293,8 +310,21 @@ def test_nuclio_answers_with_a_full_frame_mask():
     # a dict body (nuclio decodes JSON itself for application/json) and a box alone work too
     status, answer = call(context, {"image": body["image"], "pos_points": [], "obj_bbox": [[10, 5], [50, 35]]})
     assert status == 200 and np.array(answer["mask"])[20, 30] == 1
-    # the decoded frame is cached across clicks
-    assert context.user_data.dextr.cache.hits >= 1
+    # the decoded frame is cached across clicks: a frame that would not decode is not decoded again
+    monkeypatch.setattr(nuclio, "decode_image", lambda *a, **kw: pytest.fail("decoded the frame again"))
+    status, _ = call(context, body)
+    assert status == 200
+
+
+def test_nuclio_corrections_reach_the_predictor():
+    image = np.full((40, 60, 3), 90, np.uint8)
+    fake = FakePredictor()
+    context = nuclio_context(fake)
+    status, _ = call(context, {"image": encoded(image, ".png"), "neg_points": [[3, 4]],
+                               "pos_points": [[10, 20], [50, 21], [30, 5], [31, 35], [20, 20]]})
+    assert status == 200
+    np.testing.assert_array_equal(fake.calls[-1], [[10, 20], [50, 21], [30, 5], [31, 35]])
+    assert fake.corrections[-1] == ([[20, 20]], [[3, 4]])
 
 
 def test_nuclio_mask_json_is_json():
@@ -322,20 +352,21 @@ def test_nuclio_mask_json_is_json():
     ({"image": "PNG", "pos_points": [], "obj_bbox": [[300, 300], [400, 400]]}, "outside"),
     ({"image": "PNG", "pos_points": [], "neg_points": [[500, 1]], "obj_bbox": [[1, 1], [9, 9]]}, "outside"),
 ])
-def test_nuclio_bad_input_is_400(body, message):
+def test_nuclio_bad_input_is_4xx(body, message):
+    """400 for a body that is not a JSON object, 422 for bad content: the server's table."""
     fake = FakePredictor()
     context = nuclio_context(fake)
     if isinstance(body, dict) and body.get("image") == "PNG":
         body = {**body, "image": encoded(np.zeros((40, 60, 3), np.uint8), ".png")}
     status, answer = call(context, body)
-    assert status == 400, answer
+    assert status == (400 if message in ("not JSON", "empty", "JSON object") else 422), answer
     assert message in answer["error"]
     assert fake.calls == []
 
 
 def test_nuclio_bug_is_500_not_a_crash():
     class Broken(FakePredictor):
-        def predict(self, image, points):
+        def predict(self, image, points, positives=(), negatives=()):
             raise RuntimeError("boom")
 
     context = nuclio_context(Broken())

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from dextr_backend.data.benchmarks import EvalObject, decode_objects, load_dataset
 from dextr_backend.errors import InputError
-from dextr_backend.evaluation import (EvalObject, evaluate_objects, grabcut_baseline, iou, load_dataset,
-                                      mean_iou, write_report)
-from dextr_backend.evaluation.datasets import decode_objects
+from dextr_backend.evaluation import evaluate_objects, grabcut_baseline, iou, mean_iou, write_report
 from dextr_backend.models import build_model
 from dextr_backend.predictor import DextrPredictor
 
@@ -307,7 +306,7 @@ def test_report_artefacts(tmp_path, predictor):
 
 def test_cli_prints_a_final_json_line(tmp_path, capsys, weights_dir):
     pytest.importorskip("dextr_backend.weights.store", reason="the weights store is not written yet")
-    pytest.importorskip("dextr_backend.weights.cli", reason="the weights CLI is not written yet")
+    pytest.importorskip("dextr_backend.cli.weights", reason="the weights CLI is not written yet")
     from dextr_backend.cli import main
 
     make_grabcut(tmp_path / "data")
@@ -328,7 +327,7 @@ def test_cli_prints_a_final_json_line(tmp_path, capsys, weights_dir):
 def test_cli_help_and_bad_dataset(tmp_path, capsys):
     import argparse
 
-    from dextr_backend.evaluation.cli import add_parser, run
+    from dextr_backend.cli.evaluate import add_parser, run
 
     parser = argparse.ArgumentParser(prog="dextr-backend")
     add_parser(parser.add_subparsers(dest="command"))
@@ -356,7 +355,7 @@ def test_real_grabcut_reader_and_baseline(shared_data):
 
 
 def test_box_clicks_are_the_tight_box_side_midpoints():
-    from dextr_backend.evaluation.datasets import EvalObject
+    from dextr_backend.data.benchmarks import EvalObject
     from dextr_backend.evaluation.runner import evaluate_objects
 
     mask = np.zeros((50, 80), bool)

@@ -8,7 +8,8 @@ import pytest
 
 from dextr_backend.labelstudio.client import LabelStudioClient, LabelStudioError, is_personal_access_token
 from dextr_backend.labelstudio.regions import mask_to_brush, result_regions
-from dextr_backend.training.datasets import export_labelstudio, folder_objects, load_object
+from dextr_backend.data.objects import folder_objects, load_object
+from dextr_backend.labelstudio.export import export_labelstudio
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>

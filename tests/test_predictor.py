@@ -142,8 +142,9 @@ def test_flip_averages_in_the_mirrored_crop(scene):
     np.testing.assert_allclose(flipped.probabilities[20:101, 30:111], 0.5, atol=1e-6)  # mirrored: cancels out
 
 
-def test_flip_follows_the_environment(monkeypatch):
+def test_the_predictor_reads_no_environment(monkeypatch):
+    """Flip and bf16 come from its caller (``build.build_predictor`` passes the settings')."""
     monkeypatch.setenv("DEXTR_FLIP", "1")
-    assert DextrPredictor(LeftToRight(), 64, device="cpu").flip is True
-    monkeypatch.setenv("DEXTR_FLIP", "0")
-    assert DextrPredictor(LeftToRight(), 64, device="cpu").flip is False
+    monkeypatch.setenv("DEXTR_CPU_BF16", "1")
+    predictor = DextrPredictor(LeftToRight(), 64, device="cpu")
+    assert predictor.flip is False and predictor.cpu_bf16 is False

@@ -11,9 +11,11 @@ from collections import Counter
 import pytest
 import redis
 
+from services import env_settings
 from dextr_backend.cli import main
 from dextr_backend.errors import InputError
-from dextr_backend.queue import TRAIN_QUEUE, jobs
+from dextr_backend.labelstudio import jobs
+from dextr_backend.queue import TRAIN_QUEUE
 from dextr_backend.queue.client import QueueClient
 from dextr_backend.queue.keys import train_key
 from dextr_backend.queue.worker import DextrWorker, connect
@@ -33,7 +35,7 @@ def press(url: str, project: int, n: int) -> Counter:
 
     def one(c):
         barrier.wait()
-        answers.append(c.enqueue_training(project)["status"])
+        answers.append(c.request_training(jobs.train_project, project)["status"])
 
     threads = [threading.Thread(target=one, args=(c,)) for c in clients]
     for t in threads:
@@ -58,7 +60,7 @@ def test_concurrent_presses_on_an_idle_project_queue_exactly_one_job(client, pri
     answers = press(private_redis.url, 7, 16)
     assert answers == Counter({"queued": 1, "coalesced": 15})
     assert client.train_queue.count == 1
-    assert client.enqueue_training(8)["status"] == "queued"          # another project has its own
+    assert client.request_training(jobs.train_project, 8)["status"] == "queued"          # another project has its own
     assert client.train_queue.count == 2
 
 
@@ -79,8 +81,8 @@ def test_a_request_during_a_run_schedules_exactly_one_more(client, private_redis
             assert now["runs"][1]["progress"]["epoch"] == 3
         return {"ok": {"version": f"v{len(runs)}", "promoted": True, "reason": "test"}}
 
-    monkeypatch.setattr(jobs, "_train_project", fake_training)
-    first = client.enqueue_training(7)
+    monkeypatch.setattr(jobs, "_train_once", fake_training)
+    first = client.request_training(jobs.train_project, 7)
     run_worker_until_idle(private_redis.url)
     assert during == Counter({"scheduled after the running job": 1, "coalesced": 11})
     assert runs == ["7.1", "7.2"]                      # the same job ran exactly once more
@@ -91,22 +93,22 @@ def test_a_request_during_a_run_schedules_exactly_one_more(client, private_redis
     assert [r["result"]["version"] for r in status["runs"]] == ["v2", "v1"]
     stages = [s["stage"] for s in status["runs"][0]["stages"]]
     assert stages == ["starting", "training", "done"]
-    again = client.enqueue_training(7)                 # idle again: a new job
+    again = client.request_training(jobs.train_project, 7)                 # idle again: a new job
     assert again["status"] == "queued" and again["job"] != first["job"]
 
 
 def test_a_state_whose_job_vanished_does_not_block_training(client, private_redis):
-    first = client.enqueue_training(7)
+    first = client.request_training(jobs.train_project, 7)
     conn = redis.Redis.from_url(private_redis.url)
     conn.delete(f"rq:job:{first['job']}")              # e.g. flushed or expired behind our back
     conn.delete(client.train_queue.key)
-    assert client.enqueue_training(7)["status"] == "queued"
+    assert client.request_training(jobs.train_project, 7)["status"] == "queued"
 
 
 @pytest.mark.parametrize("project", [0, -1, 2**31, 10**30])
 def test_project_ids_out_of_range_are_refused(client, project):
     with pytest.raises(InputError, match="out of range"):
-        client.enqueue_training(project)
+        client.request_training(jobs.train_project, project)
     with pytest.raises(InputError, match="out of range"):
         client.count_annotation(project)
     assert client.train_queue.count == 0
@@ -116,10 +118,9 @@ def test_start_training_route_checks_the_project_and_the_label_studio(private_re
     from fastapi.testclient import TestClient
 
     from dextr_backend.server.app import create_app
-    from dextr_backend.settings import Settings
 
     for ls_url in (None, "http://ls.example:8080"):
-        app = create_app(Settings(redis_url=private_redis.url, label_studio_url=ls_url, device="cpu"))
+        app = create_app(env_settings(redis_url=private_redis.url, label_studio_url=ls_url, device="cpu"))
         with TestClient(app) as c:
             huge = c.post("/webhook", json={"action": "START_TRAINING", "project": 10**30})
             assert huge.status_code == 422 and "out of range" in huge.json()["detail"]
@@ -137,7 +138,7 @@ def test_start_training_route_checks_the_project_and_the_label_studio(private_re
 
 
 def test_train_status_command_and_route_data(client, private_redis, capsys):
-    client.enqueue_training(7)
+    client.request_training(jobs.train_project, 7)
     (status,) = [j for j in client.training_status() if j["project"] == 7]
     assert status["status"] == "queued" and status["job"].startswith("train-project-7-")
     assert status["runs"] == [] and status["progress"] == {"stage": "queued"}

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from dextr_backend.errors import InputError
-from dextr_backend.queue.jobs import retrain_config
+from dextr_backend.labelstudio.retrain import retrain_config
 from dextr_backend.settings import Settings
-from dextr_backend.training.datasets import ObjectRef
-from dextr_backend.training.promotion import hold_out_split, image_rank
+from dextr_backend.data.objects import ObjectRef
+from dextr_backend.data.splits import hold_out_split, image_rank
 
 
 def refs_of(images: int, per_image: int = 1, first: int = 1) -> list[ObjectRef]:
@@ -81,8 +81,9 @@ def test_the_job_ships_the_last_epoch_not_a_noisy_pick(tmp_path, monkeypatch, ke
 
     from dextr_backend.models import build_model
     from dextr_backend.training import promotion
-    from dextr_backend.training.datasets import folder_objects
-    from dextr_backend.weights.store import WeightsStore, read_state_file
+    from dextr_backend.data.objects import folder_objects
+    from dextr_backend.weights.files import read_state_file
+    from dextr_backend.weights.store import WeightsStore
     from test_training import make_shapes, small_config
 
     real_run, last = promotion.Trainer.run, {}

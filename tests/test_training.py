@@ -17,12 +17,14 @@ import torch
 
 from dextr_backend.errors import InputError, WeightsError
 from dextr_backend.models import build_model
-from dextr_backend.training.datasets import folder_objects, split
+from dextr_backend.data.objects import folder_objects
+from dextr_backend.data.splits import split
 from dextr_backend.training.loss import balanced_bce
 from dextr_backend.training.promotion import train_and_promote
 from dextr_backend.training.samples import Augment, make_sample
 from dextr_backend.training.trainer import TrainConfig, Trainer
-from dextr_backend.weights.store import WeightsStore, read_state_file
+from dextr_backend.weights.files import read_state_file
+from dextr_backend.weights.store import WeightsStore
 
 
 
@@ -70,7 +72,7 @@ def test_split_is_by_image_and_deterministic(shapes):
 
 
 def test_capped_validation_covers_every_image(shapes):
-    from dextr_backend.training.datasets import spread
+    from dextr_backend.data.splits import spread
 
     refs = folder_objects(shapes)                  # one object per image, ordered by image
     picked = spread(refs, 4)
@@ -81,7 +83,7 @@ def test_capped_validation_covers_every_image(shapes):
 
 def test_samples_match_inference_inputs(shapes):
     refs = folder_objects(shapes)
-    from dextr_backend.training.datasets import load_object
+    from dextr_backend.data.objects import load_object
 
     image, mask = load_object(refs[0])
     x, y = make_sample(image, mask, 64, Augment(margin=(8, 12)), np.random.default_rng(0))
@@ -91,7 +93,7 @@ def test_samples_match_inference_inputs(shapes):
 
 
 def test_colour_jitter_changes_the_picture_not_the_object(shapes):
-    from dextr_backend.training.datasets import load_object
+    from dextr_backend.data.objects import load_object
 
     image, mask = load_object(folder_objects(shapes)[0])
     plain = dataclasses.replace(Augment.none(), margin=(8, 8))
@@ -115,7 +117,7 @@ def test_a_few_steps_lower_the_loss(shapes, tmp_path, cpu_bf16):
     refs = folder_objects(shapes)
     trainer = Trainer(small_config(samples_per_epoch=96, cpu_bf16=cpu_bf16), refs, [], tmp_path / "run")
     rng = np.random.default_rng(123)
-    from dextr_backend.training.datasets import load_object
+    from dextr_backend.data.objects import load_object
 
     batch = [make_sample(*load_object(r), 64, Augment.none(), rng) for r in refs[:6]]
     x = torch.from_numpy(np.stack([b[0] for b in batch])).permute(0, 3, 1, 2)
@@ -213,7 +215,7 @@ def test_fine_tuning_keeps_the_parent_working_size_threshold_and_trim(shapes, tm
 
 
 def test_bsds_background_regions_can_be_left_out(tmp_path):
-    from dextr_backend.training.datasets import bsds_regions
+    from dextr_backend.data.objects import bsds_regions
 
     root = make_bsds(tmp_path / "bsds")
     assert sorted(r.label for r in bsds_regions(root)) == [1, 2, 3, 4]
@@ -221,7 +223,7 @@ def test_bsds_background_regions_can_be_left_out(tmp_path):
 
 
 def test_bsds_small_regions_can_be_left_out(tmp_path):
-    from dextr_backend.training.datasets import bsds_regions
+    from dextr_backend.data.objects import bsds_regions
 
     root = make_bsds(tmp_path / "bsds")    # areas: sky 33 %, ground 57 %, object 8 %, corner 1 %
     assert sorted(r.label for r in bsds_regions(root, min_area=0.05)) == [1, 2, 3]
@@ -235,7 +237,7 @@ def test_the_run_folder_is_keyed_by_the_labels_content(shapes, tmp_path):
     resumes a checkpoint trained on the old masks; the same files elsewhere resume it."""
     import shutil
 
-    from dextr_backend.training.datasets import objects_key
+    from dextr_backend.data.objects import objects_key
 
     before = objects_key(folder_objects(shapes))
     copy = shutil.copytree(shapes, tmp_path / "elsewhere")
@@ -249,7 +251,7 @@ def test_the_run_folder_is_keyed_by_the_labels_content(shapes, tmp_path):
 def test_runs_on_differently_filtered_objects_get_their_own_run_folder(tmp_path):
     """The run folder is keyed by the objects, so a run with another filter on the same folder
     never resumes this one's checkpoint."""
-    from dextr_backend.training.datasets import bsds_regions, objects_key
+    from dextr_backend.data.objects import bsds_regions, objects_key
 
     root = make_bsds(tmp_path / "bsds")
     keys = {objects_key(bsds_regions(root)), objects_key(bsds_regions(root, min_area=0.05)),
@@ -422,7 +424,7 @@ def test_train_command_refuses_a_bad_average_decay(shapes, capsys, weights_dir):
 
 
 def test_weight_average_follows_the_model_slowly():
-    from dextr_backend.training.trainer import WeightAverage
+    from dextr_backend.training.ema import WeightAverage
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     avg = WeightAverage(model, decay=0.75)
@@ -443,7 +445,7 @@ def test_weight_average_follows_the_model_slowly():
 
 def test_weight_average_warms_up_from_a_fresh_start():
     """From ImageNet the first steps' average must follow the network, not keep its random decoder."""
-    from dextr_backend.training.trainer import WeightAverage
+    from dextr_backend.training.ema import WeightAverage
 
     model = torch.nn.Linear(2, 2)
     start = model.weight.detach().clone()
@@ -533,8 +535,8 @@ def test_freezing_an_unknown_part_or_everything_is_refused(shapes, tmp_path):
 def test_train_command_grows_a_version_into_lite0r(shapes, weights_dir, capsys):
     from dextr_backend.cli import main
 
-    WeightsStore().add_version(build_model("lite0").state_dict(), "lite0", name="base", input_size=64,
-                               threshold=0.6, make_current=True)
+    WeightsStore(weights_dir).add_version(build_model("lite0").state_dict(), "lite0", name="base", input_size=64,
+                                          threshold=0.6, make_current=True)
     assert main(["train", "--dataset", str(shapes), "--init", "base", "--arch", "lite0r", "--freeze", "trunk",
                  "--epochs", "1", "--threads", "1"]) == 2
     assert "cannot freeze trunk" in capsys.readouterr().err
@@ -542,7 +544,7 @@ def test_train_command_grows_a_version_into_lite0r(shapes, weights_dir, capsys):
                  "--freeze", "backbone,decoder", "--epochs", "1", "--samples-per-epoch", "8", "--batch-size", "4",
                  "--val-objects", "2", "--name", "grown", "--force"])
     assert code == 0
-    grown = WeightsStore().get("grown")
+    grown = WeightsStore(weights_dir).get("grown")
     assert grown.arch == "lite0r" and grown.parent == "base"
     assert grown.input_size == 64 and grown.threshold == 0.6       # inherited from the parent
     assert grown.card["hyper_parameters"]["freeze"] == ["backbone", "decoder"]

@@ -13,7 +13,9 @@ import http.server
 import json
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -22,11 +24,12 @@ import pytest
 import redis
 import torch
 
+from dextr_backend.labelstudio import jobs
 from dextr_backend.labelstudio.regions import mask_to_brush
 from dextr_backend.models import build_model
 from dextr_backend.queue.client import QueueClient
 from dextr_backend.weights.store import WeightsStore
-from services import Worker
+from services import Backend, Worker
 from test_training import make_shapes
 
 TOKEN = "dextr-test-token-5f1c9a7e3b"
@@ -159,12 +162,12 @@ def test_a_killed_training_worker_is_replaced_and_the_run_resumes(env, private_r
     try:
         dead = worker_name(url, first)
         client = QueueClient(url)
-        job = client.enqueue_training(PROJECT)["job"]
+        job = client.request_training(jobs.train_project, PROJECT)["job"]
         wait_until(lambda: (project_status(client)["runs"] or [{}])[0].get("progress", {}).get("epochs_done", 0) >= 1,
                    240, "the first epoch")
         first.kill()                                       # kill -9 in the middle of epoch 2
         killed = time.monotonic()
-        pressed = client.enqueue_training(PROJECT)          # while the dead worker still looks busy
+        pressed = client.request_training(jobs.train_project, PROJECT)          # while the dead worker still looks busy
         assert pressed["job"] == job
         wait_until(lambda: "not answering" in (project_status(client)["note"] or ""), 5, "the status to notice")
         second = Worker(url, env, queues="dextr-train", log=logs[1]).start()
@@ -200,9 +203,9 @@ def test_two_quick_presses_on_an_idle_worker_train_once(env, private_redis, labe
     worker = Worker(url, env, queues="dextr-train", log=log).start()
     try:
         client = QueueClient(url)
-        answers = [client.enqueue_training(PROJECT)["status"]]
+        answers = [client.request_training(jobs.train_project, PROJECT)["status"]]
         time.sleep(0.057)
-        answers.append(client.enqueue_training(PROJECT)["status"])
+        answers.append(client.request_training(jobs.train_project, PROJECT)["status"])
         assert answers[0] == "queued" and answers[1] in ("coalesced", "scheduled after the running job")
         status = wait_until(lambda: (lambda s: s if s["state"] == "idle" else None)(project_status(client)),
                             300, "training to end")
@@ -217,3 +220,72 @@ def test_two_quick_presses_on_an_idle_worker_train_once(env, private_redis, labe
         assert_token_nowhere(url, [log])
     finally:
         worker.stop()
+
+
+def post_json(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def annotation_event() -> dict:
+    return {"action": "ANNOTATION_CREATED", "project": {"id": PROJECT}, "annotation": {"id": 1}, "task": {"id": 1}}
+
+
+def test_train_every_n_annotations_through_webhooks(env, private_redis, label_studio, tmp_path):
+    """``DEXTR_TRAIN_EVERY=3``: the third annotation webhook, counted across two API processes,
+    starts a run that a real training worker finishes with a new version."""
+    env = {**env, "DEXTR_TRAIN_EVERY": "3"}
+    logs = [tmp_path / "api1.log", tmp_path / "api2.log", tmp_path / "trainer.log"]
+    apis = [Backend(env, log=logs[0]).start(), Backend(env, log=logs[1]).start()]
+    worker = Worker(private_redis.url, env, queues="dextr-train", log=logs[2]).start()
+    try:
+        answers = [post_json(apis[i % 2].url + "/webhook", annotation_event()) for i in range(3)]
+        assert [status for status, _ in answers] == [201, 201, 201]
+        assert [a["annotations_since_start"] for _, a in answers] == [1, 2, 3]
+        assert answers[0][1]["training"] == answers[1][1]["training"] == "not yet"
+        assert answers[2][1]["training"]["status"] == "queued"
+        client = QueueClient(private_redis.url)
+        status = wait_until(lambda: (lambda s: s if s["state"] == "idle" and s["runs"] else None)(
+            project_status(client)), 300, "the triggered run to end")
+        assert status["runs"][0]["status"] == "finished", status
+        assert status["runs"][0]["result"]["version"] in {v.name for v in WeightsStore(
+            Path(env["DEXTR_WEIGHTS_DIR"])).versions()}
+        assert label_studio.refused == 0
+        assert_token_nowhere(private_redis.url, logs)
+    finally:
+        worker.stop()
+        for api in apis:
+            api.stop()
+
+
+def test_setup_sent_to_one_api_process_is_used_by_another_and_the_worker(env, private_redis, label_studio,
+                                                                        tmp_path):
+    """``serve --workers N``: Label Studio's /setup lands in one process, *Start Training* in
+    another; the record lives in Redis, so both the second process and the worker find it."""
+    env = {k: v for k, v in env.items() if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
+    logs = [tmp_path / "api1.log", tmp_path / "api2.log", tmp_path / "trainer.log"]
+    first, second = Backend(env, log=logs[0]).start(), Backend(env, log=logs[1]).start()
+    worker = Worker(private_redis.url, env, queues="dextr-train", log=logs[2]).start()
+    try:
+        press = {"action": "START_TRAINING", "project": {"id": PROJECT}}
+        status, answer = post_json(second.url + "/webhook", press)
+        assert status == 422 and "has not called /setup" in answer["detail"]
+        status, _ = post_json(first.url + "/setup", {"project": f"{PROJECT}.1700000000", "hostname": label_studio.url,
+                                                     "access_token": TOKEN, "schema": CONFIG})
+        assert status == 200
+        status, answer = post_json(second.url + "/webhook", press)
+        assert status == 201 and answer["training"]["status"] == "queued", answer
+        client = QueueClient(private_redis.url)
+        result = wait_until(lambda: (lambda s: s if s["state"] == "idle" and s["runs"] else None)(
+            project_status(client)), 300, "the run to end")
+        assert result["runs"][0]["status"] == "finished", result
+        assert label_studio.refused == 0                  # the worker sent /setup's token
+    finally:
+        worker.stop()
+        first.stop()
+        second.stop()

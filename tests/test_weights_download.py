@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,7 +16,8 @@ from dextr_backend.cli import main
 from dextr_backend.errors import WeightsError
 from dextr_backend.models import build_model
 from dextr_backend.weights import WeightsStore
-from dextr_backend.weights.download import fetch, mirrored
+from dextr_backend.settings import Settings
+from dextr_backend.weights.download import fetch, install, mirrored
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,11 @@ def store(weights_dir, tmp_path) -> WeightsStore:
     return WeightsStore(weights_dir, shipped_dir=tmp_path / "shipped")
 
 
+def say(message: str) -> None:
+    """What the CLI does with install's messages."""
+    print(message, file=sys.stderr)
+
+
 def stray_files(store: WeightsStore) -> list[str]:
     """Anything in the store besides the manifest and its lock."""
     if not store.root.exists():
@@ -75,8 +82,8 @@ def stray_files(store: WeightsStore) -> list[str]:
 
 def test_download_verified_by_sha256(store, server, payload, capsys):
     digest = hashlib.sha256(payload).hexdigest()
-    v = store.download("mine", url=server.base + "/good.pth", sha256=digest.upper(), make_current=True,
-                       progress=False)
+    v = install(store, "mine", url=server.base + "/good.pth", sha256=digest.upper(), make_current=True,
+                progress=False, report=say)
     assert (v.name, v.arch, v.sha256, v.size, v.source) == ("mine", "lite0", digest, len(payload),
                                                              server.base + "/good.pth")
     assert v.card["sha256_pinned"] is True
@@ -88,12 +95,12 @@ def test_download_verified_by_sha256(store, server, payload, capsys):
 
     # A second download of the same name reuses the verified file instead of fetching again.
     server.requested.clear()
-    assert store.download("mine", url=server.base + "/good.pth", progress=False).name == "mine"
+    assert install(store, "mine", url=server.base + "/good.pth", progress=False).name == "mine"
     assert server.requested == []
 
 
 def test_download_without_pinned_hash_trusts_on_first_use(store, server, payload, capsys):
-    v = store.download(server.base + "/good.pth", progress=False)
+    v = install(store, server.base + "/good.pth", progress=False, report=say)
     assert v.name == "good" and v.sha256 == hashlib.sha256(payload).hexdigest()
     assert v.card["sha256_pinned"] is False
     err = capsys.readouterr().err
@@ -105,7 +112,7 @@ def test_checksum_mismatch_keeps_nothing_and_current_unchanged(store, server, pa
     store.add_version(build_model("lite0").state_dict(), "lite0", make_current=True)
     before = stray_files(store)
     with pytest.raises(WeightsError, match="checksum mismatch.*not kept"):
-        store.download("mine", url=server.base + "/good.pth", sha256="0" * 64, make_current=True, progress=False)
+        install(store, "mine", url=server.base + "/good.pth", sha256="0" * 64, make_current=True, progress=False)
     assert stray_files(store) == before == ["v1.pt"]
     assert store.current().name == "v1"
     assert [v.name for v in store.versions()] == ["v1"]
@@ -113,14 +120,14 @@ def test_checksum_mismatch_keeps_nothing_and_current_unchanged(store, server, pa
 
 def test_short_body_is_truncated_and_removed(store, server):
     with pytest.raises(WeightsError, match="truncated"):
-        store.download("mine", url=server.base + "/short/good.pth", make_current=True, progress=False)
+        install(store, "mine", url=server.base + "/short/good.pth", make_current=True, progress=False)
     assert stray_files(store) == []
     assert store.versions() == [] and store.current_name() is None
 
 
 def test_http_404_is_one_clear_error(store, server):
     with pytest.raises(WeightsError, match="HTTP 404"):
-        store.download("mine", url=server.base + "/nothing-here.pth", progress=False)
+        install(store, "mine", url=server.base + "/nothing-here.pth", progress=False)
     assert stray_files(store) == []
 
 
@@ -129,22 +136,23 @@ def test_unreachable_host_is_one_clear_error(store):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(WeightsError, match=f"cannot reach 127.0.0.1:{port}"):
-        store.download("mine", url=f"http://127.0.0.1:{port}/good.pth", progress=False)
+        install(store, "mine", url=f"http://127.0.0.1:{port}/good.pth", progress=False)
     assert stray_files(store) == []
 
 
 def test_a_page_that_is_not_weights_is_not_kept(store, server):
     with pytest.raises(WeightsError, match="not usable weights.*nothing was kept"):
-        store.download("mine", url=server.base + "/page.pth", progress=False)
+        install(store, "mine", url=server.base + "/page.pth", progress=False)
     assert stray_files(store) == []
 
 
 def test_mirror_env_replaces_the_registry_directory(store, server, monkeypatch):
     """The mirror serves a lite0 file under an official name: fetched from the mirror, then refused."""
     monkeypatch.setenv("DEXTR_WEIGHTS_MIRROR", server.base + "/models/")
-    assert mirrored("https://example.org/a/b/dextr_coco.pth") == server.base + "/models/dextr_coco.pth"
+    mirror = Settings.from_env().weights_mirror
+    assert mirrored("https://example.org/a/b/dextr_coco.pth", mirror) == server.base + "/models/dextr_coco.pth"
     with pytest.raises(WeightsError, match="not usable weights.*do not fit"):
-        store.download("dextr_pascal-sbd", progress=False)
+        install(store, "dextr_pascal-sbd", mirror=mirror, progress=False)
     assert server.requested == ["/models/dextr_pascal-sbd.pth"]
     assert stray_files(store) == []
 
@@ -164,6 +172,6 @@ def test_cli_download(weights_dir, server, payload, capsys):
     assert main(["weights", "download", "mine", "--url", server.base + "/good.pth",
                  "--sha256", digest, "--use"]) == 0
     assert "now current" in capsys.readouterr().out
-    assert WeightsStore().current().name == "mine"
+    assert WeightsStore(weights_dir).current().name == "mine"
     assert main(["weights", "download", "other", "--url", server.base + "/good.pth", "--sha256", "abc"]) == 2
     assert "not a sha256" in capsys.readouterr().err

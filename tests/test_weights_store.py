@@ -12,7 +12,7 @@ import torch
 from dextr_backend.cli import main
 from dextr_backend.errors import WeightsError
 from dextr_backend.models import build_model, get_architecture
-from dextr_backend.predictor import DextrPredictor
+from dextr_backend.build import build_predictor
 from dextr_backend.weights import KNOWN_WEIGHTS, WeightsStore, default_threshold
 
 
@@ -161,7 +161,7 @@ def test_shipped_default_is_current_until_the_user_chooses(weights_dir, tmp_path
     store.use("lite0-base")
     assert store.current().name == "lite0-base"
 
-    predictor = DextrPredictor.from_weights(store=store, device="cpu")
+    predictor = build_predictor(store=store, device="cpu")
     assert predictor.version == "lite0-base" and predictor.threshold == 0.55
     assert predictor.postprocess.trim == 0        # a record written before trims existed
 
@@ -170,8 +170,8 @@ def test_a_version_carries_its_boundary_trim_to_the_predictor(store, lite_state)
     store.add_version(lite_state, "lite0", name="plain", make_current=True)
     store.add_version(lite_state, "lite0", name="trimmed", threshold=0.65, trim=1)
     assert store.get("plain").trim == 0 and store.get("trimmed").trim == 1
-    assert DextrPredictor.from_weights("plain", store=store, device="cpu").postprocess.trim == 0
-    predictor = DextrPredictor.from_weights("trimmed", store=store, device="cpu")
+    assert build_predictor("plain", store=store, device="cpu").postprocess.trim == 0
+    predictor = build_predictor("trimmed", store=store, device="cpu")
     assert predictor.postprocess.trim == 1 and predictor.threshold == 0.65
     with pytest.raises(WeightsError, match="trim"):
         store.add_version(lite_state, "lite0", name="bad", trim=-2)
@@ -234,7 +234,8 @@ def test_cli_import_use_list_show(weights_dir, tmp_path, lite_state, capsys):
 
     assert main(["weights", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:4] == ["NAME", "ARCH", "SIZE", "MASK"]
+    assert lines[0].split()[:5] == ["NAME", "ARCH", "CLICKS", "SIZE", "MASK"]
+    assert any(" cats " in line and " lite0 " in line and " 4 " in line for line in lines)   # no corrections
     assert any(line.startswith("*") and " cats " in line for line in lines)
     assert any(" dogs " in line and " t=0.6 trim 2 " in line and not line.startswith("*") for line in lines)
     assert any("dextr_pascal-sbd" in line and "not downloaded" in line for line in lines)
@@ -288,3 +289,23 @@ def test_every_shipped_version_matches_its_checksum_and_the_default_is_one_of_th
         assert (shipped / meta.card["file"]).is_file()    # every shipped version has its model card
     files = {v["file"] for v in index["versions"]}
     assert sum((shipped / f).stat().st_size for f in files) <= 25 * 10**6   # what an install carries
+
+
+def test_the_stamp_changes_with_every_write_and_reads_are_cached(store, lite_state, monkeypatch):
+    """A resident predictor polls ``stamp()`` per request; the JSON is parsed again only after a write."""
+    before = store.stamp()
+    store.add_version(lite_state, "lite0", name="a", make_current=True)
+    after_add = store.stamp()
+    assert after_add != before
+    reads = []
+    real = type(store)._read_json
+    monkeypatch.setattr(type(store), "_read_json", lambda self, *a: reads.append(a[0]) or real(self, *a))
+    for _ in range(3):
+        assert store.current().name == "a" and store.current_name() == "a"
+        store.check()
+    assert reads == []                                  # nothing changed: no JSON read at all
+    other = WeightsStore(store.root, shipped_dir=store.shipped_dir)   # another process, say
+    other.add_version(lite_state, "lite0", name="b")
+    other.use("b")
+    assert store.stamp() != after_add and store.current().name == "b"
+    assert reads                                        # re-read once the stamp moved

@@ -14,6 +14,7 @@ import redis
 import torch
 from rq import Queue
 
+from dextr_backend.labelstudio import jobs
 from dextr_backend.models import build_model
 from dextr_backend.queue import PREDICT_QUEUE
 from dextr_backend.queue.client import QueueClient
@@ -54,7 +55,7 @@ def test_an_idle_worker_still_answers(private_redis, env, image_server, tmp_path
         time.sleep(IDLE_SECONDS)
         assert len(client.workers()) == 1
         started = time.monotonic()
-        payload = client.predict(body(image_server), timeout=10)
+        payload = client.call(jobs.predict, body(image_server), timeout=10)
         assert "ok" in payload, payload
         assert time.monotonic() - started < 10
         assert "could not connect to Redis" not in log.read_text()
@@ -126,11 +127,11 @@ def test_a_timeout_counts_the_jobs_really_waiting(private_redis):
     conn = redis.Redis.from_url(private_redis.url)
     conn.set(alive_key("nobody-home"), PREDICT_QUEUE, ex=60)     # "alive", but never takes a job
     client = QueueClient(private_redis.url)
-    client.predict_queue.enqueue_call("dextr_backend.queue.jobs.predict", args=({},), ttl=60)
+    client.predict_queue.enqueue_call("dextr_backend.labelstudio.jobs.predict", args=({},), ttl=60)
     for stale in ("gone-1", "gone-2", "gone-3"):
         conn.rpush(client.predict_queue.key, stale)
     with pytest.raises(ServiceTimeout) as err:
-        client.predict({"tasks": []}, timeout=2)
+        client.call(jobs.predict, {"tasks": []}, timeout=2)
     assert "2 jobs waiting in 'dextr-predict', this one included" in str(err.value)
 
 
@@ -146,7 +147,7 @@ def test_a_dead_workers_prediction_is_failed_by_another_worker(private_redis, en
     workers = [Worker(url, env, log=tmp_path / f"worker{i}.log").start() for i in range(2)]
     conn = redis.Redis.from_url(url)
     try:
-        job = QueueClient(url).predict_queue.enqueue_call("dextr_backend.queue.jobs.predict",
+        job = QueueClient(url).predict_queue.enqueue_call("dextr_backend.labelstudio.jobs.predict",
                                                           args=(_slow_batch(image_server, 90),), timeout=300)
         assert wait_for(lambda: Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED, 30)
         name = Job.fetch(job.id, connection=conn).worker_name

@@ -19,7 +19,8 @@ import torch
 
 from dextr_backend.models import detect_architecture, get_architecture
 from dextr_backend.errors import WeightsError
-from dextr_backend.weights.store import check_trim, read_state_file, sha256_file
+from dextr_backend.weights.files import atomic_write, locked, read_state_file, sha256_file
+from dextr_backend.weights.versions import check_trim
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
@@ -50,35 +51,38 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
 
     index_path = WEIGHTS / "index.json"
-    index = json.loads(index_path.read_text(encoding="utf-8"))
-    if (args.state is None) == (args.same_weights_as is None):
-        p.error("give a state file or --same-weights-as VERSION (one of them)")
-    source = None
-    if args.same_weights_as:
-        source = next((v for v in index["versions"] if v["name"] == args.same_weights_as), None)
-        if source is None:
-            p.error(f"--same-weights-as {args.same_weights_as}: not a shipped version")
-        dest = WEIGHTS / source["file"]
-        arch = detect_architecture(read_state_file(dest))
-    else:
-        dtype = torch.float16 if args.half else torch.float32
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in read_state_file(Path(args.state)).items()}
-        arch = detect_architecture(state)
-        dest = WEIGHTS / f"{args.name}.pt"
-        torch.save(state, dest)
-    card = WEIGHTS / f"{args.name}.md"
-    if Path(args.card).resolve() != card.resolve():
-        card.write_text(Path(args.card).read_text(encoding="utf-8"), encoding="utf-8")
-    record = {"name": args.name, "arch": arch, "input_size": (args.input_size or (source or {}).get("input_size")
-                                                  or get_architecture(arch).input_size),
-              "threshold": args.threshold, "trim": args.trim, "file": dest.name, "sha256": sha256_file(dest),
-              "size": dest.stat().st_size, "metrics": json.loads(args.metrics), "parent": args.parent,
-              "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-              "source": "shipped", "card": card.name}
-    index["versions"] = [v for v in index["versions"] if v["name"] != args.name] + [record]
-    if not args.no_default:
-        index["default"] = args.name
-    index_path.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    with locked(WEIGHTS / ".index.lock"):   # two ship runs never lose each other's record
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        if (args.state is None) == (args.same_weights_as is None):
+            p.error("give a state file or --same-weights-as VERSION (one of them)")
+        source = None
+        if args.same_weights_as:
+            source = next((v for v in index["versions"] if v["name"] == args.same_weights_as), None)
+            if source is None:
+                p.error(f"--same-weights-as {args.same_weights_as}: not a shipped version")
+            dest = WEIGHTS / source["file"]
+            arch = detect_architecture(read_state_file(dest))
+        else:
+            dtype = torch.float16 if args.half else torch.float32
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in read_state_file(Path(args.state)).items()}
+            arch = detect_architecture(state)
+            dest = WEIGHTS / f"{args.name}.pt"
+            atomic_write(dest, lambda fh: torch.save(state, fh))
+        card = WEIGHTS / f"{args.name}.md"
+        if Path(args.card).resolve() != card.resolve():
+            text = Path(args.card).read_text(encoding="utf-8").encode("utf-8")
+            atomic_write(card, lambda fh: fh.write(text))
+        record = {"name": args.name, "arch": arch, "input_size": (args.input_size or (source or {}).get("input_size")
+                                                      or get_architecture(arch).input_size),
+                  "threshold": args.threshold, "trim": args.trim, "file": dest.name, "sha256": sha256_file(dest),
+                  "size": dest.stat().st_size, "metrics": json.loads(args.metrics), "parent": args.parent,
+                  "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                  "source": "shipped", "card": card.name}
+        index["versions"] = [v for v in index["versions"] if v["name"] != args.name] + [record]
+        if not args.no_default:
+            index["default"] = args.name
+        data = (json.dumps(index, indent=2) + "\n").encode("utf-8")
+        atomic_write(index_path, lambda fh: fh.write(data))
     print(json.dumps({k: record[k] for k in ("name", "arch", "size", "sha256")}))
     return 0
 

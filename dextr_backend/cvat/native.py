@@ -13,13 +13,12 @@ absolute names only.)
 
 Prompts (see :mod:`dextr_backend.cvat.prompts`):
 
-- **four or more positive points** are the extreme points: the classic DEXTR clicks;
+- **four positive points** are the extreme points: the classic DEXTR clicks;
 - **a box alone** works: its side midpoints stand in for the extreme points, and each later
   click replaces the midpoint of the box side it lies nearest to;
-- **negative points are not allowed** (``min_neg_points=None``). DEXTR's network sees only the
-  extreme points, so a negative click could not change the mask; accepting and ignoring them is
-  what CVAT users report as "negative points silently ignored". With ``None`` CVAT's UI offers no
-  negative clicks for this interactor and the agent refuses requests carrying any.
+- **further positive points and every negative point correct the mask** (``min_neg_points=0``,
+  so CVAT offers negative clicks): versions that take corrections (``lite0c``, ``lite0h``) run a
+  second pass with all of them at once; others ignore them, and the log says so.
 
 Why ``min_pos_points=0`` and not 4: the agent refuses any request with fewer positive points
 than ``min_pos_points`` *even when it carries a box*, and CVAT's UI sends nothing until that many
@@ -32,14 +31,14 @@ The result is one ``mask`` shape (the only type CVAT's UI uses from interactors)
 mask) as the ``CONFIDENCE`` attribute. ``preprocess_image`` decodes the frame once; the agent
 caches its result, so further clicks on the same frame skip the decoding.
 
-The predictor is built once per process, on first use: weights ``$DEXTR_WEIGHTS`` (a version
-name or a ``.pt`` file; default the current version), device ``$DEXTR_DEVICE`` (default auto).
+The predictor is the process's resident one (:mod:`dextr_backend.service.resident`), loaded on
+first use: weights ``$DEXTR_WEIGHTS`` (a version name or a ``.pt`` file; default the current
+version, taken up again when training promotes a new one), device ``$DEXTR_DEVICE``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 
 import cvat_sdk.auto_annotation as cvataa
 import numpy as np
@@ -47,33 +46,12 @@ import PIL.Image
 from cvat_sdk import models
 from cvat_sdk.masks import encode_mask
 
-from dextr_backend.cvat.prompts import extreme_clicks, predictor_from_env
+from dextr_backend.cvat.prompts import object_clicks
+from dextr_backend.service import resident
 
 log = logging.getLogger("dextr_backend.cvat.native")
 
-spec = cvataa.InteractionFunctionSpec(min_pos_points=0, min_neg_points=None, min_bounding_boxes=0)
-
-_predictor = None
-_lock = threading.Lock()
-
-
-def get_predictor():
-    """The process's predictor, loaded on first use."""
-    global _predictor
-    if _predictor is None:
-        with _lock:
-            if _predictor is None:
-                _predictor = predictor_from_env()
-                log.info("DEXTR weights %s loaded on %s", _predictor.version, _predictor.device)
-    return _predictor
-
-
-def set_predictor(predictor) -> None:
-    """Use this predictor from now on (``None``: load from the environment again on next use)."""
-    global _predictor
-    with _lock:
-        _predictor = predictor
-
+spec = cvataa.InteractionFunctionSpec(min_pos_points=0, min_neg_points=0, min_bounding_boxes=0)
 
 def image_array(image: PIL.Image.Image) -> np.ndarray:
     """A frame as a read-only RGB uint8 ``(H, W, 3)`` array."""
@@ -95,10 +73,11 @@ def detect(context: cvataa.InteractionFunctionContext, image, prompts: cvataa.In
     if isinstance(image, PIL.Image.Image):        # called without preprocess_image
         image = image_array(image)
     height, width = image.shape[:2]
-    points = extreme_clicks(prompts.pos_points, prompts.bounding_box, width, height)
-    if points is None:
+    clicks = object_clicks(prompts.pos_points, prompts.neg_points, prompts.bounding_box, width, height)
+    if clicks is None:
         return []
-    pred = get_predictor().predict(image, points)
+    points, positives, negatives = clicks
+    pred = resident.shared().get().predict(image, points, positives, negatives)
     if not pred.mask.any():
         return []
     confidence = models.AttributeValRequest(spec_id=int(cvataa.InteractionResultAttributes.CONFIDENCE),

@@ -8,14 +8,15 @@ CVAT's lambda manager posts, for every click once ``min_pos_points`` are placed:
 and a version-2 interactor answers ``{"mask": <H x W 0/1 rows for the whole frame>, "points":
 [[x, y], ...]}`` (the outline of the largest piece; CVAT draws from the mask).
 
-Four or more positive points are the extreme points; with fewer, a box stands in
-(:mod:`dextr_backend.cvat.prompts`). Negative points and ``threshold`` are accepted and ignored:
-DEXTR's network sees only the extreme points, and each weights version records its own
-threshold. ``function.yaml`` leaves ``min_neg_points`` unset, so CVAT's UI offers no negative
-clicks anyway.
+Four positive points are the extreme points; with fewer, a box stands in; further positive
+points and all negative points are corrective clicks (:mod:`dextr_backend.cvat.prompts`), which
+``function.yaml`` offers with ``min_neg_points: 0``. ``threshold`` is accepted and ignored: each
+weights version records its own.
 
-Every bad request (not JSON, no image, corrupt base64 or picture, too few points, points
-outside the frame) is answered 400 with ``{"error": "..."}``; a bug is answered 500 and logged.
+Every bad request is answered with ``{"error": "..."}``: 400 when the body is not a JSON object,
+422 when its content is wrong (no image, corrupt base64 or picture, too few points, points
+outside the frame), missing or broken weights 503, by
+the one table of ``errors.http_status``; a bug is answered 500 and logged.
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import DextrError, InputError
+from ..errors import DextrError, InputError, MalformedRequest, RequestTooLarge, http_status
 from ..imageio import decode_image
-from ..labelstudio.images import ImageCache
 from ..postprocess import mask_to_polygons
-from .prompts import extreme_clicks, pixel_points, predictor_from_env
+from ..service import resident
+from ..service.cache import ImageCache, shared_cache
+from ..settings import Settings
+from .prompts import object_clicks
 
 MAX_BODY_MB = 64
 
@@ -42,7 +44,9 @@ MAX_BODY_MB = 64
 @dataclass
 class Request:
     image: np.ndarray            # RGB uint8 (H, W, 3)
-    points: np.ndarray           # (N >= 4, 2) extreme points in pixels
+    points: np.ndarray           # (4, 2) extreme points in pixels
+    positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # corrective clicks
+    negatives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
 
 def _body_dict(body) -> dict:
@@ -51,19 +55,19 @@ def _body_dict(body) -> dict:
         return body
     if isinstance(body, (bytes, bytearray, memoryview)):
         if len(body) > MAX_BODY_MB * 1024 * 1024:
-            raise InputError(f"request body over {MAX_BODY_MB} MB")
+            raise RequestTooLarge(f"request body over {MAX_BODY_MB} MB")
         try:
             body = bytes(body).decode("utf-8")
         except UnicodeDecodeError:
-            raise InputError("request body is not JSON (not UTF-8 text)") from None
+            raise MalformedRequest("request body is not JSON (not UTF-8 text)") from None
     if not isinstance(body, str) or not body.strip():
-        raise InputError("request body is empty; expected a JSON object with 'image' and 'pos_points'")
+        raise MalformedRequest("request body is empty; expected a JSON object with 'image' and 'pos_points'")
     try:
         data = json.loads(body)
     except ValueError as exc:
-        raise InputError(f"request body is not JSON ({exc.msg} at position {exc.pos})") from None
+        raise MalformedRequest(f"request body is not JSON ({exc.msg} at position {exc.pos})") from None
     if not isinstance(data, dict):
-        raise InputError("request body must be a JSON object with 'image' and 'pos_points'")
+        raise MalformedRequest("request body must be a JSON object with 'image' and 'pos_points'")
     return data
 
 
@@ -101,12 +105,12 @@ def parse_request(body, cache: ImageCache | None = None) -> Request:
             raise InputError(f"'{key}' must be a list of [x, y] pairs")
     image = decode_frame(data.get("image"), cache)
     height, width = image.shape[:2]
-    pixel_points(data.get("neg_points"), width, height, "negative point")   # checked, not used
-    points = extreme_clicks(data.get("pos_points"), data.get("obj_bbox"), width, height)
-    if points is None:
+    clicks = object_clicks(data.get("pos_points"), data.get("neg_points"), data.get("obj_bbox"), width, height)
+    if clicks is None:
         got = len(data.get("pos_points") or [])
         raise InputError(f"need at least 4 positive points (the object's extreme points) or a box, got {got}")
-    return Request(image=image, points=points)
+    points, positives, negatives = clicks
+    return Request(image=image, points=points, positives=positives, negatives=negatives)
 
 
 def mask_json(mask: np.ndarray) -> str:
@@ -123,7 +127,7 @@ def mask_json(mask: np.ndarray) -> str:
 
 def answer(predictor, request: Request) -> str:
     """The version-2 response body: the full-frame mask and the largest piece's outline."""
-    pred = predictor.predict(request.image, request.points)
+    pred = predictor.predict(request.image, request.points, request.positives, request.negatives)
     polygons = mask_to_polygons(pred.mask, epsilon=1.0)
     outline = max(polygons, key=lambda p: len(p.exterior)).exterior if polygons else np.zeros((0, 2))
     points = json.dumps(np.round(np.asarray(outline, dtype=np.float64), 2).tolist())
@@ -139,12 +143,11 @@ def handle(predictor, body, cache: ImageCache | None = None, logger=None) -> tup
     try:
         request = parse_request(body, cache)
         return 200, answer(predictor, request)
-    except InputError as exc:
-        return 400, _error(str(exc))
-    except DextrError as exc:              # weights missing or broken: the deployment's fault
-        if logger is not None:
+    except DextrError as exc:
+        status = http_status(exc)
+        if logger is not None and status >= 500:       # weights missing or broken: the deployment's fault
             logger.error(f"DEXTR cannot answer: {exc}")
-        return 503, _error(str(exc))
+        return status, _error(str(exc))
     except Exception as exc:  # noqa: BLE001 - a bug: log it, answer without internals
         if logger is not None:
             logger.error(f"DEXTR request crashed: {type(exc).__name__}: {exc}")
@@ -155,22 +158,24 @@ def handle(predictor, body, cache: ImageCache | None = None, logger=None) -> tup
 class _State:
     """What ``init_context`` keeps in ``context.user_data``."""
 
-    def __init__(self, predictor, cache: ImageCache):
-        self.predictor = predictor
+    def __init__(self, serving, cache: ImageCache):
+        self.serving = serving          # .get() -> the predictor of the version to serve now
         self.cache = cache
         self.lock = threading.Lock()
 
 
 def init_context(context, predictor=None) -> None:
-    """Load the model once per nuclio worker (weights ``$DEXTR_WEIGHTS``, device ``$DEXTR_DEVICE``)."""
-    predictor = predictor if predictor is not None else predictor_from_env()
-    cache_mb = int(os.environ.get("DEXTR_IMAGE_CACHE_MB", "").strip() or 256)
-    context.user_data.dextr = _State(predictor, ImageCache(cache_mb * 1024 * 1024))
+    """Load the model once per nuclio worker (weights ``$DEXTR_WEIGHTS``, device ``$DEXTR_DEVICE``):
+    the process's resident predictor and image cache, or ``predictor`` when one is given."""
+    settings = Settings.from_env()
+    serving = resident.PinnedPredictor(predictor) if predictor is not None else resident.shared(settings)
+    predictor = serving.get()                  # load now: a broken deployment fails here, not on a click
+    context.user_data.dextr = _State(serving, shared_cache(settings))
     context.logger.info(f"DEXTR weights {predictor.version} loaded on {predictor.device}")
 
 
 def handler(context, event):
-    """One interactor request: 200 with the mask, 400 with a message for bad input."""
+    """One interactor request: 200 with the mask, 4xx with a message for bad input."""
     state = getattr(context.user_data, "dextr", None)
     if state is None:                 # init_context failed or was not run: try once more
         try:
@@ -181,7 +186,13 @@ def handler(context, event):
             status, body = 503, _error(f"model could not be loaded: {exc}")
             return context.Response(body=body, headers={}, content_type="application/json", status_code=status)
     with state.lock:
-        status, body = handle(state.predictor, event.body, state.cache, context.logger)
-    if status == 400:
+        try:
+            predictor = state.serving.get()
+        except DextrError as exc:
+            context.logger.error(f"DEXTR cannot answer: {exc}")
+            return context.Response(body=_error(str(exc)), headers={}, content_type="application/json",
+                                    status_code=http_status(exc))
+        status, body = handle(predictor, event.body, state.cache, context.logger)
+    if 400 <= status < 500:
         context.logger.info(f"DEXTR bad request: {json.loads(body)['error']}")
     return context.Response(body=body, headers={}, content_type="application/json", status_code=status)

@@ -1,4 +1,5 @@
-"""CVAT prompts (positive clicks, an optional box) to the four extreme points DEXTR needs.
+"""CVAT prompts (positive and negative clicks, an optional box) to the four extreme points DEXTR
+needs, and the corrective clicks after them.
 
 CVAT measures in continuous image coordinates, so a click on the right or bottom edge of the
 frame can read ``x == W`` or ``y == H``: coordinates up to one pixel past the last pixel are
@@ -11,14 +12,13 @@ The rule, shared by the native function and the nuclio function:
    (:func:`dextr_backend.geometry.box_points`), and each click replaces the midpoint of the
    box side it lies nearest to: draw a box, look at the mask, then click the true left-most
    point to correct it;
-3. fewer than four points and no box: not enough to segment (``None``).
-
-Negative points carry no meaning for DEXTR, whose network sees only the extreme points.
+3. fewer than four points and no box: not enough to segment (``None``);
+4. positive points after the fourth, and every negative point, are corrective clicks: versions
+   that take corrections (``lite0c``, ``lite0h``) fix the mask with them in a second pass; others
+   ignore them and log so.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 
@@ -91,9 +91,13 @@ def extreme_clicks(pos_points, box, width: int, height: int) -> np.ndarray | Non
     return stand_ins
 
 
-def predictor_from_env(device: str | None = None):
-    """A predictor for ``$DEXTR_WEIGHTS`` (default: the current version) on ``$DEXTR_DEVICE``."""
-    from ..predictor import DextrPredictor
-
-    device = device or os.environ.get("DEXTR_DEVICE", "").strip() or "auto"
-    return DextrPredictor.from_weights(os.environ.get("DEXTR_WEIGHTS") or None, device=device)
+def object_clicks(pos_points, neg_points, box, width: int, height: int):
+    """``(extreme points, positive corrections, negative corrections)`` for one object, by the rule
+    in the module docstring, or None when the prompts are not enough yet."""
+    negatives = pixel_points(neg_points, width, height, "negative point")
+    points = extreme_clicks(pos_points, box, width, height)
+    if points is None:
+        return None
+    positives = pixel_points(pos_points, width, height, "positive point")
+    extra = positives[4:] if len(positives) >= 4 else np.zeros((0, 2))
+    return points[:4], extra, negatives

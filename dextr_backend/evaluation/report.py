@@ -24,7 +24,7 @@ import numpy as np
 
 from ..imageio import write_image
 from ..overlay import draw_overlay
-from .runner import FIRST_CLICKS, Case, EvalResult, shown_iou
+from .results import FIRST_CLICKS, Case, EvalResult, shown_iou
 
 MODEL_RGB = (52, 101, 164)
 BASELINE_RGB = (230, 145, 56)

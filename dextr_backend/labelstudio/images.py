@@ -1,8 +1,6 @@
-"""Task images, fetched once and kept decoded in a bounded cache.
-
-Interactive annotation sends one request per click on the same picture; decoding a photo
-costs more than running the light network, so the decoded array is cached by URL (and by the
-Label Studio and token it came through).
+"""Task images, fetched once and kept decoded in the process's image cache
+(:mod:`dextr_backend.service.cache`), keyed by URL and by the Label Studio and token they came
+through.
 
 Only two kinds of URL are fetched: the Label Studio host's own (with its token), and hosts
 explicitly allowed in ``DEXTR_ALLOWED_HOSTS``. Anything else (other hosts, ``file://``, local
@@ -13,53 +11,14 @@ rules, redirects included, live in :mod:`.fetch`.
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 
 import numpy as np
 
 from ..errors import InputError
 from ..imageio import decode_image
+from ..service.cache import ImageCache
 from .client import LabelStudioClient
 from .fetch import check_url, fetch_bytes, shown
-
-
-class ImageCache:
-    """LRU of decoded RGB images, bounded by total bytes."""
-
-    def __init__(self, max_bytes: int = 512 * 1024 * 1024):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: str) -> np.ndarray | None:
-        with self._lock:
-            image = self._items.get(key)
-            if image is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return image
-
-    def put(self, key: str, image: np.ndarray) -> None:
-        if image.nbytes > self.max_bytes:
-            return
-        image.setflags(write=False)      # shared between requests: nobody may paint on it
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._items[key] = image
-            self._bytes += image.nbytes
-            while self._bytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= evicted.nbytes
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class ImageFetcher:

@@ -111,15 +111,41 @@ class Prompt:
     negatives: list[tuple[float, float]] = field(default_factory=list)
     box: tuple[float, float, float, float] | None = None   # x0, y0, x1, y1 in pixels
 
+    @property
+    def from_box(self) -> bool:
+        """Whether a box stands in for the extreme points (fewer than four positive clicks)."""
+        return self.box is not None and len(self.points) < 4
+
     def extreme_points(self) -> np.ndarray:
-        """The clicks DEXTR uses: the extreme points, or a box's side midpoints (see README)."""
-        if self.box is not None and len(self.points) < 4:
+        """The first four positive clicks, or the box's side midpoints (see README)."""
+        if self.from_box:
             return box_points(self.box, self.width, self.height)
-        return np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
+        return np.asarray(self.points[:4], dtype=np.float64).reshape(-1, 2)
+
+    def corrections(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(positives, negatives)``: the positive clicks after the extreme points (all of them
+        when a box stands in) and every negative (Alt-) click, in pixels."""
+        extra = self.points if self.from_box else self.points[4:]
+        return (np.asarray(extra, dtype=np.float64).reshape(-1, 2),
+                np.asarray(self.negatives, dtype=np.float64).reshape(-1, 2))
 
     @property
     def ready(self) -> bool:
         return self.box is not None or len(self.points) >= 4
+
+    def size_matches(self, other: "Prompt") -> bool:
+        return (self.width, self.height) == (other.width, other.height)
+
+    def scaled(self, width: int, height: int) -> "Prompt":
+        """The same clicks for the image as it decoded (``width`` x ``height``), when Label Studio
+        measured another size (e.g. EXIF rotation)."""
+        sx, sy = width / self.width, height / self.height
+
+        def scale(points):
+            return [(min(x * sx, width - 1.0), min(y * sy, height - 1.0)) for x, y in points]
+
+        box = None if self.box is None else (self.box[0] * sx, self.box[1] * sy, self.box[2] * sx, self.box[3] * sy)
+        return Prompt(self.to_name, self.label, width, height, scale(self.points), scale(self.negatives), box)
 
 
 MAX_SIDE = 100_000      # pixels; Label Studio sizes beyond this are not images anyone annotates
@@ -169,14 +195,17 @@ def prompts_from_results(results: list, *, group_keypoints: bool = False) -> lis
     """Objects in a list of LS result items (an interactive context, or a stored annotation).
 
     Keypoints of the same image and label form one object in interactive mode (LS re-sends
-    every click of the label each time). In stored annotations (``group_keypoints``) each run of
-    four keypoints of a label is one object, so a whole project's clicks convert in one go.
-    Rectangles are objects of their own.
+    every click of the label each time): the first four positive ones are the extreme points,
+    later ones and Alt-clicked (negative) ones correct the mask. A smart rectangle followed by
+    clicks of its label, fewer than four positive ones, is one object: the box stands in for the
+    extreme points and the clicks correct it. In stored annotations (``group_keypoints``) each run
+    of four keypoints of a label is one object, so a whole project's clicks convert in one go.
     """
     if not isinstance(results, list):
         raise InputError("context.result must be a list")
     prompts: list[Prompt] = []
     groups: dict[tuple[str, str], list[Prompt]] = {}
+    boxes: dict[tuple[str, str], Prompt] = {}
     for item in results:
         if not isinstance(item, dict):
             raise InputError("every context.result item must be an object")
@@ -203,6 +232,7 @@ def prompts_from_results(results: list, *, group_keypoints: bool = False) -> lis
             if _number(value.get("rotation") or 0, "a rectangle's 'rotation'") != 0:
                 raise InputError("rotated rectangles are not supported; draw the box unrotated")
             prompts.append(Prompt(to_name, label, w, h, box=(x0, y0, x0 + bw, y0 + bh)))
+            boxes[(to_name, label)] = prompts[-1]
             continue
         point = _pixel(value, w, h)
         key = (to_name, label)
@@ -215,7 +245,23 @@ def prompts_from_results(results: list, *, group_keypoints: bool = False) -> lis
             target.negatives.append(point)
         else:
             target.points.append(point)
+    if not group_keypoints:
+        prompts = _clicks_on_boxes(prompts, boxes)
     return prompts
+
+
+def _clicks_on_boxes(prompts: list[Prompt], boxes: dict[tuple[str, str], Prompt]) -> list[Prompt]:
+    """Interactive mode: a keypoint group of a label with fewer than four positive clicks, beside
+    a rectangle of the same label and image, corrects that rectangle instead of waiting for more."""
+    out = []
+    for p in prompts:
+        box = boxes.get((p.to_name, p.label))
+        if p.box is None and box is not None and len(p.points) < 4 and box.size_matches(p):
+            box.points.extend(p.points)
+            box.negatives.extend(p.negatives)
+            continue
+        out.append(p)
+    return out
 
 
 def _region_id() -> str:

@@ -1,16 +1,15 @@
-"""Redis + rq: the queues, the jobs the workers run, and the client the API waits with."""
+"""Redis + rq as transport: the queue names, the client the API enqueues and waits with, the
+worker that keeps a model resident, and the retraining runs' bookkeeping. It knows no job
+bodies: callers pass the functions to run (``dextr_backend.labelstudio.jobs``)."""
 
 PREDICT_QUEUE = "dextr-predict"
 TRAIN_QUEUE = "dextr-train"
 
 
-def redis_url(explicit: str | None, purpose: str) -> str:
-    """The Redis URL from a ``--redis-url`` flag or ``$REDIS_URL``; a clear error without one."""
-    import os
-
+def redis_url(url: str | None, purpose: str) -> str:
+    """``url`` (a ``--redis-url`` flag, else the settings' ``REDIS_URL``), or a clear error without one."""
     from ..errors import InputError
 
-    url = explicit or os.environ.get("REDIS_URL")
     if not url:
         raise InputError(f"{purpose}: set REDIS_URL (e.g. redis://localhost:6379/0) or pass --redis-url")
     return url

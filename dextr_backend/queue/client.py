@@ -1,6 +1,6 @@
-"""What the API does with the queue: enqueue a prediction and wait for it, with a deadline;
-request training for a project (one run, plus at most one more: ``training``); report depth,
-workers and training progress.
+"""What the API does with the queue: run a job on a worker and wait for it, with a deadline;
+request training for a project (one run, plus at most one more: ``runs``); report depth,
+workers and training progress. The jobs themselves are the caller's functions.
 
 Failure is always an answer, never a hang: Redis down -> ServiceUnavailable; no worker alive ->
 ServiceUnavailable; a worker killed mid-job -> the job is re-enqueued once, then
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import redis
 from rq import Queue
@@ -19,7 +20,7 @@ from rq.job import Job, JobStatus
 
 from ..errors import ServiceTimeout, ServiceUnavailable
 from ..redact import redact_url
-from . import PREDICT_QUEUE, TRAIN_QUEUE, training
+from . import PREDICT_QUEUE, TRAIN_QUEUE, runs
 from .keys import ALIVE_PREFIX, ANNOTATIONS, alive_key
 
 log = logging.getLogger(__name__)
@@ -72,15 +73,17 @@ class QueueClient:
             raise self._redis_down(exc) from None
 
     # ------------------------------------------------------------ predict
-    def predict(self, request: dict, timeout: float) -> dict:
-        """Run ``jobs.predict`` on a worker; returns its payload (``ok`` or ``error``)."""
+    def call(self, job_function: Callable[[dict], dict], request: dict, timeout: float) -> dict:
+        """Run ``job_function(request)`` on a predict worker and return what it returned (for
+        ``labelstudio.jobs.predict``: ``ok`` or ``error``). A worker that dies mid-job is replaced
+        once; out of time is :class:`ServiceTimeout`, no worker or no Redis :class:`ServiceUnavailable`."""
         deadline = time.monotonic() + timeout
         if not self._workers_recently():
             raise ServiceUnavailable(f"no worker is serving the {PREDICT_QUEUE!r} queue; start one with "
                                      "`dextr-backend worker`")
         retried = False
         try:
-            job = self._enqueue(request, timeout)
+            job = self._enqueue(job_function, request, timeout)
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -102,14 +105,14 @@ class QueueClient:
                                                  "worker logs (out of memory?)")
                     log.warning("worker died mid-job; retrying once", extra={"job": job.id})
                     retried = True
-                    job = self._enqueue(request, deadline - time.monotonic())
+                    job = self._enqueue(job_function, request, deadline - time.monotonic())
         except redis.RedisError as exc:
             raise self._redis_down(exc) from None
 
-    def _enqueue(self, request: dict, timeout: float) -> Job:
+    def _enqueue(self, job_function: Callable[[dict], dict], request: dict, timeout: float) -> Job:
         ttl = max(1, int(timeout) + 1)
-        return self.predict_queue.enqueue_call("dextr_backend.queue.jobs.predict", args=(request,),
-                                               description="predict", ttl=ttl, result_ttl=60, failure_ttl=300,
+        return self.predict_queue.enqueue_call(job_function, args=(request,),
+                                               description=job_function.__name__, ttl=ttl, result_ttl=60, failure_ttl=300,
                                                timeout=max(5, int(timeout) + 5))
 
     def _waiting(self, job: Job, limit: int = 1000) -> str:
@@ -141,13 +144,14 @@ class QueueClient:
         return status is None
 
     # ------------------------------------------------------------ training
-    def enqueue_training(self, project: int) -> dict:
-        """*Start Training*: one run per project, plus at most one more (atomic in Redis, see
-        ``training``). Jobs of training workers that stopped answering are handed on first."""
-        project = training.training_project(project)
+    def request_training(self, job_function: Callable[[int], dict], project: int) -> dict:
+        """*Start Training*: ``job_function(project)`` on a training worker, one run per project
+        plus at most one more (atomic in Redis, see ``runs``). Jobs of training workers that
+        stopped answering are handed on first."""
+        project = runs.training_project(project)
         try:
             self._reap()
-            return training.request(self.redis, self.train_queue, project)
+            return runs.request(self.redis, self.train_queue, project, job_function)
         except redis.RedisError as exc:
             raise self._redis_down(exc) from None
 
@@ -163,16 +167,16 @@ class QueueClient:
 
     def count_annotation(self, project: int) -> int:
         """Shared across API processes: new or updated annotations of a project so far."""
-        project = training.training_project(project)
+        project = runs.training_project(project)
         try:
             return int(self.redis.incr(ANNOTATIONS.format(project=project)))
         except redis.RedisError as exc:
             raise self._redis_down(exc) from None
 
     def training_status(self) -> list[dict]:
-        """Every project's training: state, progress, last outcome and recent runs (``training.status``)."""
+        """Every project's training: state, progress, last outcome and recent runs (``runs.status``)."""
         try:
-            return training.status(self.redis)
+            return runs.status(self.redis)
         except redis.RedisError as exc:
             raise self._redis_down(exc) from None
 

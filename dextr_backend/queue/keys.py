@@ -15,7 +15,7 @@ ALIVE_TTL = 3
 # counter: new or updated annotations of a project, shared by every API process. No TTL.
 ANNOTATIONS = "dextr:annotations:{project}"
 
-# hash: one project's training state machine (see training.py): state idle|queued|running, job,
+# hash: one project's training state machine (see runs.py): state idle|queued|running, job,
 # again 0|1, owner (run id allowed to write), worker, jobs/runs counters, queued_at, since, note.
 TRAIN = "dextr:train:{project}"
 # set: projects that have a TRAIN hash, so status needs no SCAN.

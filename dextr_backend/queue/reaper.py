@@ -32,7 +32,7 @@ from rq.worker import BaseWorker
 
 from . import PREDICT_QUEUE, TRAIN_QUEUE
 from .keys import REAPED, REAPED_TTL, SUSPECT, SUSPECT_TTL, alive_key
-from .training import worker_lost
+from .runs import worker_lost
 
 log = logging.getLogger(__name__)
 

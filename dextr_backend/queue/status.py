@@ -1,23 +1,9 @@
-"""``dextr-backend train-status``: what the training queue is doing, from the command line."""
+"""Every project's retraining as a text table (``dextr-backend train-status`` prints it; the same data
+as GET /train/status)."""
 
 from __future__ import annotations
 
-import argparse
-import json
-
-from . import redis_url
-
 RUNS_SHOWN = 5
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-status", help="show retraining: state, progress, recent runs and why",
-                       description="Show every project's retraining: queued or running, the running run's "
-                                   "stage and progress, and its recent runs with why each version was or was "
-                                   "not promoted. The same data as GET /train/status.")
-    p.add_argument("--redis-url", default=None, help="Redis URL (default: $REDIS_URL)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=run)
 
 
 def _progress(run: dict) -> str:
@@ -64,19 +50,3 @@ def table(projects: list[dict]) -> str:
             lines.append(f"  {r['run']:<8} {_when(r.get('started')):<19}  {r.get('status', '-'):<11}  "
                          f"{str(r.get('stage', '-'))[:24]:<24}  {_progress(r):<26}  {val:>8}  {_outcome(r)}")
     return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    from .client import QueueClient
-
-    client = QueueClient(redis_url(args.redis_url, "training jobs live in Redis"))
-    client.ping()
-    jobs = client.training_status()
-    if args.json:
-        print(json.dumps({"jobs": jobs}, indent=2))
-        return 0
-    if not jobs:
-        print("no training jobs yet (press Start Training in Label Studio, or POST /webhook START_TRAINING)")
-        return 0
-    print(table(jobs))
-    return 0

@@ -1,9 +1,9 @@
-"""``dextr-backend worker``: rq workers that keep the model resident.
+"""The rq worker of ``dextr-backend worker`` (:mod:`dextr_backend.cli.worker`): the model stays resident.
 
 rq's default worker forks a child per job, which would reload the network every time and
 breaks CUDA. This worker runs jobs in its own process (rq's ``SimpleWorker``), loads the model
 once before taking jobs, and picks up a newly promoted weights version between jobs (the
-Segmenter checks the store's current version per request).
+resident predictor checks the store's version stamp per request).
 
 Its heartbeat (``keys.ALIVE_PREFIX``, read by ``QueueClient.workers`` and ``/health``) is written
 by the dequeue loop itself, after each blocking dequeue of at most ``DEQUEUE_SECONDS`` came back:
@@ -19,20 +19,15 @@ for up to a minute at a time.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 
 import redis
 from rq.worker import SimpleWorker
 
-from ..errors import DextrError, InputError
+from ..errors import DextrError
 from ..redact import redact_url
-from . import PREDICT_QUEUE, TRAIN_QUEUE, redis_url
 from .keys import ALIVE_TTL, alive_key
 from .reaper import SCAN_SECONDS, reap
 
@@ -128,42 +123,3 @@ def wait_for_redis(connection: redis.Redis, url: str, seconds: float) -> redis.R
                 raise DextrError(f"cannot reach Redis at {redact_url(url)} after {seconds:g} s: {exc}") from None
             log.warning("waiting for Redis", extra={"redis": redact_url(url), "error": str(exc)})
             time.sleep(1.0)
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="run a queue worker (model stays loaded)",
-                       description="Serve the Redis queues: 'dextr-predict' (interactive and batch masks) "
-                                   "and/or 'dextr-train' (retraining). Needs REDIS_URL.")
-    p.add_argument("--queues", default=PREDICT_QUEUE,
-                   help=f"comma-separated queues to serve (default: {PREDICT_QUEUE}; training: {TRAIN_QUEUE})")
-    p.add_argument("--redis-url", default=None, help="Redis URL (default: $REDIS_URL)")
-    p.add_argument("--name", default=None, help="worker name (default: host-pid-random)")
-    p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: $DEXTR_THREADS, else the CPUs this process may use)")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..settings import Settings
-    from ..threads import configure_threads
-
-    url = redis_url(args.redis_url, "the worker needs Redis")
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    unknown = set(queues) - {PREDICT_QUEUE, TRAIN_QUEUE}
-    if unknown:
-        raise InputError(f"unknown queue(s) {', '.join(sorted(unknown))}; known: {PREDICT_QUEUE}, {TRAIN_QUEUE}")
-    settings = Settings.from_env()
-    threads = configure_threads(args.threads if args.threads is not None else settings.threads)
-    name = args.name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-    connection = wait_for_redis(connect(url), url, settings.redis_wait)
-    worker = DextrWorker(queues, connection=connection, name=name, log_job_description=False)
-    if PREDICT_QUEUE in queues:
-        from ..labelstudio import predict as predict_module
-
-        predict_module._SEGMENTER = predict_module.Segmenter(settings)
-        version = predict_module._SEGMENTER.predictor().version   # load and keep the model now
-        log.info("model loaded", extra={"version": version})
-    log.info("worker starting", extra={"worker": name, "queues": queues, "threads": threads})
-    worker.work(burst=args.burst, with_scheduler=False)
-    return 0

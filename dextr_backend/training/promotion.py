@@ -22,14 +22,18 @@ from typing import Callable
 
 import torch
 
+from ..build import make_predictor, model_from
+from ..data.benchmarks import load_dataset
+from ..data.objects import ObjectRef, objects_key
+from ..data.splits import hold_out_split, split_for_training, spread
 from ..errors import InputError, WeightsError
-from ..models import build_model, get_architecture, grow_state, load_state
-from ..postprocess import PostProcess
-from ..predictor import DextrPredictor
+from ..models import get_architecture, grow_state
+from ..settings import Settings
 from ..weights.registry import default_threshold
-from ..weights.store import Version, WeightsStore
-from .datasets import ObjectRef, objects_key, split, spread
-from .trainer import CORRECTION_CLICKS, TrainConfig, Trainer, score_objects
+from ..weights.store import WeightsStore
+from ..weights.versions import Version
+from .scoring import CORRECTION_CLICKS, score_objects
+from .trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -63,50 +67,6 @@ class Outcome:
                 "minutes": round(self.minutes, 2), "stopped": self.stopped}
 
 
-def split_for_training(refs: list[ObjectRef], fraction: float) -> tuple[list[ObjectRef], list[ObjectRef]]:
-    """Deterministic split by image; with very few images, still keep one image aside if possible."""
-    train, val = split(refs, fraction)
-    images = sorted({r.image for r in refs})
-    if not val and len(images) >= 2:
-        held = images[-1]
-        train = [r for r in refs if r.image != held]
-        val = [r for r in refs if r.image == held]
-    if not train:
-        raise InputError("need objects on at least one image to train on")
-    if not val:
-        log.warning("only one image: validating on the training image itself")
-        val = list(train)
-    return train, val
-
-
-def hold_out_split(refs: list[ObjectRef], fraction: float,
-                   min_objects: int) -> tuple[list[ObjectRef], list[ObjectRef]]:
-    """The retraining job's split: hold out ``round(fraction * images)`` whole images, but at least
-    enough for ``min_objects`` objects, and always leave one image to train on.
-
-    Which images: the first in the order of the hash ``is_validation`` uses, so the choice depends on
-    the images only (not on their order), and a count rather than a per-image threshold keeps the
-    share steady on small projects (per image at 0.15, 25 Label Studio tasks held out 6 and the
-    next 50 only 4). Why a floor: a promotion judged on fewer than ``min_objects`` objects is
-    refused (``decide``), so a tiny project would never get a new version."""
-    images = sorted({r.image for r in refs}, key=lambda image: (image_rank(image), image))
-    if len(images) < 2:
-        return split_for_training(refs, fraction)      # one image: it has to serve both sides
-    per_image = {image: sum(r.image == image for r in refs) for image in images}
-    k = min(max(1, round(fraction * len(images))), len(images) - 1)
-    while k < len(images) - 1 and sum(per_image[i] for i in images[:k]) < min_objects:
-        k += 1
-    held = set(images[:k])
-    return [r for r in refs if r.image not in held], [r for r in refs if r.image in held]
-
-
-def image_rank(image: str) -> float:
-    """Where an image falls in ``is_validation``'s hash order (0 to 1; below the fraction: held out)."""
-    import hashlib
-
-    return int.from_bytes(hashlib.sha1(Path(image).stem.encode()).digest()[:4], "big") / 2**32
-
-
 IMAGENET = "imagenet:"
 
 
@@ -115,10 +75,8 @@ def _scores(arch: str, state: dict, input_size: int, threshold: float, trim: int
     """One version's ``val_miou`` and ``guard_miou`` (None without a guard), from one predictor;
     with ``clicks`` also ``val_miou_6`` and ``guard_miou_6`` (a version without corrections
     ignores the clicks, so there it scores its 4-click masks)."""
-    model = load_state(build_model(arch), state)
-    predictor = DextrPredictor(model, input_size, threshold=threshold, device=device,
-                               postprocess=PostProcess(trim=trim), corrections=get_architecture(arch).corrections,
-                               version=version)
+    predictor = make_predictor(model_from(arch, state), arch, input_size, threshold, trim, version=version,
+                               device=device)
     return score_objects(predictor, val_refs, guard_objects, seed, clicks)
 
 
@@ -167,8 +125,6 @@ def decide(*, val: float, base_val: float | None, baseline: str | None, val_obje
 
 def load_guard(folder: str | Path) -> list:
     """The guard folder's objects, masks decoded once for both versions (a layout ``evaluate`` reads)."""
-    from ..evaluation.datasets import load_dataset
-
     objects = list(load_dataset(folder))
     if not objects:
         raise InputError(f"{folder}: the guard folder holds no objects")
@@ -194,9 +150,9 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
     ``hold_out_objects`` (the retraining job) holds out ``val_fraction`` of the images by count, at
     least that many objects (``hold_out_split``); None keeps each image's side by its own hash.
     ``keep_last`` ships the last epoch instead of the best by validation: on a handful of held-out
-    objects the best epoch is mostly noise (a 25-label project's run picked epoch 3 of 6)."""
+    objects the best epoch is mostly noise. ``store`` defaults to the one ``Settings`` name."""
     stage = on_stage or (lambda name: None)
-    store = store or WeightsStore()
+    store = store or WeightsStore.from_settings(Settings.from_env())
     guard_objects = load_guard(guard) if guard else None     # a bad folder fails before training
     train_refs, val_refs = (split_for_training(refs, val_fraction) if hold_out_objects is None
                             else hold_out_split(refs, val_fraction, hold_out_objects))

@@ -1,20 +1,18 @@
 """The training loop: resumable, time-boxed, seeded, with early stopping on validation mIoU.
 
-A run lives in one folder (``run_dir``): ``checkpoint.pt`` is rewritten atomically after every
-epoch with the model, optimiser, epoch, best score and RNG state, so a killed run resumes
-where it stopped. ``best.pt`` holds the best validation weights. The clock (``minutes`` in the
-history, ``seconds`` in the result) counts every sitting of a run, not only the last one.
+A run lives in one folder (``checkpoint.RunFolder``): the checkpoint is rewritten after every
+epoch with the model, optimiser, epoch, best score and RNG state, so a killed run resumes where
+it stopped. The clock (``minutes`` in the history, ``seconds`` in the result) counts every sitting
+of a run, not only the last one.
 
-Both files hold tensors and plain data only and are read with ``weights_only=True``: a file
-planted in a run folder must never run code, and one that cannot be read is refused in one line.
+A little over 300 lines: the loop, resuming and the simulated user of corrections networks share
+one model, optimiser, clock and random state, so they stay one class.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,15 +23,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..build import make_predictor
+from ..data.objects import ObjectRef, load_object
+from ..data.splits import spread
 from ..errors import InputError
-from ..evaluation.runner import evaluate_objects
 from ..models import build_model, get_architecture, load_state
-from ..postprocess import PostProcess
-from ..predictor import DextrPredictor, pick_device, warn_if_bf16_emulated
+from ..predictor import pick_device, warn_if_bf16_emulated
+from .checkpoint import RunFolder, plain
 from .corrections import simulate
-from .datasets import ObjectRef, as_eval_objects, load_object, spread
+from .ema import WeightAverage
 from .loss import balanced_bce, correction_bce
+from .parts import freeze_batchnorm, freeze_parts, lr_factor, param_groups
 from .samples import Augment, make_sample
+from .scoring import CORRECTION_CLICKS, score_objects
 
 log = logging.getLogger(__name__)
 
@@ -79,145 +81,6 @@ class TrainResult:
     stopped: str
 
 
-def plain(value):
-    """Numpy scalars inside lists and dicts as Python numbers, so ``weights_only`` loads them."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain(v) for v in value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def read_run_file(path: Path, run_dir: Path):
-    """A run folder's ``checkpoint.pt`` or ``best.pt``, tensors and plain data only; anything else
-    (truncated, corrupt, or a pickle that would run code) is an :class:`InputError` in one line."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - zip, pickle and torch errors all mean "not usable"
-        import pickle
-
-        why = ("it holds objects other than tensors and plain data" if isinstance(exc, pickle.UnpicklingError)
-               else f"it is truncated or corrupt ({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]})")
-        raise InputError(f"cannot resume from {path}: {why}; delete {run_dir} or run `train --fresh` "
-                         "to start this run over") from None
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-# A corrections version is also scored after 2 corrective clicks on top of the 4 extreme points.
-CORRECTION_CLICKS = 6
-
-
-def _miou(result, clicks: int | None = None) -> float:
-    value = result.miou_by_clicks()[clicks] if clicks else result.miou
-    return float(value) if value is not None else float("nan")
-
-
-def score_objects(predictor: DextrPredictor, val_refs: Sequence[ObjectRef], guard_objects: Sequence | None,
-                  seed: int = 0, clicks: int | None = None) -> dict:
-    """``val_miou`` and ``guard_miou`` (percent; None where there is nothing to score), as
-    ``evaluate`` computes them; with ``clicks`` (e.g. 6) also ``val_miou_6`` and ``guard_miou_6``,
-    the mIoU after that many clicks, from the same runs."""
-    out = {}
-    runs = {"val_miou": (as_eval_objects(list(val_refs)), seed) if val_refs else None,
-            "guard_miou": (guard_objects, 0) if guard_objects else None}
-    for key, run in runs.items():
-        result = None if run is None else evaluate_objects(predictor, run[0], seed=run[1], progress=False,
-                                                           warmup=False, max_clicks=clicks or 4)
-        out[key] = None if result is None else _miou(result)
-        if clicks:
-            out[f"{key}_{clicks}"] = None if result is None else _miou(result, clicks)
-    return out
-
-
-def validation_miou(predictor: DextrPredictor, refs: Sequence[ObjectRef], seed: int = 0) -> float:
-    """mIoU (percent) with the exact extreme points of each object, as ``evaluate`` computes it."""
-    return score_objects(predictor, refs, None, seed)["val_miou"]
-
-
-def guard_miou(predictor: DextrPredictor, objects: Sequence) -> float:
-    """mIoU (percent) on a guard folder's objects (loaded once by ``promotion.load_guard``)."""
-    return score_objects(predictor, [], objects)["guard_miou"]
-
-
-def _freeze_bn(model: torch.nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-
-
-def freeze_parts(model: torch.nn.Module, names: Sequence[str]) -> list[torch.nn.Module]:
-    """Stop training the named top-level parts (e.g. ``backbone``, ``decoder``) altogether.
-
-    Why: to train a new part (``lite0r``'s refiner) on data whose style the trained trunk should
-    not drift towards (bsds-lite0-v3's card, runs 5 and 6). The caller keeps the returned modules
-    in eval mode so their BatchNorm statistics stay as they are.
-    """
-    children = {n: m for n, m in model.named_children() if m is not None}
-    unknown = [n for n in names if n not in children]
-    if unknown:
-        raise InputError(f"cannot freeze {', '.join(unknown)}: this network's parts are {', '.join(children)}")
-    modules = [children[n] for n in names]
-    for m in modules:
-        m.requires_grad_(False)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise InputError("nothing left to train: every part of the network is frozen")
-    return modules
-
-
-def is_backbone(name: str) -> bool:
-    """A parameter of a pretrained trunk (lower learning rate), also inside a composite
-    (``corrector.backbone.*``); ResNet's trunk is ``conv1``, ``bn1`` and ``layer1``-``layer4``."""
-    parts = name.split(".")
-    if "backbone" in parts[:-1]:
-        return True
-    return parts[0] in ("conv1", "bn1") or (parts[0].startswith("layer") and parts[0] != "layer5")
-
-
-class WeightAverage:
-    """Exponential moving average of a model's weights and BatchNorm statistics.
-
-    Why: with batches of 8 the weights wander from step to step, and checkpoints a few hundred
-    steps apart score differently on the benchmarks; the average is a smoother, usually better model.
-    With ``warmup`` the decay after ``n`` updates is ``min(decay, (1 + n) / (10 + n))``: a run from
-    ImageNet starts with a random decoder, which a plain average would carry for a thousand steps.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must lie between 0 and 1, got {decay}")
-        self.decay = decay
-        self.warmup = warmup
-        self.updates = 0
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def current_decay(self) -> float:
-        if not self.warmup:
-            return self.decay
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        weight = 1.0 - self.current_decay()
-        for key, value in model.state_dict().items():
-            avg = self.state[key]
-            if avg.is_floating_point():
-                avg.lerp_(value.detach(), weight)
-            else:
-                avg.copy_(value)
-        self.updates += 1
-
-
 class Trainer:
     def __init__(self, config: TrainConfig, train_refs: Sequence[ObjectRef], val_refs: Sequence[ObjectRef],
                  run_dir: str | Path, init_state: dict | None = None, device: str = "auto",
@@ -231,8 +94,8 @@ class Trainer:
         self.val_refs = spread(list(val_refs), config.val_objects)
         if not self.train_refs:
             raise ValueError("no training objects")
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.folder = RunFolder(run_dir)
+        self.run_dir = self.folder.path
         self.device = pick_device(device)
         if config.cpu_bf16 and self.device.type == "cpu":
             warn_if_bf16_emulated("bf16 training (--bf16)")
@@ -253,13 +116,8 @@ class Trainer:
         self.freeze_bn = freeze
         frozen = tuple(config.freeze) + (("base",) if self.corrections and "base" not in config.freeze else ())
         self.frozen_modules = freeze_parts(self.model, frozen)
-        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        backbone = [p for n, p in trainable if is_backbone(n)]
-        ids = {id(p) for p in backbone}
-        head = [p for _, p in trainable if id(p) not in ids]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": backbone, "lr": config.lr * config.backbone_lr_scale}, {"params": head, "lr": config.lr}],
-            weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, config.lr, config.backbone_lr_scale),
+                                           weight_decay=config.weight_decay)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         # A trained parent is a good first member of the average; an ImageNet start is not.
         self.ema = (WeightAverage(self.model, config.ema_decay, warmup=init_state is None)
@@ -280,22 +138,12 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoint.pt"
+        return self.folder.checkpoint_path
 
     def _resume(self) -> None:
-        if not self.checkpoint_path.exists():
+        ck = self.folder.read_checkpoint({k: getattr(self.cfg, k) for k in ("arch", "resolution", "freeze")})
+        if ck is None:
             return
-        ck = read_run_file(self.checkpoint_path, self.run_dir)
-        needed = ("model", "optimizer", "epoch", "step", "best", "bad_epochs", "history", "rng", "torch_rng")
-        if not isinstance(ck, dict) or any(k not in ck for k in needed) or not isinstance(ck.get("config"), dict):
-            raise InputError(f"cannot resume from {self.checkpoint_path}: it is not a training checkpoint; "
-                             f"delete {self.run_dir} or run `train --fresh` to start this run over")
-        before = {k: ck.get("config", {}).get(k) for k in ("arch", "resolution", "freeze")}
-        now = {k: getattr(self.cfg, k) for k in before}
-        before["freeze"] = tuple(before["freeze"] or ())
-        if before != now:
-            raise InputError(f"{self.run_dir} holds a run with other settings ({before} vs {now}): "
-                             "delete that folder or give another --run-dir")
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.epoch, self.step, self.best = ck["epoch"], ck["step"], ck["best"]
@@ -312,13 +160,12 @@ class Trainer:
         log.info("resumed training", extra={"epoch": self.epoch, "step": self.step, "run_dir": str(self.run_dir)})
 
     def _save(self) -> None:
-        _atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                      "epoch": self.epoch, "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs,
-                      "history": plain(self.history), "rng": plain(self.rng.bit_generator.state),
-                      "torch_rng": torch.get_rng_state(), "config": plain(asdict(self.cfg)),
-                      "seconds": self.elapsed(),
-                      "ema": self.ema.state if self.ema else None,
-                      "ema_updates": self.ema.updates if self.ema else 0}, self.checkpoint_path)
+        self.folder.save_checkpoint({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs,
+            "history": plain(self.history), "rng": plain(self.rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(), "config": plain(asdict(self.cfg)), "seconds": self.elapsed(),
+            "ema": self.ema.state if self.ema else None, "ema_updates": self.ema.updates if self.ema else 0})
 
     def elapsed(self) -> float:
         """Seconds this run has trained, over all its sittings."""
@@ -350,7 +197,7 @@ class Trainer:
         finally:
             self.model.train(was_training)
             if self.freeze_bn:
-                _freeze_bn(self.model)
+                freeze_batchnorm(self.model)
             for m in self.frozen_modules:
                 m.eval()
 
@@ -363,11 +210,7 @@ class Trainer:
         return correction_bce(logits, y, previous, self.cfg.error_weight)
 
     def _set_lr(self, total_steps: int) -> None:
-        if self.step < self.cfg.warmup_steps:
-            f = (self.step + 1) / self.cfg.warmup_steps
-        else:
-            f = 0.5 * (1 + math.cos(math.pi * min(1.0, self.step / max(total_steps, 1))))
-            f = max(f, 0.02)
+        f = lr_factor(self.step, self.cfg.warmup_steps, total_steps)
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = base * f
 
@@ -392,8 +235,8 @@ class Trainer:
         """
         if not self.val_refs and not self.guard_objects:
             return {"val_miou": None}
-        predictor = DextrPredictor(self.result_model(), self.resolution, threshold=self.cfg.threshold,
-                                   postprocess=PostProcess(trim=self.cfg.trim), device=self.device)
+        predictor = make_predictor(self.result_model(), self.cfg.arch, self.resolution, self.cfg.threshold,
+                                   self.cfg.trim, device=self.device)
         return score_objects(predictor, self.val_refs, self.guard_objects, self.cfg.seed,
                              CORRECTION_CLICKS if self.corrections else None)
 
@@ -411,7 +254,7 @@ class Trainer:
         while self.epoch < cfg.epochs:
             self.model.train()
             if self.freeze_bn:
-                _freeze_bn(self.model)
+                freeze_batchnorm(self.model)
             for m in self.frozen_modules:
                 m.eval()
             losses = []
@@ -457,7 +300,7 @@ class Trainer:
             if val is None or val > self.best:
                 self.best = val if val is not None else self.best
                 self.bad_epochs = 0
-                _atomic_save(self.result_model().state_dict(), self.run_dir / "best.pt")
+                self.folder.save_best(self.result_model().state_dict())
             else:
                 self.bad_epochs += 1
             self._save()
@@ -469,8 +312,9 @@ class Trainer:
             if timed_out:
                 stopped = "time budget"
                 break
-        best_path = self.run_dir / "best.pt"
-        state = read_run_file(best_path, self.run_dir) if best_path.exists() else self.result_model().state_dict()
+        state = self.folder.read_best()
+        if state is None:
+            state = self.result_model().state_dict()
         return TrainResult(state_dict=state, best_val_miou=self.best if self.best >= 0 else None,
                            epochs_done=self.epoch, steps=self.step, seconds=self.elapsed(),
                            history=self.history, stopped=stopped)

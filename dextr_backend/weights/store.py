@@ -1,61 +1,45 @@
 """Versioned weights on disk: which networks exist, which one serves, and where each came from.
 
-Two places hold versions. The user's store (``$DEXTR_WEIGHTS_DIR``, else
+Two places hold versions. The user's store (``Settings.weights_dir``, else
 ``~/.cache/dextr-backend/weights``) has ``manifest.json`` plus the files it names; training,
 downloads and imports add to it. The shipped folder (package ``dextr_backend.shipped_weights``)
 has ``index.json`` plus files that came with the code; it is read-only and may name a default.
 
-Every file is written to a temporary name in its final directory, fsynced, then ``os.replace``d,
-and the manifest is rewritten the same way under an ``fcntl`` lock, so a training worker and an
-API server sharing the store never see half a file or lose each other's versions. Every file's
-sha256 is checked before it is unpickled, so a truncated copy is refused rather than half-loaded.
+Files and the manifest are written with ``files.atomic_write`` and the manifest's
+read-modify-write runs under ``files.locked``, so a training worker and an API server sharing the
+store never see half a file or lose each other's versions. Every file's sha256 is checked before
+it is unpickled, so a truncated copy is refused rather than half-loaded.
+
+A little over 300 lines: reading (cached by ``stamp``) and writing (under the lock) share the
+manifest's layout and naming rules, which would otherwise have to be exposed between modules.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
-import sys
-import tempfile
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import torch
 
 from ..errors import WeightsError
-from ..models import build_model, detect_architecture, get_architecture, load_state
-from . import download as _download
+from ..models import detect_architecture, get_architecture
+from .files import atomic_write, locked, read_state_file, sha256_file, write_temp
 from .registry import KNOWN_WEIGHTS, default_threshold
+from .versions import (NAME_RE, RECORD_FIELDS, LoadedWeights, Version, check_fits, check_name, check_trim,
+                       utc_now, verify_file)
 
-ROOT_ENV = "DEXTR_WEIGHTS_DIR"
+DEFAULT_ROOT = Path("~/.cache/dextr-backend/weights")
 MANIFEST = "manifest.json"
 INDEX = "index.json"
 LOCK = ".manifest.lock"
 MANIFEST_FORMAT = 1
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RECORD_FIELDS = ("name", "arch", "input_size", "threshold", "trim", "file", "sha256", "size", "metrics",
-                 "parent", "created", "source", "card")
 _CHECKED: dict[str, tuple] = {}   # weights file -> (path, sha256, size, mtime) last verified by check()
 GET_STARTED = ("run `dextr-backend weights download dextr_pascal-sbd` for the official model, "
                "or `dextr-backend weights import PATH` for a file you have")
-
-
-def check_trim(trim: int, error: type[Exception] = WeightsError) -> int:
-    """A boundary trim is a whole number of pixels, 0 or more."""
-    if int(trim) != trim or trim < 0:
-        raise error(f"trim {trim} must be a whole number of pixels, 0 or more")
-    return int(trim)
-
-
-def default_root() -> Path:
-    env = os.environ.get(ROOT_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "dextr-backend" / "weights"
 
 
 def default_shipped_dir() -> Path | None:
@@ -66,180 +50,39 @@ def default_shipped_dir() -> Path | None:
     return Path(shipped.__file__).parent
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_sha256(value: str | None) -> str | None:
-    """Normalise a user-given hex digest; refuse anything that is not 64 hex digits."""
-    if value is None:
+def _file_stamp(path: Path) -> tuple | None:
+    """Changes whenever the file is replaced: every write renames a new inode over it."""
+    try:
+        st = os.stat(path)
+    except OSError:
         return None
-    value = value.strip().lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise WeightsError(f"{value!r} is not a sha256 digest (64 hex digits)")
-    return value
-
-
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise WeightsError(f"invalid version name {name!r}: use up to 64 letters, digits, '.', '_' or '-', "
-                           "starting with a letter or digit")
-    return name
-
-
-@dataclass(frozen=True)
-class Version:
-    """One weights version: the record in the manifest/index plus where its file lies."""
-
-    name: str
-    arch: str
-    input_size: int
-    threshold: float
-    file: str
-    sha256: str | None
-    size: int | None
-    metrics: dict = field(default_factory=dict, hash=False)
-    parent: str | None = None
-    created: str | None = None
-    source: str | None = None
-    card: dict = field(default_factory=dict, hash=False)
-    path: Path | None = field(default=None, compare=False)
-    shipped: bool = field(default=False, compare=False)
-    trim: int = 0      # pixels eroded off each mask's boundary after thresholding (PostProcess.trim)
-
-    @classmethod
-    def from_record(cls, record: dict, directory: Path, *, shipped: bool = False, origin: Path) -> "Version":
-        try:
-            card = record.get("card") or {}
-            if isinstance(card, str):           # a shipped model card kept as a markdown file
-                card = {"file": card}
-            return cls(name=str(record["name"]), arch=str(record["arch"]),
-                       input_size=int(record["input_size"]), threshold=float(record["threshold"]),
-                       file=str(record["file"]), sha256=record.get("sha256"), size=record.get("size"),
-                       metrics=dict(record.get("metrics") or {}), parent=record.get("parent"),
-                       created=record.get("created"), source=record.get("source"), card=dict(card),
-                       path=directory / str(record["file"]), shipped=shipped,
-                       trim=check_trim(record.get("trim") or 0, ValueError))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WeightsError(f"{origin} has a malformed version record ({exc!r}); fix or remove it") from None
-
-    def to_record(self) -> dict:
-        return {k: getattr(self, k) for k in RECORD_FIELDS}
-
-
-@dataclass
-class LoadedWeights:
-    version: str
-    arch: str
-    input_size: int
-    threshold: float
-    state_dict: dict[str, torch.Tensor]
-    meta: Version
-
-
-def load_tensors(path: Path, what: str = "file"):
-    """``torch.load(weights_only=True)`` with one clear line for every way a file can be wrong.
-
-    Only tensors and plain Python data come back; a file holding other objects is refused, since
-    unpickling them could run code. torch's own messages are not passed on: some end in a bare
-    number, and one advises loading with ``weights_only=False``, which is exactly what must not happen.
-    """
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise WeightsError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise WeightsError(f"{what} {path} is a folder, not a file") from None
-    except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors all mean the same here
-        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
-            reason = ("it holds Python objects besides tensors, which are refused because loading them could "
-                      "run code")
-        else:
-            reason = "not a PyTorch file, or truncated or corrupt"
-        raise WeightsError(f"cannot read {what} {path}: {reason}") from None
-
-
-def read_state_file(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors only (``weights_only``): a weights file must never be able to run code.
-
-    Besides a plain state dict (or one under ``state_dict``) this reads a training run's
-    ``checkpoint.pt`` as the weights the run validates: its moving average where it keeps one,
-    else its model. So the last epoch of a run that was stopped can be imported or shipped.
-    """
-    obj = load_tensors(path, "weights file")
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "optimizer" in obj:
-        obj = obj["ema"] if isinstance(obj.get("ema"), dict) else obj["model"]
-    if not isinstance(obj, dict) or not obj or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise WeightsError(f"weights file {path} holds no state dict (expected a dict of tensors, "
-                           "a dict with a 'state_dict' key, or a training run's checkpoint.pt)")
-    return obj
-
-
-def check_fits(state: dict[str, torch.Tensor], arch: str) -> None:
-    """Strictly fit a state dict to ``arch``, on the meta device so no memory is spent."""
-    with torch.device("meta"):
-        model = build_model(arch)
-    load_state(model, {k: v.to("meta") for k, v in state.items()})
-
-
-def _write_temp(directory: Path, write: Callable[[BinaryIO], None], stem: str = "weights") -> Path:
-    """Write via ``write(fileobj)`` to a fsynced temp file in ``directory``; the caller renames it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=directory, prefix=f".{stem}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from a server running as another user
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return Path(name)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(dest: Path, write: Callable[[BinaryIO], None]) -> None:
-    tmp = _write_temp(dest.parent, write, dest.name)
-    try:
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(dest.parent)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class WeightsStore:
     """Shipped plus user weights versions, the current one, and loading them safely.
 
-    >>> store = WeightsStore()
+    >>> store = WeightsStore.from_settings(settings)
     >>> store.add_version(model.state_dict(), "lite0", parent="v1", metrics={"iou": 0.9})
     >>> store.load().state_dict  # the current version, checksum-verified
     """
 
     def __init__(self, root: Path | str | None = None, shipped_dir: Path | str | None = None):
-        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.root = Path(root if root is not None else DEFAULT_ROOT).expanduser()
         self.shipped_dir = Path(shipped_dir) if shipped_dir is not None else default_shipped_dir()
+        self._cache: tuple | None = None      # (stamp, manifest, index, shipped versions, user versions)
+
+    @classmethod
+    def from_settings(cls, settings) -> "WeightsStore":
+        return cls(settings.weights_dir or None)
 
     # ----------------------------------------------------------------- reading
+    def stamp(self) -> tuple:
+        """Cheap (two ``stat`` calls): changes whenever a version is added or made current, so a
+        resident predictor can poll it on every request."""
+        index = None if self.shipped_dir is None else _file_stamp(self.shipped_dir / INDEX)
+        return _file_stamp(self.root / MANIFEST), index
+
     def _read_json(self, path: Path, empty: dict) -> dict:
         if not path.exists():
             return empty
@@ -251,35 +94,40 @@ class WeightsStore:
             raise WeightsError(f"{path} is not a weights index (expected an object with a 'versions' list)")
         return {**empty, **data}
 
-    def _manifest(self) -> dict:
+    def _fresh_manifest(self) -> dict:
         return self._read_json(self.root / MANIFEST, {"format": MANIFEST_FORMAT, "current": None, "versions": []})
 
-    def _index(self) -> dict:
+    def _fresh_index(self) -> dict:
         if self.shipped_dir is None:
             return {"default": None, "versions": []}
         return self._read_json(self.shipped_dir / INDEX, {"default": None, "versions": []})
 
-    def _shipped_versions(self) -> list[Version]:
-        if self.shipped_dir is None:
-            return []
-        origin = self.shipped_dir / INDEX
-        return [Version.from_record(r, self.shipped_dir, shipped=True, origin=origin)
-                for r in self._index()["versions"]]
+    def _state(self) -> tuple:
+        """Parsed manifest and index, and their versions, re-read only when ``stamp()`` changes.
+        Callers must not modify what this returns; writers read afresh under the lock."""
+        stamp = self.stamp()
+        if self._cache is None or self._cache[0] != stamp:
+            manifest, index = self._fresh_manifest(), self._fresh_index()
+            shipped = ([] if self.shipped_dir is None else
+                       [Version.from_record(r, self.shipped_dir, shipped=True, origin=self.shipped_dir / INDEX)
+                        for r in index["versions"]])
+            self._cache = (stamp, manifest, index, shipped, self._user_versions(manifest))
+        return self._cache
 
-    def _user_versions(self, manifest: dict | None = None) -> list[Version]:
-        manifest = self._manifest() if manifest is None else manifest
+    def _user_versions(self, manifest: dict) -> list[Version]:
         origin = self.root / MANIFEST
         return [Version.from_record(r, self.root, origin=origin) for r in manifest["versions"]]
 
     def versions(self) -> list[Version]:
         """Shipped versions first, then the user's in the order they were added."""
-        return self._shipped_versions() + self._user_versions()
+        _, _, _, shipped, user = self._state()
+        return shipped + user
 
-    def _find(self, name: str) -> Version | None:
+    def find(self, name: str) -> Version | None:
         return next((v for v in self.versions() if v.name == name), None)
 
     def get(self, name: str) -> Version:
-        found = self._find(name)
+        found = self.find(name)
         if found is not None:
             return found
         if name in KNOWN_WEIGHTS:
@@ -291,7 +139,8 @@ class WeightsStore:
 
     def current_name(self) -> str | None:
         """The name ``current()`` would return, or None when nothing is installed."""
-        return self._manifest().get("current") or self._index().get("default") or None
+        _, manifest, index, _, _ = self._state()
+        return manifest.get("current") or index.get("default") or None
 
     def current(self) -> Version:
         """The user's chosen version, else the shipped default."""
@@ -303,31 +152,12 @@ class WeightsStore:
     # ----------------------------------------------------------------- loading
     def verify(self, meta: Version) -> None:
         """Refuse a missing, truncated or altered file before anything unpickles it."""
-        path = meta.path
-        if meta.shipped:
-            redo = "reinstall dextr-backend"
-        elif meta.name in KNOWN_WEIGHTS:
-            redo = f"re-run `dextr-backend weights download {meta.name}`"
-        else:
-            redo = "import or train it again"
-        if path is None or not path.is_file():
-            raise WeightsError(f"weights file {path} of version {meta.name!r} is missing; {redo}, "
-                               "or pick another with `dextr-backend weights use VERSION`")
-        if meta.sha256 is None:
-            return
-        actual_size = path.stat().st_size
-        if meta.size is not None and actual_size != meta.size:
-            raise WeightsError(f"weights file {path} of version {meta.name!r} is truncated or corrupt "
-                               f"({actual_size} bytes, expected {meta.size}) and was not loaded; {redo}")
-        actual = sha256_file(path)
-        if actual != meta.sha256:
-            raise WeightsError(f"weights file {path} of version {meta.name!r} is corrupt (sha256 {actual[:12]}..., "
-                               f"expected {meta.sha256[:12]}...) and was not loaded; {redo}")
+        verify_file(meta)
 
     def check(self, version: str | None = None) -> Version:
         """Verify the file of a version (default: current) as a load would, but only once per
         change of the file (keyed by path, size and mtime), so ``/health`` can ask on every call."""
-        if version is not None and self._find(version) is None and self._is_path(version):
+        if version is not None and self.find(version) is None and self._is_path(version):
             path = Path(version).expanduser()
             if not path.is_file():
                 raise WeightsError(f"no weights file at {path}")
@@ -342,7 +172,7 @@ class WeightsStore:
             stat = None
         key = (str(path), meta.sha256, stat and stat.st_size, stat and stat.st_mtime_ns)
         if _CHECKED.get(str(path)) != key:
-            self.verify(meta)
+            verify_file(meta)
             if meta.sha256 is None:        # nothing pinned: at least it must read as weights
                 read_state_file(path)
             _CHECKED[str(path)] = key
@@ -356,11 +186,11 @@ class WeightsStore:
         """Weights by version name (default: current) or by path to a ``.pt``/``.pth`` file."""
         if version is None:
             meta = self.current()
-        elif self._find(version) is None and self._is_path(version):
+        elif self.find(version) is None and self._is_path(version):
             return self._load_path(Path(version).expanduser())
         else:
             meta = self.get(version)
-        self.verify(meta)
+        verify_file(meta)
         state = read_state_file(meta.path)
         return LoadedWeights(meta.name, meta.arch, meta.input_size, meta.threshold, state, meta)
 
@@ -375,20 +205,9 @@ class WeightsStore:
         return LoadedWeights(meta.name, arch, meta.input_size, meta.threshold, state, meta)
 
     # ----------------------------------------------------------------- writing
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        """Exclusive across processes for the manifest's read-modify-write."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK, "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
     def _write_manifest(self, manifest: dict) -> None:
         text = json.dumps(manifest, indent=2) + "\n"
-        _atomic_write(self.root / MANIFEST, lambda fh: fh.write(text.encode("utf-8")))
+        atomic_write(self.root / MANIFEST, lambda fh: fh.write(text.encode("utf-8")))
 
     @staticmethod
     def _next_name(taken: set[str]) -> str:
@@ -399,16 +218,20 @@ class WeightsStore:
         return f"v{n}"
 
     def _taken(self, manifest: dict) -> set[str]:
-        return {v.name for v in self._shipped_versions()} | {v.name for v in self._user_versions(manifest)}
+        return {v.name for v in self._state()[3]} | {v.name for v in self._user_versions(manifest)}
 
-    def _commit(self, staged: Path, suffix: str, fields: dict, name: str | None, make_current: bool) -> Version:
+    def stage(self, write_fn) -> Path:
+        """A private fsynced temp file in the store, for ``commit`` to move into place."""
+        return write_temp(self.root, write_fn)
+
+    def commit(self, staged: Path, suffix: str, fields: dict, name: str | None, make_current: bool) -> Version:
         """Under the lock: name the version, move the staged file into place, record it.
 
         ``staged`` is a private temp file in ``root``; whatever fails, it does not outlive this call.
         """
         try:
-            with self._lock():
-                manifest = self._manifest()
+            with locked(self.root / LOCK):
+                manifest = self._fresh_manifest()
                 taken = self._taken(manifest)
                 name = self._next_name(taken) if name is None else check_name(name)
                 if name in taken:
@@ -439,12 +262,12 @@ class WeightsStore:
             check_name(name)
         state = {k: v.detach().cpu() for k, v in state_dict.items()}
         check_fits(state, arch)
-        staged = _write_temp(self.root, lambda fh: torch.save(state, fh))
+        staged = self.stage(lambda fh: torch.save(state, fh))
         fields = {"arch": arch, "input_size": int(input_size or spec.input_size),
                   "threshold": float(threshold if threshold is not None else default_threshold(arch)),
                   "trim": check_trim(trim), "sha256": sha256_file(staged), "size": staged.stat().st_size,
                   "metrics": dict(metrics or {}), "parent": parent, "source": source, "card": dict(card or {})}
-        return self._commit(staged, ".pt", fields, name, make_current)
+        return self.commit(staged, ".pt", fields, name, make_current)
 
     def import_file(self, path: Path | str, name: str | None = None, arch: str | None = None,
                     make_current: bool = False, input_size: int | None = None,
@@ -466,7 +289,7 @@ class WeightsStore:
         check_fits(state, arch)
         if name is None:
             name = src.stem
-            if not NAME_RE.match(name) or self._find(name) is not None:
+            if not NAME_RE.match(name) or self.find(name) is not None:
                 raise WeightsError(f"cannot name the version after the file ({name!r}): give one with --name")
         check_name(name)
         digest = hashlib.sha256()
@@ -477,99 +300,24 @@ class WeightsStore:
                     digest.update(chunk)
                     fh.write(chunk)
 
-        staged = _write_temp(self.root, copy)
+        staged = self.stage(copy)
         fields = {"arch": arch, "input_size": int(input_size or spec.input_size),
                   "threshold": float(threshold if threshold is not None else default_threshold(arch)),
                   "trim": trim, "sha256": digest.hexdigest(), "size": staged.stat().st_size, "metrics": {},
                   "parent": None, "source": str(src.resolve()),
                   "card": {"imported_from": str(src.resolve())}}
-        return self._commit(staged, ".pt", fields, name, make_current)
+        return self.commit(staged, ".pt", fields, name, make_current)
 
     def use(self, name: str) -> Version:
         """Make ``name`` the version that serves; its file must be present, intact (sha256) and fit
         its architecture, so a corrupt file never becomes current."""
         version = self.get(name)
-        self.verify(version)
+        verify_file(version)
         check_fits(read_state_file(version.path), version.arch)
-        with self._lock():
-            manifest = self._manifest()
+        with locked(self.root / LOCK):
+            manifest = self._fresh_manifest()
             manifest["current"] = version.name
             self._write_manifest(manifest)
-        return version
-
-    def download(self, name_or_url: str, *, url: str | None = None, sha256: str | None = None,
-                 make_current: bool = False, progress: bool = True) -> Version:
-        """Fetch a registry entry (or any URL) into the store, verify and record it.
-
-        Without a pinned sha256 the file is trusted on first use: its hash is recorded and a
-        warning says so. A pinned hash that does not match keeps nothing.
-        """
-        sha256 = check_sha256(sha256)
-        known = KNOWN_WEIGHTS.get(name_or_url)
-        if known is not None:
-            name = known.name
-            if url:
-                urls = [url]
-            elif os.environ.get(_download.MIRROR_ENV):
-                urls = [_download.mirrored(known.url)]
-            else:
-                urls = [known.url, *known.mirrors]
-            expected = sha256 or known.sha256
-        elif "://" in name_or_url and url is None:
-            urls = [name_or_url]
-            name = Path(name_or_url.split("?", 1)[0].rstrip("/")).stem
-            expected = sha256
-        elif url:
-            name, urls, expected = name_or_url, [url], sha256
-        else:
-            raise WeightsError(f"unknown weights {name_or_url!r}; known: {', '.join(KNOWN_WEIGHTS)} "
-                               "(or give a URL with --url)")
-        check_name(name)
-
-        existing = self._find(name)
-        if existing is not None:
-            if expected and existing.sha256 != expected:
-                raise WeightsError(f"version {name!r} is already installed with sha256 {existing.sha256}, "
-                                   f"not the requested {expected}")
-            self.verify(existing)
-            print(f"{name} is already downloaded ({existing.path})", file=sys.stderr)
-            return self.use(name) if make_current else existing
-
-        # Staged under a private name: the final name is only claimed under the lock in _commit.
-        staged = self.root / f".{name}.{os.getpid()}.download"
-        errors = []
-        for candidate in urls:
-            try:
-                digest, size = _download.fetch(candidate, staged, sha256=expected, progress=progress)
-                break
-            except WeightsError as exc:
-                errors.append(str(exc))
-        else:
-            raise WeightsError("; ".join(errors))
-
-        try:
-            try:
-                state = read_state_file(staged)
-                arch = known.arch if known else detect_architecture(state)
-                check_fits(state, arch)
-            except WeightsError as exc:
-                raise WeightsError(f"downloaded {candidate} but it is not usable weights ({exc}); "
-                                   "nothing was kept") from None
-            del state
-            card = {"url": candidate, "sha256_pinned": bool(expected)}
-            if known:
-                card.update(description=known.description, license=known.license, registry=known.name)
-            fields = {"arch": arch, "input_size": get_architecture(arch).input_size,
-                      "threshold": known.threshold if known else default_threshold(arch),
-                      "sha256": digest, "size": size, "metrics": dict(known.metrics) if known else {},
-                      "parent": None, "source": candidate, "card": card}
-            version = self._commit(staged, ".pth", fields, name, make_current)
-        finally:
-            staged.unlink(missing_ok=True)
-        if not expected:
-            print(f"warning: {name} was NOT verified against a pinned checksum (no sha256 was pinned); "
-                  f"trusting it on first use and recording sha256 {digest}. Pin one with --sha256 HEX.",
-                  file=sys.stderr)
         return version
 
     def not_downloaded(self) -> list:
@@ -578,5 +326,4 @@ class WeightsStore:
         return [k for n, k in KNOWN_WEIGHTS.items() if n not in names]
 
 
-__all__ = ["LoadedWeights", "Version", "WeightsStore", "check_fits", "default_root", "load_tensors",
-           "read_state_file", "sha256_file"]
+__all__ = ["DEFAULT_ROOT", "GET_STARTED", "WeightsStore", "default_shipped_dir"]

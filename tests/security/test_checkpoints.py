@@ -8,7 +8,8 @@ import torch
 
 from dextr_backend.cli import main
 from dextr_backend.errors import InputError
-from dextr_backend.training.datasets import folder_objects, split
+from dextr_backend.data.objects import folder_objects
+from dextr_backend.data.splits import split
 from dextr_backend.training.trainer import Trainer
 from test_training import make_shapes, small_config
 

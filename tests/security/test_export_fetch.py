@@ -14,7 +14,8 @@ from test_labelstudio_data import CONFIG, brush_result, shapes
 
 from dextr_backend.errors import InputError
 from dextr_backend.labelstudio.client import LabelStudioClient
-from dextr_backend.training.datasets import export_labelstudio, folder_objects
+from dextr_backend.data.objects import folder_objects
+from dextr_backend.labelstudio.export import export_labelstudio
 
 
 def picture() -> bytes:

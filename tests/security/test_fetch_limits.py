@@ -10,10 +10,12 @@ import torch
 from fastapi.testclient import TestClient
 from hostile import LEGACY_TOKEN, fake_label_studio, png
 
+from services import env_settings
 from dextr_backend.errors import InputError, ServiceTimeout
 from dextr_backend.labelstudio.client import LabelStudioClient
 from dextr_backend.labelstudio.fetch import FetchError
-from dextr_backend.labelstudio.images import ImageCache, ImageFetcher
+from dextr_backend.labelstudio.images import ImageFetcher
+from dextr_backend.service.cache import ImageCache
 
 
 @pytest.fixture()
@@ -122,11 +124,10 @@ def test_the_image_cache_keeps_label_studios_and_tokens_apart(servers):
 
 
 def test_bad_urls_are_422_through_the_server(servers, garbage, tmp_path, monkeypatch):
-    from test_labelstudio_predict import CLICKS, CONFIG
+    from test_labelstudio_backend import CLICKS, CONFIG
 
     from dextr_backend.models import build_model
     from dextr_backend.server.app import create_app
-    from dextr_backend.settings import Settings
     from dextr_backend.weights.store import WeightsStore
 
     torch.manual_seed(0)
@@ -140,7 +141,7 @@ def test_bad_urls_are_422_through_the_server(servers, garbage, tmp_path, monkeyp
              (host.url + "/o k.png", "whitespace or control characters"),
              (to_garbage, "the answer was not HTTP"),
              (host.redirect("/away.png", "http://127.0.0.1:1/x"), "redirect to a host that is not allowed")]
-    settings = Settings(allowed_hosts=(host.netloc, garbage.netloc), device="cpu")
+    settings = env_settings(allowed_hosts=(host.netloc, garbage.netloc), device="cpu")
     with TestClient(create_app(settings)) as client:
         for url, message in cases:
             body = {"tasks": [{"id": 1, "data": {"image": url}}], "label_config": CONFIG,

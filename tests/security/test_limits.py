@@ -19,10 +19,9 @@ from fastapi.testclient import TestClient
 from dextr_backend.cli import main
 from dextr_backend.models import build_model
 from dextr_backend.server.app import create_app
-from dextr_backend.settings import Settings
 from dextr_backend.weights.store import WeightsStore
 from hostile import Server
-from services import Backend
+from services import Backend, env_settings
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -127,7 +126,7 @@ def test_objects_are_limited_and_memory_stays_flat_with_their_number(tmp_path, h
 ])
 def test_each_limit_is_a_4xx_naming_its_variable(tmp_path, monkeypatch, setting, value, request_of, variable):
     monkeypatch.setenv("DEXTR_WEIGHTS_DIR", str(tmp_path / "store"))
-    app = create_app(Settings(device="cpu", allowed_hosts=("127.0.0.1",), **{setting: value}))
+    app = create_app(env_settings(device="cpu", allowed_hosts=("127.0.0.1",), **{setting: value}))
     with TestClient(app) as client:
         r = client.post("/predict", json=request_of("http://127.0.0.1:1/x.png"))
     assert r.status_code in (413, 422) and variable in r.json()["detail"]
@@ -140,7 +139,7 @@ def test_a_corrupt_current_weights_file_is_down_not_up(tmp_path, monkeypatch, ca
     store = WeightsStore(root)
     good = store.add_version(build_model("lite0").state_dict(), "lite0", name="good", make_current=True)
     bad = store.add_version(build_model("lite0").state_dict(), "lite0", name="bad")
-    with TestClient(create_app(Settings(device="cpu"))) as client:
+    with TestClient(create_app(env_settings(device="cpu"))) as client:
         assert client.get("/health").json()["status"] == "UP"
         data = good.path.read_bytes()
         good.path.write_bytes(data[: len(data) // 2])            # truncated under the running server
@@ -155,7 +154,7 @@ def test_a_corrupt_current_weights_file_is_down_not_up(tmp_path, monkeypatch, ca
 
 def test_405_says_which_methods_are_allowed(tmp_path, monkeypatch):
     monkeypatch.setenv("DEXTR_WEIGHTS_DIR", str(tmp_path / "store"))
-    with TestClient(create_app(Settings(device="cpu"))) as client:
+    with TestClient(create_app(env_settings(device="cpu"))) as client:
         r = client.get("/predict")
         assert r.status_code == 405 and r.headers["Allow"] == "POST"
         r = client.delete("/health")

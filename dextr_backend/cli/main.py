@@ -1,7 +1,10 @@
-"""``dextr-backend`` command line. Each command lives beside the code it drives and registers
-itself here through an ``add_parser(subparsers)`` function.
+"""``dextr-backend`` command line: the top-level parser and the one place errors become exit codes.
 
-User errors (:class:`~dextr_backend.errors.DextrError`) end in one line on stderr and exit 2.
+Each command is a module of this package with an ``add_parser(subparsers)`` function; they are
+imported by name below so that the list of commands (and their ``--help`` order) reads in one place.
+
+User errors (:class:`~dextr_backend.errors.DextrError`), a malformed setting included, end in one
+line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -9,27 +12,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
-from .errors import DextrError
-from .logs import setup_logging
-from .redact import redact_text
+from .. import __version__
+from ..errors import DextrError
+from ..logs import setup_logging
+from ..redact import redact_text
+from ..settings import Settings
+from . import demo, evaluate, predict, serve, train, train_status, weights, worker
 
-# Modules that contribute subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES = (
-    "dextr_backend.commands.predict",
-    "dextr_backend.commands.demo",
-    "dextr_backend.evaluation.cli",
-    "dextr_backend.weights.cli",
-    "dextr_backend.training.cli",
-    "dextr_backend.server.cli",
-    "dextr_backend.queue.worker",
-    "dextr_backend.queue.status",
-)
+# The commands, in the order ``--help`` lists them.
+COMMANDS = (predict, demo, evaluate, weights, train, serve, worker, train_status)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
     parser = argparse.ArgumentParser(
         prog="dextr-backend",
         description="DEXTR (Deep Extreme Cut): four extreme clicks in, object mask out.",
@@ -39,16 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DEBUG, INFO, WARNING or ERROR (default: $LOG_LEVEL or INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(sub)
+    for command in COMMANDS:
+        command.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
     try:
+        settings = Settings.from_env()
+        setup_logging(args.log_level or settings.log_level, settings.log_format)
         return int(args.func(args) or 0)
     except DextrError as exc:
         print(f"dextr-backend: error: {redact_text(str(exc))}", file=sys.stderr)

@@ -1,23 +1,24 @@
 """Objects to train on: every region of an image counts as one object.
 
 A dataset is a list of :class:`ObjectRef` plus a way to load its image and mask, so that
-BSDS500 regions, benchmark-layout folders and Label Studio tasks all look the same to the
-trainer. The train/validation split is by image and deterministic (a hash of the image key).
+BSDS500 regions, benchmark-layout folders and Label Studio exports all look the same to the
+trainer. Decoded files are cached by path *and* file identity (inode, mtime, size), so a folder
+exported again under the same paths is read afresh, never served stale.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..evaluation.datasets import decode_objects, load_dataset, read_mask_file
 from ..imageio import read_image
+from .benchmarks import EvalObject, decode_objects, load_dataset, read_mask_file
 
 
 @dataclass(frozen=True)
@@ -29,32 +30,36 @@ class ObjectRef:
     fmt: str = "labels"   # "labels" (value == label) or an evaluation mask format (see decode_objects)
 
 
-def is_validation(image_key: str, fraction: float = 0.1) -> bool:
-    """Deterministic split by image: the same image is always on the same side."""
-    digest = hashlib.sha1(Path(image_key).stem.encode()).digest()
-    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
+def _identity(path: str) -> tuple:
+    """What the caches are keyed on: a rewritten file is a new key."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, None, None, None)   # the reader raises its own clear error
+    return (path, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 @lru_cache(maxsize=512)
-def _label_map(path: str) -> np.ndarray:
-    return read_mask_file(Path(path))
+def _label_map(key: tuple) -> np.ndarray:
+    return read_mask_file(Path(key[0]))
 
 
 @lru_cache(maxsize=512)
-def _image(path: str) -> np.ndarray:
-    return read_image(path)
+def _image(key: tuple) -> np.ndarray:
+    return read_image(key[0])
 
 
 @lru_cache(maxsize=512)
-def _decoded(path: str, fmt: str) -> list[np.ndarray]:
-    return [obj for _, obj, _ in decode_objects(read_mask_file(Path(path)), fmt)]
+def _decoded(key: tuple, fmt: str) -> list[np.ndarray]:
+    return [obj for _, obj, _ in decode_objects(read_mask_file(Path(key[0])), fmt)]
 
 
 def load_object(ref: ObjectRef) -> tuple[np.ndarray, np.ndarray]:
     """``(RGB image, bool mask)`` of one object."""
+    image = _image(_identity(ref.image))
     if ref.fmt == "labels":
-        return _image(ref.image), _label_map(ref.source) == ref.label
-    return _image(ref.image), _decoded(ref.source, ref.fmt)[ref.label]
+        return image, _label_map(_identity(ref.source)) == ref.label
+    return image, _decoded(_identity(ref.source), ref.fmt)[ref.label]
 
 
 def folder_objects(root: str | Path, mask_format: str = "auto", min_area: int = 64) -> list[ObjectRef]:
@@ -64,7 +69,7 @@ def folder_objects(root: str | Path, mask_format: str = "auto", min_area: int = 
     refs = []
     for pair in ds.pairs:
         fmt = ds.rule
-        for i, obj in enumerate(_decoded(str(pair.mask_path), fmt)):
+        for i, obj in enumerate(_decoded(_identity(str(pair.mask_path)), fmt)):
             if obj.sum() >= min_area:
                 refs.append(ObjectRef(str(pair.image_path), str(pair.mask_path), i, int(obj.sum()), fmt))
     if not refs:
@@ -134,75 +139,6 @@ def objects_key(refs: list[ObjectRef]) -> str:
     return digest.hexdigest()
 
 
-def spread(refs: list[ObjectRef], n: int) -> list[ObjectRef]:
-    """``n`` objects evenly spaced through ``refs``: a capped validation set still covers every
-    image instead of the first few (the list is ordered by image)."""
-    if n >= len(refs):
-        return list(refs)
-    return [refs[int(i * len(refs) / n)] for i in range(n)]
-
-
-def split(refs: list[ObjectRef], fraction: float = 0.1) -> tuple[list[ObjectRef], list[ObjectRef]]:
-    train = [r for r in refs if not is_validation(r.image, fraction)]
-    val = [r for r in refs if is_validation(r.image, fraction)]
-    return train, val
-
-
-def export_labelstudio(client, project: int, folder: str | Path, image_key: str | None = None) -> Path:
-    """Write a project's accepted brush and polygon regions as a benchmark-layout folder.
-
-    ``images/<task>.<ext>`` holds each task's picture, fetched through the client's checked fetch
-    (Label Studio's origin with its token, the client's ``allowed_hosts`` without, nothing else);
-    ``masks/<k>_<task>.png`` one region each (the COCO-MVal naming ``folder_objects`` reads).
-    The picture is the task data value the project's label config names (``image_key`` overrides).
-    A picture that cannot be fetched fails the export with the task named: training on fewer
-    pictures than the project has would hide the misconfiguration.
-    Re-running refreshes the folder, so training always sees the project as it is now.
-    """
-    import shutil
-
-    from ..errors import DextrError
-    from ..imageio import decode_image
-    from ..labelstudio.fetch import shown
-    from ..labelstudio.protocol import LabelConfig, task_image_url
-    from ..labelstudio.regions import accepted_annotation, result_regions
-
-    image_key = image_key or LabelConfig.parse(client.project(project).get("label_config", "")).image_key()
-    folder = Path(folder)
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "images").mkdir(parents=True)
-    (staging / "masks").mkdir()
-    count = 0
-    for task in client.tasks(project):
-        ann = accepted_annotation(task)
-        regions = result_regions(ann["result"]) if ann else []
-        if not regions:
-            continue
-        url = task_image_url(task, image_key)
-        tid = int(task["id"])
-        try:
-            image = decode_image(client.fetch(url), shown(url))
-        except DextrError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise type(exc)(f"project {project} task {tid}: {exc}") from None
-        cv2.imwrite(str(staging / "images" / f"{tid}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        for k, region in enumerate(regions):
-            if region.mask.shape != image.shape[:2]:
-                region_mask = cv2.resize(region.mask.astype(np.uint8), image.shape[1::-1],
-                                         interpolation=cv2.INTER_NEAREST) > 0
-            else:
-                region_mask = region.mask
-            cv2.imwrite(str(staging / "masks" / f"{k}_{tid}.png"), region_mask.astype(np.uint8) * 255)
-            count += 1
-    if count == 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise InputError(f"project {project} has no accepted brush or polygon regions to train on")
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
-    return folder
-
-
 def folder_hash(folder: str | Path) -> str:
     """sha256 over every file's relative path and content: names the exact data a model saw."""
     h = hashlib.sha256()
@@ -216,9 +152,11 @@ def folder_hash(folder: str | Path) -> str:
 def as_eval_objects(refs: list[ObjectRef]):
     """The objects in the form ``evaluation.evaluate_objects`` scores, so training and
     ``evaluate`` measure alike."""
-    from ..evaluation.datasets import EvalObject
-
     for i, ref in enumerate(refs):
         image, mask = load_object(ref)
         yield EvalObject(Path(ref.image), f"{Path(ref.source).stem}:{ref.label}", mask,
                          np.zeros(mask.shape, bool), image=image)
+
+
+__all__ = ["ObjectRef", "as_eval_objects", "bsds_regions", "file_digest", "folder_hash", "folder_objects",
+           "load_object", "objects_key", "spans_image"]

@@ -7,11 +7,14 @@ import pytest
 import torch
 
 from dextr_backend.errors import InputError
-from dextr_backend.labelstudio.predict import Segmenter, parse_request, stored_prompts
+from dextr_backend.labelstudio.backend import LabelStudioBackend
+from dextr_backend.labelstudio.requests import parse_request, stored_prompts
 from dextr_backend.geometry import box_points
 from dextr_backend.labelstudio.protocol import LabelConfig, prompts_from_results
 from dextr_backend.labelstudio.regions import brush_to_mask
 from dextr_backend.models import build_model
+from dextr_backend.service.cache import ImageCache
+from dextr_backend.service.resident import ResidentPredictor
 from dextr_backend.settings import Settings
 from dextr_backend.weights.store import WeightsStore
 
@@ -97,11 +100,12 @@ def test_malformed_requests(body, message):
 
 
 @pytest.fixture()
-def segmenter(tmp_path, image_server):
+def backend(tmp_path, image_server):
     torch.manual_seed(0)
     store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "none")
     store.add_version(build_model("lite0").state_dict(), "lite0", name="random", make_current=True, threshold=0.0)
-    return Segmenter(Settings(allowed_hosts=(image_server,), device="cpu"), store)
+    settings = Settings(allowed_hosts=(image_server,), device="cpu")
+    return LabelStudioBackend(settings, ResidentPredictor(settings, store), ImageCache())
 
 
 def request(host, context_result=None, task=None, image="ellipse.png"):
@@ -110,8 +114,10 @@ def request(host, context_result=None, task=None, image="ellipse.png"):
     return {"tasks": [task], "project": "3.1700000000", "label_config": CONFIG, "params": params}
 
 
-def test_interactive_four_clicks_give_a_brush_mask(segmenter, image_server):
-    out = segmenter.predict(request(image_server, CLICKS))
+def test_interactive_four_clicks_give_a_brush_mask(backend, image_server, monkeypatch):
+    from dextr_backend.labelstudio import images
+
+    out = backend.predict(request(image_server, CLICKS))
     (entry,) = out["results"]
     assert entry["model_version"] == out["model_version"] == "random"
     brush = [r for r in entry["result"] if r["type"] == "brushlabels"]
@@ -119,32 +125,34 @@ def test_interactive_four_clicks_give_a_brush_mask(segmenter, image_server):
     mask = brush_to_mask(brush[0]["value"], H, W)
     # threshold 0 keeps the clicks' box: the whole pipeline ran, paste-back included
     assert mask[20:101, 30:131].all() and not mask[:20].any()
-    assert segmenter.cache.misses == 1
-    segmenter.predict(request(image_server, CLICKS))
-    assert segmenter.cache.hits >= 1 and len(segmenter.cache) == 1   # repeated clicks: no re-download
+    assert len(backend.cache) == 1
+    monkeypatch.setattr(images, "fetch_bytes", lambda *a, **kw: pytest.fail("fetched the image again"))
+    again = backend.predict(request(image_server, CLICKS))   # repeated clicks: no re-download
+    assert again["results"][0]["result"][0]["value"] == brush[0]["value"]
 
 
-def test_fewer_than_four_clicks_give_no_prediction_for_the_task(segmenter, image_server):
+def test_fewer_than_four_clicks_give_no_prediction_for_the_task(backend, image_server):
     """One entry per task (an empty top-level list is an error in Label Studio's page), and that
     entry is an empty list of predictions: an empty *result* would be stored as a prediction when
     a task opens, and deleted clicks when Auto-Accept accepts it (tests/browser cases b and e)."""
-    out = segmenter.predict(request(image_server, CLICKS[:3]))
+    out = backend.predict(request(image_server, CLICKS[:3]))
     assert out["results"] == [[]]
-    opened = segmenter.predict(request(image_server, task={"id": 8, "data": {"image": "unused"}}))
+    opened = backend.predict(request(image_server, task={"id": 8, "data": {"image": "unused"}}))
     assert opened["results"] == [[]]
 
 
-def test_rectangle_and_polygon_output(segmenter, image_server):
-    both = Segmenter(Settings(allowed_hosts=(image_server,), device="cpu", output="both"), segmenter.store)
+def test_rectangle_and_polygon_output(backend, image_server):
+    settings = Settings(allowed_hosts=(image_server,), device="cpu", output="both")
+    both = LabelStudioBackend(settings, ResidentPredictor(settings, backend.resident.store), ImageCache())
     out = both.predict(request(image_server, [rect(30, 20, 130, 100)]))
     kinds = sorted({r["type"] for r in out["results"][0]["result"]})
     assert kinds == ["brushlabels", "polygonlabels"]
 
 
-def test_batch_mode_converts_stored_clicks(segmenter, image_server):
+def test_batch_mode_converts_stored_clicks(backend, image_server):
     task = {"id": 9, "data": {"image": f"http://{image_server}/ellipse.png"},
             "annotations": [{"id": 1, "result": CLICKS + [kp(10, 10), kp(40, 12), kp(25, 2), kp(24, 30)]}]}
-    out = segmenter.predict(request(image_server, task=task))
+    out = backend.predict(request(image_server, task=task))
     assert len([r for r in out["results"][0]["result"] if r["type"] == "brushlabels"]) == 2
 
 
@@ -153,22 +161,78 @@ def test_batch_mode_converts_stored_clicks(segmenter, image_server):
     ("file:///etc/passwd", "scheme"),
     ("/data/upload/1/x.png", "LABEL_STUDIO_URL"),
 ])
-def test_image_urls_outside_the_allowed_hosts_are_refused(segmenter, url, message):
+def test_image_urls_outside_the_allowed_hosts_are_refused(backend, url, message):
     task = {"id": 1, "data": {"image": url}}
     with pytest.raises(InputError, match=message):
-        segmenter.predict(request("unused", CLICKS, task=task))
+        backend.predict(request("unused", CLICKS, task=task))
 
 
-def test_corrupt_and_missing_images_are_clear_errors(segmenter, image_server):
+def test_corrupt_and_missing_images_are_clear_errors(backend, image_server):
     from dextr_backend.errors import DextrError
 
     with pytest.raises(InputError, match="not a readable image"):
-        segmenter.predict(request(image_server, CLICKS, image="corrupt.png"))
+        backend.predict(request(image_server, CLICKS, image="corrupt.png"))
     with pytest.raises(DextrError, match="404"):
-        segmenter.predict(request(image_server, CLICKS, image="missing.png"))
+        backend.predict(request(image_server, CLICKS, image="missing.png"))
 
 
-def test_a_newly_promoted_version_is_taken_up_without_restart(segmenter, image_server):
-    segmenter.predict(request(image_server, CLICKS))
-    segmenter.store.add_version(build_model("lite0").state_dict(), "lite0", name="v-next", make_current=True)
-    assert segmenter.predict(request(image_server, CLICKS))["model_version"] == "v-next"
+def test_a_newly_promoted_version_is_taken_up_without_restart(backend, image_server):
+    backend.predict(request(image_server, CLICKS))
+    backend.resident.store.add_version(build_model("lite0").state_dict(), "lite0", name="v-next", make_current=True)
+    assert backend.predict(request(image_server, CLICKS))["model_version"] == "v-next"
+
+
+# ---------------------------------------------------------------- corrective clicks (issue 20)
+
+def test_clicks_after_the_fourth_and_alt_clicks_are_corrections():
+    (p,) = prompts_from_results(CLICKS + [kp(90, 60), kp(5, 5, positive=False)])
+    np.testing.assert_allclose(p.extreme_points(), [[30, 60], [130, 62], [80, 20], [82, 100]])
+    positives, negatives = p.corrections()
+    np.testing.assert_allclose(positives, [[90, 60]])
+    np.testing.assert_allclose(negatives, [[5, 5]])
+
+
+def test_a_smart_rectangle_followed_by_clicks_is_one_corrected_object():
+    (p,) = prompts_from_results([rect(30, 20, 130, 100), kp(60, 60), kp(10, 10, positive=False)])
+    assert p.from_box
+    np.testing.assert_allclose(p.extreme_points(), box_points(p.box, W, H))
+    np.testing.assert_allclose(p.box, (30, 20, 130, 100))
+    positives, negatives = p.corrections()
+    np.testing.assert_allclose(positives, [[60, 60]])
+    np.testing.assert_allclose(negatives, [[10, 10]])
+    # four keypoints of their own stay their own object beside the box
+    assert len(prompts_from_results([rect(30, 20, 130, 100)] + CLICKS)) == 2
+
+
+def corrective_store(tmp_path) -> WeightsStore:
+    """A small random ``lite0c``: its corrector is another random network than its base, whose
+    probabilities (about 0.527) lie above the threshold where the base's (at most 0.518) do not,
+    so a correction changes the mask."""
+    torch.manual_seed(1)
+    store = WeightsStore(tmp_path / "corrective-store", shipped_dir=tmp_path / "none")
+    store.add_version(build_model("lite0c").state_dict(), "lite0c", name="corrective", make_current=True,
+                      threshold=0.52)
+    return store
+
+
+def mask_of(out) -> np.ndarray:
+    (brush,) = [r for r in out["results"][0]["result"] if r["type"] == "brushlabels"]
+    return brush_to_mask(brush["value"], H, W)
+
+
+def test_a_negative_keypoint_changes_the_mask_of_a_version_that_takes_corrections(tmp_path, image_server):
+    settings = Settings(allowed_hosts=(image_server,), device="cpu")
+    backend = LabelStudioBackend(settings, ResidentPredictor(settings, corrective_store(tmp_path)), ImageCache())
+    plain = mask_of(backend.predict(request(image_server, CLICKS)))
+    corrected = mask_of(backend.predict(request(image_server, CLICKS + [kp(80, 60, positive=False)])))
+    assert (plain != corrected).any()
+    again = mask_of(backend.predict(request(image_server, CLICKS + [kp(80, 60, positive=False)])))
+    assert (again == corrected).all()                   # stateless: the same clicks, the same mask
+
+
+def test_a_version_without_corrections_ignores_them_says_so_and_answers(backend, image_server, caplog):
+    plain = mask_of(backend.predict(request(image_server, CLICKS)))
+    with caplog.at_level("INFO"):
+        ignored = mask_of(backend.predict(request(image_server, CLICKS + [kp(80, 60, positive=False)])))
+    assert (plain == ignored).all()
+    assert any("take no corrective clicks" in r.getMessage() for r in caplog.records)

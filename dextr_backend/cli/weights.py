@@ -6,12 +6,13 @@ import argparse
 import json
 
 from ..models import ARCHITECTURES
-from .registry import KNOWN_WEIGHTS, KnownWeights
-from .store import Version, WeightsStore
+from ..weights.registry import KNOWN_WEIGHTS, KnownWeights
+from ..settings import Settings
+from ..weights.store import Version, WeightsStore
 
 
 def _store() -> WeightsStore:
-    return WeightsStore()
+    return WeightsStore.from_settings(Settings.from_env())
 
 
 def _metrics(metrics: dict, limit: int = 3) -> str:
@@ -32,9 +33,15 @@ def _mask_rule(threshold: float, trim: int) -> str:
     return f"t={threshold:g}" + (f" trim {trim}" if trim else "")
 
 
+def _clicks(arch: str) -> str:
+    """``4``: the extreme points only; ``4+fix``: corrective clicks after them too."""
+    spec = ARCHITECTURES.get(arch)
+    return "4+fix" if spec is not None and spec.corrections else "4"
+
+
 def _installed_json(v: Version, current: str | None) -> dict:
     return {**v.to_record(), "path": str(v.path), "shipped": v.shipped, "current": v.name == current,
-            "downloaded": True}
+            "downloaded": True, "takes_corrections": v.takes_corrections}
 
 
 def _known_json(k: KnownWeights) -> dict:
@@ -53,15 +60,15 @@ def cmd_list(args: argparse.Namespace) -> int:
                           "versions": [_installed_json(v, current) for v in installed],
                           "available": [_known_json(k) for k in available]}, indent=2))
         return 0
-    rows = [("", "NAME", "ARCH", "SIZE", "MASK", "METRICS", "PARENT", "CREATED", "SOURCE")]
+    rows = [("", "NAME", "ARCH", "CLICKS", "SIZE", "MASK", "METRICS", "PARENT", "CREATED", "SOURCE")]
     for v in installed:
         created = (v.created or "-").replace("T", " ")[:16]
         source = "shipped" if v.shipped else (v.source or "-")
-        rows.append(("*" if v.name == current else "", v.name, v.arch, str(v.input_size),
+        rows.append(("*" if v.name == current else "", v.name, v.arch, _clicks(v.arch), str(v.input_size),
                      _mask_rule(v.threshold, v.trim), _metrics(v.metrics), v.parent or "-", created, source))
     for k in available:
-        rows.append(("", k.name, k.arch, str(k.input_size), _mask_rule(k.threshold, 0), _metrics(k.metrics),
-                     "-", "-", f"not downloaded (dextr-backend weights download {k.name})"))
+        rows.append(("", k.name, k.arch, _clicks(k.arch), str(k.input_size), _mask_rule(k.threshold, 0),
+                     _metrics(k.metrics), "-", "-", f"not downloaded (dextr-backend weights download {k.name})"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
@@ -72,7 +79,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    v = _store().download(args.name, url=args.url, sha256=args.sha256, make_current=args.use)
+    import sys
+
+    from ..weights.download import install
+
+    settings = Settings.from_env()
+    v = install(WeightsStore.from_settings(settings), args.name, mirror=settings.weights_mirror, url=args.url,
+                sha256=args.sha256, make_current=args.use, report=lambda line: print(line, file=sys.stderr))
     print(f"{v.name}: {v.arch}, {(v.size or 0) / 2**20:.1f} MiB, sha256 {v.sha256}, at {v.path}"
           + ("; now current" if args.use else f"; make it current with `dextr-backend weights use {v.name}`"))
     return 0

@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..postprocess import mask_to_polygons, polygons_to_json
-    from ..predictor import DextrPredictor
+    from ..build import build_predictor
     from ..settings import Settings
 
     points = parse_points(args.points)
@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--threshold {args.threshold:g} must lie in [0, 1)")
     image = read_image(args.image)
     configure_threads(args.threads if args.threads is not None else Settings.from_env().threads)
-    kwargs = {"flip": args.flip}
+    kwargs = {} if args.flip is None else {"flip": args.flip}
     if args.threshold is not None:
         kwargs["threshold"] = args.threshold
-    predictor = DextrPredictor.from_weights(args.weights, device=args.device, **kwargs)
+    predictor = build_predictor(args.weights, device=args.device, **kwargs)
     t0 = time.perf_counter()
     pred = predictor.predict(image, points)
     ms = (time.perf_counter() - t0) * 1000

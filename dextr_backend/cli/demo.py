@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -19,7 +18,18 @@ from ..geometry import extreme_points
 from ..imageio import read_image, write_image
 from ..overlay import draw_overlay
 
-DEFAULT_DATA = Path(os.environ.get("DEXTR_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+
+def default_data() -> str:
+    """``$DEXTR_SHARED_DATA`` (default: ``../shared/data`` beside a source checkout), shown in
+    ``--help``. A malformed unrelated setting must not break ``--help``: ``main`` reports it when
+    the command runs."""
+    from ..errors import DextrError
+    from ..settings import Settings
+
+    try:
+        return Settings.from_env().shared_data
+    except DextrError:
+        return Settings().shared_data
 
 
 def synthetic_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -36,9 +46,9 @@ def synthetic_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
-def demo_object(data: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    gt = data / "GrabCut" / "boundary_GT" / "106024.bmp"
-    if gt.exists():
+def demo_object(data: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
+    gt = data / "GrabCut" / "boundary_GT" / "106024.bmp" if data else None
+    if gt is not None and gt.exists():
         mask = cv2.imread(str(gt), cv2.IMREAD_GRAYSCALE) > 128
         return read_image(data / "GrabCut" / "data_GT" / "106024.jpg"), mask, "GrabCut/106024.jpg"
     image, mask = synthetic_scene()
@@ -51,16 +61,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "else a synthetic scene) with clicks simulated from its true mask.")
     p.add_argument("--out", default="demo-output", help="folder for mask.png and overlay.png (default: demo-output)")
     p.add_argument("--weights", default=None, help="weights version or .pt/.pth file (default: current)")
-    p.add_argument("--data", default=str(DEFAULT_DATA), help=f"benchmark data folder (default: {DEFAULT_DATA})")
+    data = default_data()
+    p.add_argument("--data", default=data, help=f"benchmark data folder (default: {data or 'none'})")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predictor import DextrPredictor
+    from ..build import build_predictor
 
-    image, truth, name = demo_object(Path(args.data))
+    image, truth, name = demo_object(Path(args.data) if args.data else None)
     points = extreme_points(truth)
-    predictor = DextrPredictor.from_weights(args.weights)
+    predictor = build_predictor(args.weights)
     pred = predictor.predict(image, points)
     iou = float((pred.mask & truth).sum() / max((pred.mask | truth).sum(), 1))
     out = Path(args.out)

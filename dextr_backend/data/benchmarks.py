@@ -37,7 +37,6 @@ MASK_DIRS = ("masks", "gt", "boundary_GT")
 FOLDER_FORMATS = {"boundary_GT": "grabcut", "masks": "auto-half", "gt": "nonzero"}
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 MASK_FORMATS = ("auto", "grabcut", "nonzero", "half", "instances")
-DATA_ENV = "DEXTR_SHARED_DATA"
 
 
 @dataclass(frozen=True)
@@ -63,12 +62,13 @@ class Pair:
     mask_path: Path
 
 
-def resolve_root(dataset: str | os.PathLike) -> Path:
-    """A folder path, or a bare name looked up under ``$DEXTR_SHARED_DATA`` (e.g. ``GrabCut``)."""
+def resolve_root(dataset: str | os.PathLike, shared_data: str | os.PathLike = "") -> Path:
+    """A folder path, or a bare name looked up under ``shared_data`` (``Settings.shared_data``,
+    e.g. ``GrabCut``)."""
     root = Path(dataset).expanduser()
     if root.is_dir():
         return root
-    shared = os.environ.get(DATA_ENV)
+    shared = str(shared_data or "")
     if shared and not root.is_absolute() and (Path(shared) / root).is_dir():
         return Path(shared) / root
     raise InputError(f"dataset folder {str(dataset)!r} does not exist")
@@ -151,12 +151,13 @@ def decode_objects(raw: np.ndarray, fmt: str) -> list[tuple[str | None, np.ndarr
 class Dataset:
     """A benchmark folder: matched pairs are listed at once, masks decoded while iterating."""
 
-    def __init__(self, root: str | os.PathLike, mask_format: str = "auto", limit: int | None = None):
+    def __init__(self, root: str | os.PathLike, mask_format: str = "auto", limit: int | None = None,
+                 shared_data: str | os.PathLike = ""):
         if mask_format not in MASK_FORMATS:
             raise InputError(f"unknown mask format {mask_format!r}; choose one of {', '.join(MASK_FORMATS)}")
         if limit is not None and limit < 1:
             raise InputError(f"limit must be at least 1, got {limit}")
-        self.root = resolve_root(root)
+        self.root = resolve_root(root, shared_data)
         self.images_dir = _find_dir(self.root, IMAGE_DIRS, "picture")
         self.masks_dir = _find_dir(self.root, MASK_DIRS, "mask")
         # ``rule`` may be the internal ``auto-half`` (decided per mask); ``mask_format`` is what users see
@@ -195,6 +196,8 @@ class Dataset:
                 f"format={self.mask_format}, pairs={len(self.pairs)})")
 
 
-def load_dataset(root: str | os.PathLike, mask_format: str = "auto", limit: int | None = None) -> Dataset:
-    """Open a benchmark folder (see the module docstring for the layouts it understands)."""
-    return Dataset(root, mask_format, limit)
+def load_dataset(root: str | os.PathLike, mask_format: str = "auto", limit: int | None = None, *,
+                 shared_data: str | os.PathLike = "") -> Dataset:
+    """Open a benchmark folder (see the module docstring for the layouts it understands); a bare
+    name is looked up under ``shared_data``."""
+    return Dataset(root, mask_format, limit, shared_data)

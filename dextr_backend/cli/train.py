@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from ..errors import InputError
+from ..settings import Settings
 
 FORMATS = ("auto", "bsds", "grabcut", "half", "nonzero", "instances")
 
@@ -85,7 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-objects", type=int, default=200, help="validation objects scored per epoch (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--name", default=None, help="name of the new version (default: v1, v2, ...)")
-    p.add_argument("--guard", metavar="DIR", default=os.environ.get("DEXTR_TRAIN_GUARD_DIR") or None,
+    p.add_argument("--guard", metavar="DIR", default=None,
                    help="a folder of whole objects you care about and never train on, in a layout `evaluate` "
                         "reads; the new version must also score at least the current one there to become "
                         "current; it is also scored after every epoch (default: $DEXTR_TRAIN_GUARD_DIR)")
@@ -102,9 +101,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_refs(args: argparse.Namespace):
+def load_refs(args: argparse.Namespace, settings: Settings):
     """The objects and a description of where they came from (for the model card)."""
-    from .datasets import bsds_regions, export_labelstudio, folder_hash, folder_objects
+    from ..data.objects import bsds_regions, folder_hash, folder_objects
 
     if args.dataset:
         root = Path(args.dataset)
@@ -121,23 +120,21 @@ def load_refs(args: argparse.Namespace):
             fmt = args.format
         return refs, {"kind": "folder", "path": str(root.resolve()), "format": fmt, "hash": folder_hash(root)}
     from ..labelstudio.client import LabelStudioClient
+    from ..labelstudio.retrain import export_project
 
-    url = args.labelstudio_url or os.environ.get("LABEL_STUDIO_URL")
+    url = args.labelstudio_url or settings.label_studio_url
     if not url or args.project is None:
         raise InputError("--labelstudio-url (or $LABEL_STUDIO_URL) and --project are needed to train from Label Studio")
-    client = LabelStudioClient(url, args.api_key or os.environ.get("LABEL_STUDIO_API_KEY"))
-    cache = Path(os.environ.get("DEXTR_DATA_DIR", Path(tempfile.gettempdir()) / "dextr-backend")) / f"ls-{args.project}"
-    folder = export_labelstudio(client, args.project, cache)
-    return folder_objects(folder, "half"), {"kind": "labelstudio", "url": url, "project": args.project,
-                                            "hash": folder_hash(folder)}
+    client = LabelStudioClient(url, args.api_key or settings.label_studio_api_key,
+                               allowed_hosts=settings.allowed_hosts, fetch_timeout=settings.fetch_timeout)
+    return export_project(settings, client, args.project)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..settings import Settings
     from ..threads import configure_threads
-    from .promotion import train_and_promote
-    from .samples import Augment
-    from .trainer import TrainConfig
+    from ..training.promotion import train_and_promote
+    from ..training.samples import Augment
+    from ..training.trainer import TrainConfig
 
     if args.labelstudio_url is None and args.dataset is None:
         raise InputError("give --dataset DIR or --labelstudio-url URL --project ID")
@@ -152,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     threads = configure_threads(args.threads if args.threads is not None else settings.threads)
     min_val = settings.train_min_val_objects if args.min_val_objects is None else args.min_val_objects
-    refs, source = load_refs(args)
+    guard = args.guard if args.guard is not None else (settings.train_guard_dir or None)
+    refs, source = load_refs(args, settings)
     n_train = len(refs)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, max_minutes=args.max_minutes,
                          patience=args.patience, seed=args.seed, threads=threads, val_objects=args.val_objects,
@@ -166,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         config.lr = 3e-4       # fine-tuning a trained version: gentler than training from ImageNet
     outcome = train_and_promote(refs, source=source, config=config, init=args.init, run_dir=args.run_dir,
                                 force=args.force, name=args.name, device=args.device,
-                                val_fraction=args.val_fraction, guard=args.guard, arch=args.arch,
+                                val_fraction=args.val_fraction, guard=guard, arch=args.arch,
                                 min_val_objects=min_val, fresh=args.fresh)
     verdict = "now current" if outcome.promoted else "kept, not current"
     print(f"{outcome.version.name}: {verdict}; {outcome.reason} ({outcome.minutes:.1f} min, "

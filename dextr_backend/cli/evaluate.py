@@ -11,8 +11,8 @@ import json
 import logging
 
 from ..errors import InputError
-from .datasets import MASK_FORMATS, load_dataset
-from .runner import BASELINES, evaluate_objects
+from ..data.benchmarks import MASK_FORMATS, load_dataset
+from ..evaluation.runner import BASELINES, evaluate_objects
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +140,17 @@ def _print_clicks(result, baseline: str | None, corrections: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predictor import DextrPredictor
-    from .report import write_report
-
+    from ..build import build_predictor
+    from ..evaluation.report import write_report
     from ..settings import Settings
     from ..threads import configure_threads
 
-    dataset = load_dataset(args.dataset, args.mask_format, args.limit)
-    configure_threads(args.threads if args.threads is not None else Settings.from_env().threads)
+    settings = Settings.from_env()
+    dataset = load_dataset(args.dataset, args.mask_format, args.limit, shared_data=settings.shared_data)
+    configure_threads(args.threads if args.threads is not None else settings.threads)
     log.info("evaluating %s", dataset)
-    predictor = DextrPredictor.from_weights(args.weights, device=args.device, flip=args.flip)
+    predictor = build_predictor(args.weights, settings=settings, device=args.device,
+                                **({} if args.flip is None else {"flip": args.flip}))
     log.info("weights %s on %s (flip: %s)", predictor.version, predictor.device, predictor.flip)
     result = evaluate_objects(predictor, dataset, jitter=args.jitter, seed=args.seed, clicks=args.clicks,
                               baseline=args.baseline, progress=not args.no_progress,

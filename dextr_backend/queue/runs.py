@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import redis
@@ -67,8 +68,9 @@ def _job_status(conn, job_id: str | None) -> str | None:
     return raw.decode() if raw else None
 
 
-def request(conn: redis.Redis, queue: Queue, project: int) -> dict:
-    """*Start Training*: enqueue a run, coalesce into the waiting one, or schedule one more."""
+def request(conn: redis.Redis, queue: Queue, project: int, job_function: Callable[[int], dict]) -> dict:
+    """*Start Training*: enqueue ``job_function(project)``, coalesce into the waiting run, or
+    schedule one more. The queue knows no job bodies: the caller names the function."""
     key = train_key(project)
     with conn.pipeline() as pipe:
         while True:
@@ -96,7 +98,7 @@ def request(conn: redis.Redis, queue: Queue, project: int) -> dict:
                     stamp = now_iso()
                     pipe.hset(key, mapping={"state": "queued", "job": job, "again": 0, "jobs": number,
                                             "owner": "", "queued_at": stamp, "since": stamp, "note": ""})
-                    queue.enqueue_call("dextr_backend.queue.jobs.train_project", args=(project,), job_id=job,
+                    queue.enqueue_call(job_function, args=(project,), job_id=job,
                                        description=f"train_project({project})", meta={"project": project},
                                        timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL,
                                        pipeline=pipe)

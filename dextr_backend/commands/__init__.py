@@ -1,1 +1,0 @@
-"""CLI commands that belong to no other module."""

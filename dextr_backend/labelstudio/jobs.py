@@ -1,0 +1,107 @@
+"""What the queue workers run for Label Studio: thin entry points around :mod:`.backend` and
+:mod:`.retrain`. Each returns plain data, with user errors as data (``errors.error_payload``), so
+the API answers with the worker's own message and status instead of a generic failure.
+
+The server passes these functions to the queue (``QueueClient.call``, ``request_training``);
+the queue itself knows no job bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from ..errors import DextrError, error_payload
+from ..redact import redact_text
+from ..service import resident
+from .backend import LabelStudioBackend
+from .protocol import project_id
+from .requests import request_deadline
+from .setups import SetupStore, connection_for
+
+log = logging.getLogger(__name__)
+
+_BACKEND: LabelStudioBackend | None = None
+
+
+def backend() -> LabelStudioBackend:
+    """The worker's backend on its resident predictor (``dextr-backend worker`` loads it before
+    taking jobs, so the first request does not pay for it)."""
+    global _BACKEND
+    shared = resident.shared()
+    if _BACKEND is None or _BACKEND.resident is not shared:
+        _BACKEND = LabelStudioBackend(shared.settings, shared)
+    return _BACKEND
+
+
+def _crashed(what: str, exc: Exception, **extra) -> dict:
+    """A bug: logged in full, answered without internals."""
+    log.error(f"{what} job crashed", extra={**extra, "error": repr(exc), "trace": traceback.format_exc()})
+    return {"error": f"internal error in the worker ({type(exc).__name__})", "status": 500, "kind": "InternalError"}
+
+
+def predict(request: dict) -> dict:
+    """Answer one Label Studio /predict body, with the project's Label Studio connection looked up
+    here (the job's arguments carry no credentials) and the API's deadline."""
+    from rq import get_current_job
+
+    try:
+        answering = backend()
+        job = get_current_job()
+        setups = SetupStore(job.connection) if job is not None else None
+        connection = connection_for(answering.settings, setups, project_id(request.get("project")))
+        deadline = request_deadline(request, answering.settings.predict_timeout)
+        return {"ok": answering.predict(request, connection=connection, deadline=deadline)}
+    except DextrError as exc:
+        return error_payload(exc)
+    except Exception as exc:  # noqa: BLE001 - see _crashed
+        return _crashed("predict", exc)
+
+
+def train_project(project: int) -> dict:
+    """Fine-tune on a Label Studio project's accepted labels; promote only if better.
+
+    The arguments name the project only: the worker takes Label Studio's address and token from
+    its own settings, else from what Label Studio sent to ``/setup`` (kept in Redis by the API).
+    If another request for this project came while a run went on, the job runs once more (see
+    ``queue.runs``), so labels accepted meanwhile are not left out and two runs never overlap."""
+    from rq import get_current_job
+
+    from ..queue.runs import Run, RunTakenOver
+
+    job = get_current_job()
+    if job is None:                      # called directly, not by a worker: no state to keep
+        return _train_once(project, None, None)
+    while True:
+        run = Run.begin(job.connection, project, job.id, job.worker_name or "")
+        try:
+            result = _train_once(project, run, job.connection)
+            again = run.finish(result=result.get("ok"), error=result.get("error"))
+        except RunTakenOver as exc:
+            log.warning("training run taken over", extra={"project": project, "detail": str(exc)})
+            return error_payload(exc)
+        if not again:
+            return result
+
+
+def _train_once(project: int, run, redis_conn) -> dict:
+    from ..queue.runs import RunTakenOver
+    from ..settings import Settings
+    from .retrain import label_studio_client, retrain_project
+
+    try:
+        settings = Settings.from_env()
+        client = label_studio_client(settings, SetupStore(redis_conn) if redis_conn else None, project)
+        if run is None:
+            return {"ok": retrain_project(settings, client, project)}
+        return {"ok": retrain_project(settings, client, project, last_trained=run.last_trained(),
+                                      stage=run.stage, progress=run.progress)}
+    except RunTakenOver:
+        raise
+    except DextrError as exc:
+        return error_payload(exc)
+    except Exception as exc:  # noqa: BLE001 - a bug: log it fully; the run still ends, as failed
+        log.error("training job crashed", extra={"project": project, "error": repr(exc),
+                                                 "trace": traceback.format_exc()})
+        return {"error": f"internal error in the training worker ({type(exc).__name__}: "
+                         f"{redact_text(str(exc))[:200]})", "status": 500, "kind": "InternalError"}

@@ -1,0 +1,97 @@
+"""A Label Studio ``/predict`` body, checked: the tasks, the label config, and the objects each
+task asks for (interactive clicks from ``params.context``, else the task's stored keypoints and
+rectangles), each within the request limits (``DEXTR_MAX_TASKS``, ``_OBJECTS``, ``_POINTS``).
+
+Checking happens before anything is queued, so a bad request gets its 4xx from the API at once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import InputError
+from ..settings import Settings
+from .protocol import LabelConfig, Prompt, prompts_from_results
+from .regions import newest_first
+
+# The key under which the API hands a queued request its deadline (seconds since the epoch): the
+# worker's clock is not the API's monotonic clock, and the body carries no other private field.
+DEADLINE_KEY = "dextr_deadline"
+
+
+def parse_request(request, settings: Settings | None = None
+                  ) -> tuple[list[dict], LabelConfig, dict | None, list[list[Prompt]]]:
+    """Validate a /predict body: ``tasks`` (non-empty list), ``label_config``, ``params.context``,
+    and the objects each task asks for, within the limits of ``settings`` (its defaults if None)."""
+    settings = settings or Settings()
+    if not isinstance(request, dict):
+        raise InputError("request body must be a JSON object")
+    tasks = request.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise InputError("'tasks' must be a non-empty list")
+    if len(tasks) > settings.max_tasks:
+        raise InputError(f"{len(tasks)} tasks in one request exceed the limit of {settings.max_tasks} "
+                         "(DEXTR_MAX_TASKS)")
+    if not all(isinstance(t, dict) for t in tasks):
+        raise InputError("every task must be an object")
+    config = LabelConfig.parse(request.get("label_config"))
+    params = request.get("params")
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise InputError("'params' must be an object")
+    context = params.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise InputError("'params.context' must be an object or null")
+    if context is not None:
+        prompts = prompts_from_results(context.get("result") or [])
+        per_task = [prompts] * len(tasks)
+    else:
+        per_task = [stored_prompts(task) for task in tasks]
+    for task, prompts in zip(tasks, per_task):
+        _check_limits(task, prompts, settings)
+    return tasks, config, context, per_task
+
+
+def _check_limits(task: dict, prompts: list[Prompt], settings: Settings) -> None:
+    if len(prompts) > settings.max_objects:
+        raise InputError(f"task {_task_id(task)}: {len(prompts)} objects exceed the limit of "
+                         f"{settings.max_objects} per task (DEXTR_MAX_OBJECTS)")
+    for p in prompts:
+        clicks = len(p.points) + len(p.negatives)
+        if clicks > settings.max_points:
+            raise InputError(f"task {_task_id(task)}: an object with {clicks} clicks exceeds the limit of "
+                             f"{settings.max_points} (DEXTR_MAX_POINTS)")
+
+
+def _task_id(task: dict) -> str:
+    value = task.get("id")
+    return str(value)[:40] if isinstance(value, (int, str)) else "?"
+
+
+def stored_prompts(task: dict) -> list[Prompt]:
+    """Batch mode: extreme-point groups and rectangles already saved on the task, from its newest
+    annotation, else its newest prediction."""
+    for key in ("annotations", "predictions"):
+        entries = task.get(key) or []
+        if not isinstance(entries, list):
+            raise InputError(f"task {_task_id(task)}: {key!r} must be a list")
+        if not all(isinstance(e, dict) for e in entries):
+            raise InputError(f"task {_task_id(task)}: every item of {key!r} must be an object")
+        entries = [e for e in entries if not e.get("was_cancelled")]
+        for entry in newest_first(entries, f"task {_task_id(task)}: {key[:-1]}"):
+            prompts = prompts_from_results(entry.get("result") or [], group_keypoints=True)
+            if prompts:
+                return prompts
+    return []
+
+
+def request_deadline(request: dict, default_seconds: float) -> float:
+    """The ``time.monotonic()`` deadline of a queued request, from the wall-clock one the API set
+    (the worker's monotonic clock is not the API's; the API's timeout, not the worker's, decides);
+    ``default_seconds`` from now without one."""
+    wall = request.get(DEADLINE_KEY) if isinstance(request, dict) else None
+    if isinstance(wall, (int, float)) and not isinstance(wall, bool) and np.isfinite(wall):
+        return time.monotonic() + float(wall) - time.time()
+    return time.monotonic() + default_seconds

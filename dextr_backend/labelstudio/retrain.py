@@ -1,0 +1,95 @@
+"""Retraining for a Label Studio project, in one place: export its accepted labels, fine-tune the
+current version on them, and promote the result only if it is better (``training.promotion``).
+
+Both ways in use it: *Start Training* (and ``DEXTR_TRAIN_EVERY``) through the queue
+(:mod:`.jobs`), and ``dextr-backend train --labelstudio-project``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from ..data.objects import ObjectRef, folder_hash, folder_objects
+from ..errors import InputError
+from ..redact import redact_url
+from ..settings import Settings
+from .client import LabelStudioClient
+from .export import export_labelstudio
+from .setups import SetupStore, connection_for
+
+log = logging.getLogger(__name__)
+
+RETRAIN_LR = 3e-4
+
+
+def label_studio_client(settings: Settings, setups: SetupStore | None, project: int) -> LabelStudioClient:
+    """A client for the project's Label Studio, with credentials from this process's settings or
+    the project's /setup record (never from a job or a request body)."""
+    conn = connection_for(settings, setups, project)
+    if conn is None:
+        raise InputError(f"no Label Studio for project {project}: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY "
+                         "for the worker, or connect the backend in the project's settings so Label Studio "
+                         "calls /setup")
+    return LabelStudioClient(conn.url, conn.api_key, allowed_hosts=settings.allowed_hosts,
+                             fetch_timeout=settings.fetch_timeout)
+
+
+def export_project(settings: Settings, client: LabelStudioClient, project: int) -> tuple[list[ObjectRef], dict]:
+    """The project's accepted labels as training objects, exported to an image/mask folder under
+    ``DEXTR_DATA_DIR`` (refreshed in place), and the source record a model card keeps."""
+    folder = export_labelstudio(client, project, settings.labelstudio_data_dir(project))
+    return folder_objects(folder, "half"), {"kind": "labelstudio", "url": redact_url(client.url), "project": project,
+                                            "hash": folder_hash(folder)}
+
+
+def retrain_config(settings: Settings, objects: int):
+    """The schedule of one *Start Training*: ``benchmarks/finetune_small_data.py``'s (6 epochs of
+    160 samples at the version's working size, lr 3e-4; BatchNorm frozen under 500 objects, as the
+    trainer does), more samples per epoch from 40 objects on (4 each, up to 2000), and no early
+    stopping: a handful of held-out objects is too noisy to stop on or to pick an epoch by, so every
+    epoch runs and the last is kept (``keep_last``; validation decides the promotion only).
+    ``DEXTR_TRAIN_*`` override each part; with ``DEXTR_TRAIN_PATIENCE`` set, the run stops early
+    and keeps its best epoch by validation."""
+    from ..training.trainer import TrainConfig
+
+    samples = settings.train_samples or max(160, min(2000, 4 * objects))
+    return TrainConfig(epochs=settings.train_epochs, max_minutes=settings.train_max_minutes, lr=RETRAIN_LR,
+                       patience=settings.train_patience or settings.train_epochs, samples_per_epoch=samples)
+
+
+def retrain_project(settings: Settings, client: LabelStudioClient, project: int, *,
+                    last_trained: dict | None = None, stage: Callable[[str], None] = lambda name: None,
+                    progress: Callable[..., None] = lambda force=False, **fields: None) -> dict:
+    """Export, then train and promote; the run's summary. Skipped (``skipped: True``) when the
+    labels and the starting version are those of ``last_trained``, the project's previous run."""
+    from ..training.promotion import train_and_promote
+    from ..weights.store import WeightsStore
+
+    stage("exporting labels")
+    refs, source = export_project(settings, client, project)
+    store = WeightsStore.from_settings(settings)
+    data_hash, start = source["hash"], store.current_name()
+    same = last_trained
+    if same and same["data_hash"] == data_hash and start in (same["started_from"], same["version"]):
+        return {"skipped": True, "data_hash": data_hash, "started_from": start,
+                "reason": f"not trained: the labels are unchanged since run {same['run']}, which "
+                          f"trained on them from {same['started_from']} and made {same['version']} "
+                          f"(current: {start})"}
+    config = retrain_config(settings, len(refs))
+    progress(objects=len(refs), epoch=0, epochs=config.epochs, epochs_done=0)
+
+    def on_epoch(row: dict) -> None:
+        progress(True, epochs_done=row["epoch"], epoch=row["epoch"], val_miou=row["val_miou"], loss=row["loss"],
+                 **({"guard_miou": row["guard_miou"]} if "guard_miou" in row else {}))
+
+    def on_step(fields: dict) -> None:
+        progress(**fields, fraction=round((fields["epoch"] - 1 + fields["step"] / fields["steps_per_epoch"])
+                                          / config.epochs, 4))
+
+    outcome = train_and_promote(
+        refs, source=source, config=config, store=store, val_fraction=settings.train_val_fraction,
+        guard=settings.train_guard_dir or None, min_val_objects=settings.train_min_val_objects,
+        hold_out_objects=settings.train_min_val_objects, keep_last=settings.train_patience == 0,
+        on_epoch=on_epoch, on_progress=on_step, on_stage=stage,
+        on_resume=lambda epoch: progress(True, resumed_from_epoch=epoch))
+    return {**outcome.summary(), "data_hash": data_hash, "started_from": start}
