@@ -84,7 +84,7 @@ class Settings:
     max_body_mb: int = 64                   # DEXTR_MAX_BODY_MB: larger request bodies are refused
     max_concurrent: int = 4                 # DEXTR_MAX_CONCURRENT: /predict requests worked on at once per process
     threads: int = 0                        # DEXTR_THREADS: torch CPU threads per process (0 = CPUs / processes)
-    weights_dir: str = ""                   # DEXTR_WEIGHTS_DIR: the weights store (default: the package's weights/)
+    weights_dir: str = ""                   # DEXTR_WEIGHTS_DIR: trained and imported versions (default: ~/.cache/dextr-backend/weights)
     weights_mirror: str = ""                # DEXTR_WEIGHTS_MIRROR: where official checkpoints are downloaded from
     data_dir: str = ""                      # DEXTR_DATA_DIR: exported Label Studio labels (default: the temp dir)
     shared_data: str = ""                   # DEXTR_SHARED_DATA: the benchmark images (default: ../shared/data)
