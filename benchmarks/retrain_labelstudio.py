@@ -28,13 +28,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("DEXTR_SHARED_DATA", ROOT.parent / "shared" / "data"))
-CONFIG = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image"><Label value="Object" background="#FF0000"/></BrushLabels>
-  <KeyPointLabels name="tag2" toName="image" smart="true">
-    <Label value="Object" smart="true" background="#000000" showInline="true"/>
-  </KeyPointLabels>
-</View>"""
 
 
 def from_tests(name: str):
@@ -76,7 +69,8 @@ def make_project(ls, n: int, chosen: list) -> int:
 
     from dextr_backend.labelstudio.regions import mask_to_brush
 
-    project = ls.api("POST", "/api/projects", {"title": f"davis-{n}", "label_config": CONFIG})["id"]
+    config = from_tests("labelstudio_server").SMART_KEYPOINTS_CONFIG
+    project = ls.api("POST", "/api/projects", {"title": f"davis-{n}", "label_config": config})["id"]
     for ref in chosen:          # one upload each, so task ids follow the frames
         ls.api("POST", f"/api/projects/{project}/import",
                files={"file": (Path(ref.image).name, Path(ref.image).read_bytes())})

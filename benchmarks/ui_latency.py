@@ -129,13 +129,9 @@ def measure(ls, backend, browser, objects, shots: Path | None, mode: str, user, 
 
 
 def lsui_config() -> str:
-    return """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image"><Label value="Object" background="#FF0000"/></BrushLabels>
-  <KeyPointLabels name="tag2" toName="image" smart="true">
-    <Label value="Object" smart="true" background="#000000" showInline="true"/>
-  </KeyPointLabels>
-</View>"""
+    from labelstudio_server import SMART_KEYPOINTS_CONFIG
+
+    return SMART_KEYPOINTS_CONFIG
 
 
 def main(argv=None) -> int:

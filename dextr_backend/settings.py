@@ -16,20 +16,20 @@ from .errors import InputError
 OUTPUTS = ("auto", "brush", "polygon", "both")
 
 
-def _int(name: str, default: int) -> int:
+def _parsed(name: str, default, parse, kind: str):
     raw = os.environ.get(name, "")
     try:
-        return int(raw) if raw.strip() else default
+        return parse(raw) if raw.strip() else default
     except ValueError:
-        raise InputError(f"{name} must be a whole number, got {raw!r}") from None
+        raise InputError(f"{name} must be {kind}, got {raw!r}") from None
+
+
+def _int(name: str, default: int) -> int:
+    return _parsed(name, default, int, "a whole number")
 
 
 def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    try:
-        return float(raw) if raw.strip() else default
-    except ValueError:
-        raise InputError(f"{name} must be a number, got {raw!r}") from None
+    return _parsed(name, default, float, "a number")
 
 
 def _train_val_fraction() -> float:

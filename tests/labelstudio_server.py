@@ -27,6 +27,14 @@ TEMPLATE = CACHE / f"label-studio-{VERSION}-data"
 TOKEN = "dextrtesttoken0123456789abcdef0123456789"
 USER, PASSWORD = "admin@example.com", "dextr-test-password"
 SECRET_KEY = "dextrbackendtestsecretkey0123456789abcdefgh"
+# The labeling config annotators use: smart keypoints (the extreme points) that become brush masks.
+SMART_KEYPOINTS_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image"><Label value="Object" background="#FF0000"/></BrushLabels>
+  <KeyPointLabels name="tag2" toName="image" smart="true">
+    <Label value="Object" smart="true" background="#000000" showInline="true"/>
+  </KeyPointLabels>
+</View>"""
 
 
 class LabelStudioUnavailable(RuntimeError):

@@ -14,17 +14,12 @@ from dextr_backend.geometry import extreme_points
 from dextr_backend.labelstudio.regions import brush_to_mask, mask_to_brush
 from dextr_backend.models import build_model
 from dextr_backend.weights.store import WeightsStore
+from labelstudio_server import SMART_KEYPOINTS_CONFIG
 from services import Backend, Worker
 
 pytestmark = pytest.mark.labelstudio
 
-CONFIG = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image"><Label value="Object" background="#FF0000"/></BrushLabels>
-  <KeyPointLabels name="tag2" toName="image" smart="true">
-    <Label value="Object" smart="true" background="#000000" showInline="true"/>
-  </KeyPointLabels>
-</View>"""
+CONFIG = SMART_KEYPOINTS_CONFIG
 IMAGES = ("106024", "124080", "153077")
 
 

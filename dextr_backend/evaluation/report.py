@@ -106,20 +106,7 @@ def histogram_image(result: EvalResult, width: int = 720, height: int = 440, bin
         x = int(round(x0 + b * group))
         cv2.line(img, (x, y0), (x, y0 + 5), (30, 30, 30), 1)
         _text(img, f"{100 * b // bins}", (x, y0 + 20), anchor="center")
-    cv2.line(img, (x0, y0), (x1, y0), (30, 30, 30), 1)
-    cv2.line(img, (x0, y0), (x0, y1), (30, 30, 30), 1)
-    _text(img, "IoU (%)", ((x0 + x1) // 2, height - 15), 0.55, anchor="center")
-    ylabel = np.full((24, 120, 3), 255, np.uint8)
-    _text(ylabel, "objects", (60, 17), 0.55, anchor="center")
-    ylabel = np.ascontiguousarray(np.rot90(ylabel))
-    yc = (y0 + y1) // 2 - 60
-    img[yc:yc + 120, 8:32] = ylabel
-    _text(img, f"IoU per object (n={result.n})", (x0, 25), 0.6, thickness=1)
-    for s, (label, _, rgb) in enumerate(series):
-        ly = 25 + s * 20
-        lx = x1 - 230
-        cv2.rectangle(img, (lx, ly - 10), (lx + 12, ly + 2), rgb, -1)
-        _text(img, label, (lx + 18, ly + 1))
+    _frame(img, (x0, x1, y0, y1), "IoU (%)", "objects", f"IoU per object (n={result.n})", series)
     return img
 
 
@@ -165,19 +152,28 @@ def clicks_image(result: EvalResult, width: int = 720, height: int = 440) -> np.
         cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, rgb, 2, cv2.LINE_AA)
         for p in pts:
             cv2.circle(img, (int(p[0]), int(p[1])), 3, rgb, -1, cv2.LINE_AA)
-    _text(img, "clicks (4 extreme points, then corrections)", ((x0 + x1) // 2, height - 15), 0.55, anchor="center")
-    ylabel = np.full((24, 120, 3), 255, np.uint8)
-    _text(ylabel, "mIoU (%)", (60, 17), 0.55, anchor="center")
-    ylabel = np.ascontiguousarray(np.rot90(ylabel))
+    _frame(img, (x0, x1, y0, y1), "clicks (4 extreme points, then corrections)", "mIoU (%)",
+           f"mIoU by number of clicks (n={result.n})", series, axes=False)
+    return img
+
+
+def _frame(img: np.ndarray, box: tuple[int, int, int, int], xlabel: str, ylabel: str, title: str,
+           series, axes: bool = True) -> None:
+    """A plot's axes, axis labels (the y one turned), title and legend, drawn into ``img``."""
+    x0, x1, y0, y1 = box
+    if axes:
+        cv2.line(img, (x0, y0), (x1, y0), (30, 30, 30), 1)
+        cv2.line(img, (x0, y0), (x0, y1), (30, 30, 30), 1)
+    _text(img, xlabel, ((x0 + x1) // 2, img.shape[0] - 15), 0.55, anchor="center")
+    turned = np.full((24, 120, 3), 255, np.uint8)
+    _text(turned, ylabel, (60, 17), 0.55, anchor="center")
     yc = (y0 + y1) // 2 - 60
-    img[yc:yc + 120, 8:32] = ylabel
-    _text(img, f"mIoU by number of clicks (n={result.n})", (x0, 25), 0.6, thickness=1)
+    img[yc:yc + 120, 8:32] = np.ascontiguousarray(np.rot90(turned))
+    _text(img, title, (x0, 25), 0.6, thickness=1)
     for s, (label, _, rgb) in enumerate(series):
-        ly = 25 + s * 20
-        lx = x1 - 230
+        ly, lx = 25 + s * 20, x1 - 230
         cv2.rectangle(img, (lx, ly - 10), (lx + 12, ly + 2), rgb, -1)
         _text(img, label, (lx + 18, ly + 1))
-    return img
 
 
 def overlay_image(case: Case) -> np.ndarray:

@@ -22,17 +22,12 @@ import numpy as np
 import pytest
 
 import lsui
+from labelstudio_server import SMART_KEYPOINTS_CONFIG
 from dextr_backend.geometry import extreme_points
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.browser]
 
-KEYPOINTS = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image"><Label value="Object" background="#FF0000"/></BrushLabels>
-  <KeyPointLabels name="tag2" toName="image" smart="true">
-    <Label value="Object" smart="true" background="#000000" showInline="true"/>
-  </KeyPointLabels>
-</View>"""
+KEYPOINTS = SMART_KEYPOINTS_CONFIG
 RECTANGLE = """<View>
   <Image name="image" value="$image" zoom="true"/>
   <BrushLabels name="tag" toName="image"><Label value="Object" background="#FF0000"/></BrushLabels>

@@ -27,6 +27,7 @@ import pytest
 
 from dextr_backend.geometry import extreme_points
 from dextr_backend.labelstudio.regions import brush_to_mask
+from labelstudio_server import SMART_KEYPOINTS_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -37,13 +38,7 @@ REQUIRED = os.environ.get("DEXTR_REQUIRE_CONTAINERS") == "1"
 IMAGE = "dextr-backend:cpu"
 STEMS = ("106024", "124080", "153077")          # GrabCut pictures (../shared/data), as tests/test_e2e_labelstudio.py
 TOKEN = "dextrsmoketoken0123456789abcdef01234567"
-CONFIG = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image"><Label value="Object" background="#FF0000"/></BrushLabels>
-  <KeyPointLabels name="tag2" toName="image" smart="true">
-    <Label value="Object" smart="true" background="#000000" showInline="true"/>
-  </KeyPointLabels>
-</View>"""
+CONFIG = SMART_KEYPOINTS_CONFIG
 MAX_IMAGE_GB = 1.5
 BACKEND = ("redis", "api", "worker", "trainer", "images")   # the stack without Label Studio
 REPORT: list[str] = []            # printed in the run's summary (conftest.py)
