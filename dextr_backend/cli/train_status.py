@@ -1,7 +1,5 @@
-"""``dextr-backend train-status``: what the training queue is doing, from the command line.
-
-The table itself is :func:`dextr_backend.queue.status.table`, beside the records it reads.
-"""
+"""``dextr-backend train-status``: what the training queue is doing, from the command line, as a
+text table of every project's retraining (the same data as GET /train/status)."""
 
 from __future__ import annotations
 
@@ -9,6 +7,55 @@ import argparse
 import json
 
 from ..queue import redis_url
+
+RUNS_SHOWN = 5
+
+
+def _progress(run: dict) -> str:
+    prog = run.get("progress") or {}
+    epochs = prog.get("epochs", "-")
+    if run.get("status") == "running" and prog.get("steps_per_epoch"):
+        return f"epoch {prog.get('epoch')}/{epochs} step {prog.get('step')}/{prog['steps_per_epoch']}"
+    if "epochs_done" in prog:
+        return f"{prog['epochs_done']}/{epochs} epochs"
+    return "-"
+
+
+def _outcome(run: dict) -> str:
+    if run.get("error"):
+        return run["error"]
+    result = run.get("result") or {}
+    if "version" in result:
+        return f"{result['version']}: {result.get('reason') or ('promoted' if result.get('promoted') else 'kept')}"
+    return run.get("note") or "-"
+
+
+def _when(stamp: str | None) -> str:
+    return (stamp or "-").replace("T", " ")[:19]
+
+
+def table(projects: list[dict]) -> str:
+    lines = []
+    for p in projects:
+        head = f"project {p['project']}: {p['status']}"
+        if p.get("job"):
+            head += f" (job {p['job']})"
+        if p.get("again"):
+            head += ", one more run scheduled after this one"
+        lines.append(head)
+        if p.get("note"):
+            lines.append(f"  note: {p['note']}")
+        runs = p.get("runs", [])[:RUNS_SHOWN]
+        if runs:
+            lines.append(f"  {'run':<8} {'started':<19}  {'status':<11}  {'stage':<24}  {'progress':<26}  "
+                         f"{'val mIoU':>8}  outcome")
+        for r in runs:
+            val = (r.get("progress") or {}).get("val_miou")
+            val = f"{val:.2f}" if isinstance(val, (int, float)) else "-"
+            lines.append(f"  {r['run']:<8} {_when(r.get('started')):<19}  {r.get('status', '-'):<11}  "
+                         f"{str(r.get('stage', '-'))[:24]:<24}  {_progress(r):<26}  {val:>8}  {_outcome(r)}")
+    return "\n".join(lines)
+
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +70,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..queue.client import QueueClient
-    from ..queue.status import table
     from ..settings import Settings
 
     client = QueueClient(redis_url(args.redis_url or Settings.from_env().redis_url, "training jobs live in Redis"))
