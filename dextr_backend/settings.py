@@ -150,12 +150,6 @@ class Settings:
 
         return Path(self.data_dir or Path(tempfile.gettempdir()) / "dextr-backend") / f"ls-{project}"
 
-    def for_threads(self, threads: int) -> "Settings":
-        """These settings with ``threads`` fixed (``serve --threads``, shared by its processes)."""
-        from dataclasses import replace
-
-        return replace(self, threads=threads)
-
 
 def max_image_pixels() -> int:
     """``DEXTR_MAX_IMAGE_PIXELS`` alone, for the decoder's module-level limit (imported early)."""

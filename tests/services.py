@@ -13,6 +13,16 @@ from pathlib import Path
 import redis
 
 
+def poll(condition, seconds: float, step: float = 0.1):
+    """The first truthy value of ``condition()`` within ``seconds``, else its last (falsy) value."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(step)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

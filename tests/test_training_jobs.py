@@ -29,7 +29,7 @@ from dextr_backend.labelstudio.regions import mask_to_brush
 from dextr_backend.models import build_model
 from dextr_backend.queue.client import QueueClient
 from dextr_backend.weights.store import WeightsStore
-from services import Backend, Worker
+from services import Backend, Worker, poll
 from test_training import make_shapes
 
 TOKEN = "dextr-test-token-5f1c9a7e3b"
@@ -123,13 +123,10 @@ def project_status(client: QueueClient) -> dict:
 
 
 def wait_until(condition, seconds: float, what: str, step: float = 0.2):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"not within {seconds:g} s: {what}")
+    value = poll(condition, seconds, step)
+    if not value:
+        raise AssertionError(f"not within {seconds:g} s: {what}")
+    return value
 
 
 def assert_token_nowhere(url: str, logs: list[Path]) -> None:

@@ -21,7 +21,7 @@ from dextr_backend.queue.client import QueueClient
 from dextr_backend.queue.keys import ALIVE_TTL, alive_key
 from dextr_backend.queue.worker import DextrWorker, connect
 from dextr_backend.weights.store import WeightsStore
-from services import Worker
+from services import Worker, poll
 from test_server import body
 
 IDLE_SECONDS = 100     # past rq's connection backoff (1+2+4+...+32 s, then 60 s at a time)
@@ -34,15 +34,6 @@ def env(tmp_path, image_server):
     WeightsStore(root).add_version(build_model("lite0").state_dict(), "lite0", name="served", make_current=True)
     return {"DEXTR_WEIGHTS_DIR": str(root), "DEXTR_ALLOWED_HOSTS": image_server, "DEXTR_DEVICE": "cpu",
             "DEXTR_THREADS": "1"}
-
-
-def wait_for(condition, seconds: float, step: float = 0.1):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return False
 
 
 def test_an_idle_worker_still_answers(private_redis, env, image_server, tmp_path):
@@ -73,10 +64,10 @@ def test_a_stopped_worker_drops_out_of_health(private_redis, env, tmp_path):
         assert starting and starting[0]["threads"] == 1              # DEXTR_THREADS
         os.kill(worker.proc.pid, signal.SIGSTOP)
         stopped = time.monotonic()
-        assert wait_for(lambda: client.workers() == [], ALIVE_TTL + 2), "a stopped worker still counted as alive"
+        assert poll(lambda: client.workers() == [], ALIVE_TTL + 2), "a stopped worker still counted as alive"
         assert time.monotonic() - stopped <= ALIVE_TTL + 2
         os.kill(worker.proc.pid, signal.SIGCONT)
-        assert wait_for(lambda: len(client.workers()) == 1, 10), "the worker did not come back"
+        assert poll(lambda: len(client.workers()) == 1, 10), "the worker did not come back"
     finally:
         os.kill(worker.proc.pid, signal.SIGCONT)
         worker.stop()
@@ -107,12 +98,12 @@ def test_the_heartbeat_stops_when_the_dequeue_loop_stops_listening(private_redis
     thread.start()
     client = QueueClient(private_redis.url)
     try:
-        assert wait_for(lambda: client.workers() == ["in-thread"], 10)
+        assert poll(lambda: client.workers() == ["in-thread"], 10)
         mode["now"] = "deaf"
-        assert wait_for(lambda: client.workers() == [], ALIVE_TTL + 3), "a deaf worker still counted as alive"
+        assert poll(lambda: client.workers() == [], ALIVE_TTL + 3), "a deaf worker still counted as alive"
         assert thread.is_alive()
         mode["now"] = "listen"
-        assert wait_for(lambda: client.workers() == ["in-thread"], 15), "the worker did not listen again"
+        assert poll(lambda: client.workers() == ["in-thread"], 15), "the worker did not listen again"
     finally:
         mode["now"] = "stop"
         thread.join(20)
@@ -149,12 +140,12 @@ def test_a_dead_workers_prediction_is_failed_by_another_worker(private_redis, en
     try:
         job = QueueClient(url).predict_queue.enqueue_call("dextr_backend.labelstudio.jobs.predict",
                                                           args=(_slow_batch(image_server, 90),), timeout=300)
-        assert wait_for(lambda: Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED, 30)
+        assert poll(lambda: Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED, 30)
         name = Job.fetch(job.id, connection=conn).worker_name
         (busy,) = [w for w in workers if f"-{w.proc.pid}-" in name]
         busy.kill()
         killed = time.monotonic()
-        assert wait_for(lambda: Job.fetch(job.id, connection=conn).get_status() == JobStatus.FAILED, 45, step=0.5)
+        assert poll(lambda: Job.fetch(job.id, connection=conn).get_status() == JobStatus.FAILED, 45, step=0.5)
         assert time.monotonic() - killed < 45
         failed = Job.fetch(job.id, connection=conn).latest_result()
         assert f"worker {name} stopped answering" in failed.exc_string
@@ -178,9 +169,9 @@ def test_a_worker_started_before_redis_waits_for_it(env, tmp_path):
                                 env={**os.environ, **env, "DEXTR_REDIS_WAIT": "90"}, stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
-        assert wait_for(lambda: "waiting for Redis" in log.read_text(), 60), log.read_text()
+        assert poll(lambda: "waiting for Redis" in log.read_text(), 60), log.read_text()
         server.start()
-        assert wait_for(lambda: len(QueueClient(server.url).workers()) == 1, 60), log.read_text()
+        assert poll(lambda: len(QueueClient(server.url).workers()) == 1, 60), log.read_text()
         assert proc.poll() is None
     finally:
         proc.terminate()

@@ -138,11 +138,12 @@ def _error(message: str) -> str:
     return json.dumps({"error": message})
 
 
-def handle(predictor, body, cache: ImageCache | None = None, logger=None) -> tuple[int, str]:
-    """``(status, JSON text)`` for one request body; never raises."""
+def handle(serving, body, cache: ImageCache | None = None, logger=None) -> tuple[int, str]:
+    """``(status, JSON text)`` for one request body, answered by ``serving.get()`` (the resident
+    predictor, or a pinned one); never raises."""
     try:
         request = parse_request(body, cache)
-        return 200, answer(predictor, request)
+        return 200, answer(serving.get(), request)
     except DextrError as exc:
         status = http_status(exc)
         if logger is not None and status >= 500:       # weights missing or broken: the deployment's fault
@@ -186,13 +187,7 @@ def handler(context, event):
             status, body = 503, _error(f"model could not be loaded: {exc}")
             return context.Response(body=body, headers={}, content_type="application/json", status_code=status)
     with state.lock:
-        try:
-            predictor = state.serving.get()
-        except DextrError as exc:
-            context.logger.error(f"DEXTR cannot answer: {exc}")
-            return context.Response(body=_error(str(exc)), headers={}, content_type="application/json",
-                                    status_code=http_status(exc))
-        status, body = handle(predictor, event.body, state.cache, context.logger)
+        status, body = handle(state.serving, event.body, state.cache, context.logger)
     if 400 <= status < 500:
         context.logger.info(f"DEXTR bad request: {json.loads(body)['error']}")
     return context.Response(body=body, headers={}, content_type="application/json", status_code=status)

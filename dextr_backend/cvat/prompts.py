@@ -77,7 +77,11 @@ def pixel_box(box, width: int, height: int) -> tuple[float, float, float, float]
 
 def extreme_clicks(pos_points, box, width: int, height: int) -> np.ndarray | None:
     """The extreme points to segment from, by the rule in the module docstring, or None."""
-    points = pixel_points(pos_points, width, height, "positive point")
+    return _extremes(pixel_points(pos_points, width, height, "positive point"), box, width, height)
+
+
+def _extremes(points: np.ndarray, box, width: int, height: int) -> np.ndarray | None:
+    """:func:`extreme_clicks` for positive points already checked by :func:`pixel_points`."""
     if len(points) >= 4:
         return points
     rect = pixel_box(box, width, height)
@@ -95,9 +99,9 @@ def object_clicks(pos_points, neg_points, box, width: int, height: int):
     """``(extreme points, positive corrections, negative corrections)`` for one object, by the rule
     in the module docstring, or None when the prompts are not enough yet."""
     negatives = pixel_points(neg_points, width, height, "negative point")
-    points = extreme_clicks(pos_points, box, width, height)
+    positives = pixel_points(pos_points, width, height, "positive point")
+    points = _extremes(positives, box, width, height)
     if points is None:
         return None
-    positives = pixel_points(pos_points, width, height, "positive point")
     extra = positives[4:] if len(positives) >= 4 else np.zeros((0, 2))
     return points[:4], extra, negatives

@@ -34,10 +34,10 @@ def backend() -> LabelStudioBackend:
     return _BACKEND
 
 
-def _crashed(what: str, exc: Exception, **extra) -> dict:
-    """A bug: logged in full, answered without internals."""
+def _crashed(what: str, exc: Exception, answer: str, **extra) -> dict:
+    """A bug: logged in full, answered with ``answer`` (no internals)."""
     log.error(f"{what} job crashed", extra={**extra, "error": repr(exc), "trace": traceback.format_exc()})
-    return {"error": f"internal error in the worker ({type(exc).__name__})", "status": 500, "kind": "InternalError"}
+    return {"error": answer, "status": 500, "kind": "InternalError"}
 
 
 def predict(request: dict) -> dict:
@@ -55,7 +55,7 @@ def predict(request: dict) -> dict:
     except DextrError as exc:
         return error_payload(exc)
     except Exception as exc:  # noqa: BLE001 - see _crashed
-        return _crashed("predict", exc)
+        return _crashed("predict", exc, f"internal error in the worker ({type(exc).__name__})")
 
 
 def train_project(project: int) -> dict:
@@ -100,8 +100,6 @@ def _train_once(project: int, run, redis_conn) -> dict:
         raise
     except DextrError as exc:
         return error_payload(exc)
-    except Exception as exc:  # noqa: BLE001 - a bug: log it fully; the run still ends, as failed
-        log.error("training job crashed", extra={"project": project, "error": repr(exc),
-                                                 "trace": traceback.format_exc()})
-        return {"error": f"internal error in the training worker ({type(exc).__name__}: "
-                         f"{redact_text(str(exc))[:200]})", "status": 500, "kind": "InternalError"}
+    except Exception as exc:  # noqa: BLE001 - a bug (see _crashed); the run still ends, as failed
+        return _crashed("training", exc, f"internal error in the training worker ({type(exc).__name__}: "
+                                         f"{redact_text(str(exc))[:200]})", project=project)

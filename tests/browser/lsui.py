@@ -561,13 +561,3 @@ def iou(a, b) -> float:
 
 def dump(obj) -> str:
     return json.dumps(obj, default=str)[:2000]
-
-
-def wait_until(condition, seconds: float, step: float = 0.5):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    return condition()

@@ -28,6 +28,7 @@ import pytest
 from dextr_backend.geometry import extreme_points
 from dextr_backend.labelstudio.regions import brush_to_mask
 from labelstudio_server import SMART_KEYPOINTS_CONFIG
+from services import poll
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -303,12 +304,8 @@ def write_env_file(s: Stack) -> None:
 
 
 def wait_for(predicate, timeout: float, describe, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(1)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s\n{describe()}")
+    if not poll(predicate, timeout, step=1):
+        raise AssertionError(f"{what}: not within {timeout:.0f} s\n{describe()}")
 
 
 

@@ -76,6 +76,15 @@ def kp(x, y, **over):
 CLICKS = [kp(30, 60), kp(130, 62), kp(80, 20), kp(82, 100)]
 
 
+def with_field(body: dict, key: str, value) -> dict:
+    """``body`` with ``key`` set to ``value``, or without ``key`` when ``value`` is None."""
+    if value is None:
+        body.pop(key, None)
+    else:
+        body[key] = value
+    return body
+
+
 def predict_body(host, *, result=CLICKS, image="/ok.png", task=None, **extra):
     task = task if task is not None else {"id": 1, "data": {"image": f"http://{host}{image}"}}
     body = {"tasks": [task], "project": "3.1700000000", "label_config": CONFIG,
@@ -113,12 +122,7 @@ def corpus(host: str) -> list[tuple[str, str, str, bytes]]:
     for name, tasks in {"missing": None, "object": {}, "empty": [], "string": "x", "number": 5,
                         "list-of-int": [1], "list-of-null": [None], "list-of-list": [[]],
                         "too-many": [ok_task] * 101}.items():
-        body = predict_body(host)
-        if tasks is None:
-            body.pop("tasks")
-        else:
-            body["tasks"] = tasks
-        add(f"tasks {name}", body)
+        add(f"tasks {name}", with_field(predict_body(host), "tasks", tasks))
     for name, cfg in {"missing": None, "empty": "", "number": 5, "list": ["<View/>"], "not-xml": "<View",
                       "no-image": "<View><Text name='t' value='$t'/></View>",
                       "no-outputs": "<View><Image name='image' value='$image'/></View>",
@@ -128,12 +132,7 @@ def corpus(host: str) -> list[tuple[str, str, str, bytes]]:
                                         + "]><View><Image name='image' value='$image'/>&i;</View>",
                       "external-entity": '<?xml version="1.0"?><!DOCTYPE v [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
                                          "<View><Image name='image' value='$image'/>&x;</View>"}.items():
-        body = predict_body(host)
-        if cfg is None:
-            body.pop("label_config")
-        else:
-            body["label_config"] = cfg
-        add(f"label_config {name}", body)
+        add(f"label_config {name}", with_field(predict_body(host), "label_config", cfg))
     for name, params in {"string": "x", "list": [], "number": 3, "context-string": {"context": "x"},
                          "context-list": {"context": []}, "result-string": {"context": {"result": "x"}},
                          "result-number": {"context": {"result": 5}},
