@@ -5,9 +5,9 @@ backend (`dextr-backend serve`) once without and once with REDIS_URL, and `dextr
 worker` processes. Every request is a real Label Studio interactive body with 4 clicks on the
 same picture (so the image cache is warm after the first), sent over loopback HTTP.
 
-Corrective clicks: the current version grown into ``lite0c`` (the same masks at 4 clicks; its
-corrector costs what a trained one costs) answers 4 clicks, and 4 clicks plus one positive and
-one negative correction (two network passes), in-process.
+Corrective clicks: the current version answers 4 clicks, and 4 clicks plus one positive and one
+negative correction, in-process, with each corrector of ``--correctors`` (``auto``: the version's
+own; ``fbrs``: f-BRS-B, which iterates, at most 20 head evaluations per request).
 
     python benchmarks/serve_latency.py                  # 50 requests each, 2-worker throughput for 20 s
     python benchmarks/serve_latency.py --requests 200 --json
@@ -43,21 +43,6 @@ def request_body(host: str, w: int, h: int, points, negatives=()) -> bytes:
               for (x, y), positive in [(p, True) for p in points] + [(n, False) for n in negatives]]
     return json.dumps({"tasks": [{"id": 1, "data": {"image": f"http://{host}/picture.png"}}], "project": "1.1",
                        "label_config": CONFIG, "params": {"context": {"result": result}}}).encode()
-
-
-def grown_store(root: Path) -> Path:
-    """A weights store whose current version is this machine's current one grown into ``lite0c``."""
-    from dextr_backend.models.corrective import grow_corrective
-    from dextr_backend.settings import Settings
-    from dextr_backend.weights.store import WeightsStore
-
-    loaded = WeightsStore.from_settings(Settings.from_env()).load()
-    if loaded.arch != "lite0":
-        raise SystemExit(f"the current version is {loaded.arch}; lite0c grows from a lite0 version")
-    WeightsStore(root).add_version(grow_corrective(loaded.state_dict), "lite0c", name=f"{loaded.version}-lite0c",
-                                   input_size=loaded.input_size, threshold=loaded.threshold,
-                                   trim=loaded.meta.trim, make_current=True)
-    return root
 
 
 def post(url: str, body: bytes) -> float:
@@ -102,6 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="duration of the throughput run")
     p.add_argument("--clients", type=int, default=4, help="concurrent clients in the throughput run")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (OMP_NUM_THREADS)")
+    p.add_argument("--correctors", default="auto,fbrs",
+                   help="comma-separated DEXTR_CORRECTOR values whose corrected requests are timed")
     p.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     args = p.parse_args(argv)
 
@@ -135,13 +122,14 @@ def main(argv=None) -> int:
         out["throughput_2_workers"] = throughput(api.url, body, args.clients, args.seconds)
         for proc in procs:
             proc.stop()
-        corrective = Backend({**env, "DEXTR_WEIGHTS_DIR": str(grown_store(tmp / "store"))},
-                             log=tmp / "corrective.log").start()
-        procs.append(corrective)
         corrected = request_body(host, 640, 480, [[140, 240], [500, 240], [320, 110], [320, 370], [400, 200]],
                                  negatives=[[250, 300]])
-        out["lite0c_4_clicks"] = latency(corrective.url, body, args.requests)
-        out["lite0c_4_plus_2_corrections"] = latency(corrective.url, corrected, args.requests)
+        for name in args.correctors.split(","):
+            backend = Backend({**env, "DEXTR_CORRECTOR": name}, log=tmp / f"corrector-{name}.log").start()
+            procs.append(backend)
+            out[f"{name}_4_clicks"] = latency(backend.url, body, args.requests)
+            out[f"{name}_4_plus_2_corrections"] = latency(backend.url, corrected, args.requests)
+            backend.stop()
     finally:
         for proc in procs:
             proc.stop()
@@ -154,12 +142,15 @@ def main(argv=None) -> int:
     print(f"queue overhead (p50)  {overhead:+.1f} ms")
     print(f"throughput, {args.clients} clients: 1 worker {out['throughput_1_worker']:.1f} req/s, "
           f"2 workers {out['throughput_2_workers']:.1f} req/s")
-    ratio = out["lite0c_4_plus_2_corrections"]["p50"] / out["lite0c_4_clicks"]["p50"]
-    for mode in ("lite0c_4_clicks", "lite0c_4_plus_2_corrections"):
-        print(f"{mode:<30}{out[mode]['p50']:>9.1f}{out[mode]['p95']:>9.1f}")
-    print(f"corrections cost (p50)  x{ratio:.2f} the 4-click request")
+    ratios = {}
+    for name in args.correctors.split(","):
+        ratios[name] = out[f"{name}_4_plus_2_corrections"]["p50"] / out[f"{name}_4_clicks"]["p50"]
+        for mode in (f"{name}_4_clicks", f"{name}_4_plus_2_corrections"):
+            print(f"{mode:<34}{out[mode]['p50']:>9.1f}{out[mode]['p95']:>9.1f}")
+        print(f"corrections cost with {name} (p50)  x{ratios[name]:.2f} the 4-click request")
     if args.json:
-        print(json.dumps({**out, "queue_overhead_p50_ms": overhead, "corrections_ratio_p50": round(ratio, 3)}))
+        print(json.dumps({**out, "queue_overhead_p50_ms": overhead,
+                          "corrections_ratio_p50": {k: round(v, 3) for k, v in ratios.items()}}))
     return 0
 
 

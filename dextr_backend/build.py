@@ -39,6 +39,8 @@ def predictor_for(loaded: LoadedWeights, *, device: str | torch.device = "auto",
     """A predictor for loaded weights, with the version's threshold, trim and input size
     (``kwargs`` such as ``threshold`` or ``postprocess`` override them)."""
     kwargs.setdefault("threshold", loaded.threshold)
+    if kwargs.get("corrector") in (None, "auto") and loaded.meta.corrector:
+        kwargs["corrector"] = loaded.meta.corrector      # the version's own way with corrective clicks
     return make_predictor(model_from(loaded.arch, loaded.state_dict), loaded.arch, loaded.input_size,
                           trim=loaded.meta.trim, version=loaded.version, device=device, flip=flip,
                           cpu_bf16=cpu_bf16, **kwargs)
@@ -54,6 +56,7 @@ def build_predictor(version: str | None = None, *, settings: Settings | None = N
     store = store if store is not None else WeightsStore.from_settings(settings)
     kwargs.setdefault("flip", settings.flip)
     kwargs.setdefault("cpu_bf16", settings.cpu_bf16)
+    kwargs.setdefault("corrector", settings.corrector)
     loaded = store.load(version if version is not None else settings.weights)
     return predictor_for(loaded, device=device if device is not None else settings.device, **kwargs)
 

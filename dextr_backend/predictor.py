@@ -8,6 +8,7 @@ no environment and knows no weights store: ``build.build_predictor`` makes one f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -17,6 +18,9 @@ import torch
 from torch import nn
 
 from . import geometry
+from .correctors import CorrectionJob, choose_corrector, make_consistent
+from .correctors.fbrs import FeatureBRS, lite_network
+from .correctors.graphcut import local_grabcut
 from .errors import InputError
 from .imageio import as_rgb
 from .postprocess import PostProcess
@@ -102,18 +106,22 @@ class DextrPredictor:
     >>> pred.mask.shape == image.shape[:2]
     >>> fixed = predictor.predict(image, points, positives=[[x, y]], negatives=[])
 
-    A request is stateless and costs at most two network passes: the extreme points give the
-    previous mask (pass 1), then all corrective clicks at once (pass 2, same crop). A version
-    without corrections ignores them and says so in the log.
+    A request is stateless: the extreme points give the previous mask (pass 1), then all
+    corrective clicks at once correct it in the same crop, by the ``corrector``'s steps
+    (``correctors``: the network's own pass 2, a local graph cut, f-BRS with at most 20 evaluations
+    of the small head). Without a corrector, clicks are ignored and the log says so.
     """
 
     def __init__(self, model: nn.Module, input_size: int, *, threshold: float = 0.8, pad: int = geometry.PAD,
                  sigma: float | None = None, device: str | torch.device = "auto",
                  postprocess: PostProcess | None = None, version: str = "custom", batch_size: int = 8,
-                 cpu_bf16: bool = False, flip: bool = False, corrections: bool | None = None):
+                 cpu_bf16: bool = False, flip: bool = False, corrections: bool | None = None,
+                 corrector: str | None = None):
         self.device = pick_device(device)
         # Whether the network takes the 7-channel input with corrective clicks (models docstring).
-        self.corrections = bool(getattr(model, "corrections", False)) if corrections is None else corrections
+        network = bool(getattr(model, "corrections", False)) if corrections is None else corrections
+        self.steps = choose_corrector(corrector, network, model)   # correctors' steps, in order
+        self.corrections = bool(self.steps)
         self._told_ignored = False
         # Test-time flip: the mirrored crop's logits, mirrored back, are averaged in; twice the
         # network time for a small gain (the model cards give it per version).
@@ -137,6 +145,12 @@ class DextrPredictor:
             self.model.reuse_base = True
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._fbrs = FeatureBRS(lite_network(self.model), self.device) if "fbrs" in self.steps else None
+
+    @property
+    def corrector_name(self) -> str:
+        """How corrective clicks are used, as ``DEXTR_CORRECTOR`` names it (``none`` where they are not)."""
+        return "+".join(self.steps) or "none"
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -238,14 +252,32 @@ class DextrPredictor:
             if dropped:
                 log.info("%d corrective click(s) outside the crop of the extreme points dropped", dropped)
             if len(pos_in) + len(neg_in):
+                s = crop.resolution
+                job = CorrectionJob(x, prev, geometry.to_crop(pos_in, crop.box, s), geometry.to_crop(neg_in, crop.box, s))
                 inputs.append(np.concatenate([x, extra], axis=2))
-                kept.append((j, crop, prev, pos_in, len(pos_in) + len(neg_in)))
-        if not inputs:
+                kept.append((j, crop, job, pos_in, len(pos_in) + len(neg_in)))
+        if not kept:
             return out
-        second = self.forward(np.stack(inputs))
-        for prob, (j, crop, prev, pos_in, used) in zip(second, kept):
-            out[j] = self._finish(prob, prev, crop, points[j], pos_in, used)
+        network = self.steps[0] == "network"
+        second = self.forward(np.stack(inputs)) if network else [None] * len(kept)
+        for prob, (j, crop, job, pos_in, used) in zip(second, kept):
+            prob = self._corrected(prob, job)
+            out[j] = self._finish(prob, job.previous, crop, points[j], pos_in, used)
         return out
+
+    def _corrected(self, network_prob: np.ndarray | None, job: CorrectionJob) -> np.ndarray:
+        """One object's corrected crop probabilities: each step of the chosen method (``correctors``)
+        starts from the last one's answer."""
+        prob = job.previous
+        for step in self.steps:
+            if step == "network":
+                prob = network_prob
+            elif step == "consistent":
+                prob = make_consistent(prob, job, self.threshold)
+            else:
+                fix = self._fbrs if step == "fbrs" else local_grabcut
+                prob = fix(dataclasses.replace(job, previous=prob), self.threshold)
+        return prob
 
     def _finish(self, prob: np.ndarray, first: np.ndarray, crop: geometry.Crop, pts: np.ndarray,
                 positives: np.ndarray | None = None, used: int = 0) -> Prediction:

@@ -63,6 +63,7 @@ class Settings:
     basic_auth_pass: str | None = None      # BASIC_AUTH_PASS
     weights: str | None = None              # DEXTR_WEIGHTS: version to serve (default: the current one)
     device: str = "auto"                    # DEXTR_DEVICE
+    corrector: str = "auto"                 # DEXTR_CORRECTOR: auto | network | fbrs | graphcut [+consistent] | none
     output: str = "auto"                    # DEXTR_OUTPUT: auto | brush | polygon | both
     predict_timeout: float = 30.0           # DEXTR_PREDICT_TIMEOUT: seconds /predict waits for a worker
     allowed_hosts: tuple[str, ...] = ()     # DEXTR_ALLOWED_HOSTS: extra image hosts, comma-separated
@@ -119,6 +120,7 @@ class Settings:
             max_image_mb=_int("DEXTR_MAX_IMAGE_MB", 50),
             train_every=_int("DEXTR_TRAIN_EVERY", 0),
             train_epochs=_int("DEXTR_TRAIN_EPOCHS", 6),
+            corrector=(env.get("DEXTR_CORRECTOR", "").strip() or "auto").lower(),
             train_max_minutes=_float("DEXTR_TRAIN_MAX_MINUTES", 30.0),
             train_samples=_int("DEXTR_TRAIN_SAMPLES", 0),
             train_val_fraction=_train_val_fraction(),

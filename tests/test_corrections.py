@@ -519,6 +519,34 @@ def test_lite0h_training_moves_only_the_head(tmp_path):
     assert result.best_val_miou == result.history[0]["val_miou_6"]
 
 
+def test_retraining_a_trained_lite0h_fine_tunes_its_parent_and_keeps_its_head(tmp_path):
+    """A team's labels teach the extreme-point masks: a lite0h version whose head is trained fine-tunes
+    its parent on the 4-click loss, and its head stays as it was (TrainConfig.train_part)."""
+    from dextr_backend.data.objects import folder_objects
+    from dextr_backend.data.splits import split
+    from dextr_backend.training.trainer import Trainer
+
+    refs = folder_objects(make_shapes(tmp_path / "shapes"))
+    train, val = split(refs)
+    state = grow_state("lite0h", build_model("lite0").state_dict())
+    state["head.out.weight"] = torch.full_like(state["head.out.weight"], 0.01)        # a trained head
+    trainer = Trainer(small_config(arch="lite0h", samples_per_epoch=8, lr=1e-2, val_objects=2), train, val,
+                      tmp_path / "run", init_state=state)
+    assert trainer.part == "parent" and not trainer.model.reuse_base
+    trained = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert trained and trained <= {id(p) for p in trainer.model.base.parameters()}
+    result = trainer.run()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items() if k.startswith("head."))
+    assert any(not torch.equal(after[k], v) for k, v in state.items() if k.startswith("base.") and v.is_floating_point())
+    assert "val_miou_6" in result.history[0]           # still scored with its corrections
+    grown = Trainer(small_config(arch="lite0h", samples_per_epoch=8, val_objects=2), train, val, tmp_path / "run2",
+                    init_state=grow_state("lite0h", build_model("lite0").state_dict()))
+    assert grown.part == "head"
+    with pytest.raises(InputError, match="head or parent"):
+        Trainer(small_config(arch="lite0h", train_part="both"), train, val, tmp_path / "run3", init_state=state)
+
+
 def test_lite0h_predictor_runs_the_backbone_once_per_crop(parent, scene):
     image, points = scene
     model = load_state(build_model("lite0h"), grow_state("lite0h", parent.state_dict())).eval()

@@ -84,17 +84,21 @@ def test_clicks_in_label_studio_become_a_mask_and_training_bumps_the_version(sta
     iou = (mask & truth).sum() / (mask | truth).sum()
     assert iou > 0.8, f"IoU {iou:.3f} through Label Studio"
 
-    # 1b. One correction, an Alt-click on the background inside the object's box. The shipped
-    # default takes no corrections: the same mask comes back, and the worker's log says why.
-    ys, xs = np.nonzero(~truth[truth.any(1)][:, truth.any(0)])
-    background = (int(np.nonzero(truth.any(0))[0][0] + xs[0]), int(np.nonzero(truth.any(1))[0][0] + ys[0]))
-    alt_click = {**keypoints([background], w, h)[0], "id": "kp-neg", "is_positive": False}
+    # 1b. One correction where the annotator would click (the protocol's next click: an Alt-click
+    # where the mask covers background, a plain one where it misses the object). The shipped
+    # default takes corrections: the mask changes and comes closer to the truth.
+    from dextr_backend.evaluation.clicks import next_click
+
+    click = next_click(mask, truth)
+    extra = {**keypoints([(click.x, click.y)], w, h)[0], "id": "kp-fix", "is_positive": click.positive}
     corrected = ls.api("POST", f"/api/ml/{ml['id']}/interactive-annotating",
                        {"task": tasks[0]["id"],
-                        "context": {"result": keypoints(extreme_points(truth), w, h) + [alt_click]}})
+                        "context": {"result": keypoints(extreme_points(truth), w, h) + [extra]}})
     (fixed,) = [r for r in corrected["data"]["result"] if r["type"] == "brushlabels"]
-    assert (brush_to_mask(fixed["value"], h, w) == mask).all()
-    assert "take no corrective clicks" in stack["workers"][0].log.read_text()
+    fixed = brush_to_mask(fixed["value"], h, w)
+    assert (fixed != mask).any(), "the corrective click did not change the mask"
+    assert (fixed & truth).sum() / (fixed | truth).sum() > iou, "the corrective click made the mask worse"
+    assert "take no corrective clicks" not in stack["workers"][0].log.read_text()
 
     # 2. Accepted labels, then Start Training: a better model is promoted and LS sees its version.
     torch.manual_seed(0)

@@ -19,19 +19,20 @@ RANKS = {
     "__init__": 0, "errors": 0, "redact": 0,
     "settings": 1, "logs": 1, "threads": 1,
     "geometry": 2, "imageio": 2, "postprocess": 2, "overlay": 2, "models": 2,
-    "predictor": 3,
-    "shipped_weights": 3,            # the shipped .pt files and their index: data, no code
-    "weights": 4,
-    "build": 5,
-    "data": 6,
-    "evaluation": 7,
-    "training": 8,
-    "service": 9,
-    "queue": 10,
-    "labelstudio": 11, "cvat": 11,
-    "server": 12,
-    "cli": 13,
-    "__main__": 14,
+    "correctors": 3,
+    "predictor": 4,
+    "shipped_weights": 4,            # the shipped .pt files and their index: data, no code
+    "weights": 5,
+    "build": 6,
+    "data": 7,
+    "evaluation": 8,
+    "training": 9,
+    "service": 10,
+    "queue": 11,
+    "labelstudio": 12, "cvat": 12,
+    "server": 13,
+    "cli": 14,
+    "__main__": 15,
 }
 MAX_LINES = 300
 

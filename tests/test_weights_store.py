@@ -60,7 +60,8 @@ def test_add_use_current_load_round_trip(store, lite_state):
     manifest = json.loads((store.root / "manifest.json").read_text())
     assert manifest["current"] == "v1"
     assert set(manifest["versions"][1]) == {"name", "arch", "input_size", "threshold", "trim", "file", "sha256",
-                                            "size", "metrics", "parent", "created", "source", "card"}
+                                            "size", "metrics", "parent", "created", "source", "card", "base",
+                                            "corrector"}
     # Nothing but the manifest, its lock and the two weight files: no temp files left behind.
     assert sorted(p.name for p in store.root.iterdir()) == [".manifest.lock", "manifest.json", "v1.pt", "v2.pt"]
 
@@ -309,3 +310,47 @@ def test_the_stamp_changes_with_every_write_and_reads_are_cached(store, lite_sta
     other.use("b")
     assert store.stamp() != after_add and store.current().name == "b"
     assert reads                                        # re-read once the stamp moved
+
+
+def test_a_grown_version_ships_only_its_head_over_its_parents_file(weights_dir, tmp_path, lite_state):
+    """lite0h's frozen parent is not stored twice: its file holds the head, ``base`` names the parent's."""
+    from dextr_backend.models import grow_state
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    torch.save(lite_state, shipped / "lite0-base.pt")
+    parent = (shipped / "lite0-base.pt").read_bytes()
+    grown = grow_state("lite0h", lite_state)
+    head = {k: v for k, v in grown.items() if k.startswith("head.")}
+    head["head.out.bias"] = torch.full_like(head["head.out.bias"], 0.25)       # a "trained" head
+    torch.save(head, shipped / "lite0h-head.pt")
+    own = (shipped / "lite0h-head.pt").read_bytes()
+    base = {"file": "lite0-base.pt", "sha256": hashlib.sha256(parent).hexdigest(), "size": len(parent)}
+    records = [{"name": "lite0-base", "arch": "lite0", "input_size": 384, "threshold": 0.5, "file": "lite0-base.pt",
+                "sha256": base["sha256"], "size": len(parent)},
+               {"name": "lite0h-1", "arch": "lite0h", "input_size": 384, "threshold": 0.5, "file": "lite0h-head.pt",
+                "sha256": hashlib.sha256(own).hexdigest(), "size": len(own), "base": base,
+                "corrector": "network+consistent"}]
+    (shipped / "index.json").write_text(json.dumps({"default": "lite0h-1", "versions": records}))
+    store = WeightsStore(weights_dir, shipped_dir=shipped)
+
+    assert len(own) < len(parent) / 20, "the head file must not hold the parent"
+    loaded = store.load()
+    assert loaded.arch == "lite0h"
+    assert_same_state(loaded.state_dict, {**grown, "head.out.bias": head["head.out.bias"]})
+    predictor = build_predictor(store=store, device="cpu")
+    assert predictor.corrector_name == "network+consistent" and store.current().takes_corrections
+
+    # A tampered parent file is refused by the grown version too, before anything is unpickled.
+    (shipped / "lite0-base.pt").write_bytes(parent[:-10] + b"0123456789")
+    with pytest.raises(WeightsError, match="lite0-base.pt of version 'lite0h-1' is corrupt"):
+        store.load("lite0h-1")
+
+
+def test_a_retrained_version_serves_corrections_as_its_parent_does(store, lite_state):
+    parent = store.add_version(lite_state, "lite0", name="fixing", corrector="graphcut+consistent")
+    child = store.add_version(lite_state, "lite0", parent=parent.name, make_current=True)
+    assert child.corrector == "graphcut+consistent" and child.takes_corrections
+    assert build_predictor(store=store, device="cpu").corrector_name == "graphcut+consistent"
+    plain = store.add_version(lite_state, "lite0", name="plain")
+    assert plain.corrector is None and not plain.takes_corrections

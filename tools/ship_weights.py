@@ -25,6 +25,20 @@ from dextr_backend.weights.versions import check_trim
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
+def split_base(index: dict, over: str, state: dict) -> tuple[dict, dict]:
+    """The parent file's record and the tensors ``state`` adds to it; its ``base.*`` tensors must be
+    exactly the parent file's (a frozen parent), or nothing is shipped."""
+    parent = next((v for v in index["versions"] if v["name"] == over), None)
+    if parent is None:
+        raise SystemExit(f"--over {over}: not a shipped version")
+    own = read_state_file(WEIGHTS / parent["file"])
+    base = {k[len("base."):]: v for k, v in state.items() if k.startswith("base.")}
+    if set(base) != set(own) or any(not torch.equal(base[k].to(own[k].dtype), own[k]) for k in own):
+        raise SystemExit(f"--over {over}: the state's base.* tensors are not exactly {parent['file']}'s")
+    record = {"file": parent["file"], "sha256": parent["sha256"], "size": parent["size"]}
+    return record, {k: v for k, v in state.items() if not k.startswith("base.")}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("state", nargs="?", help="trained .pt file (a state dict); leave out with --same-weights-as")
@@ -40,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-size", type=int, default=None,
                    help="crop side it was trained for (default: the architecture's)")
     p.add_argument("--parent", default=None, help="version it was fine-tuned from")
+    p.add_argument("--over", metavar="VERSION", default=None,
+                   help="for a network that grows a frozen parent (lite0h): ship only what it adds, and name "
+                        "this shipped version's file as its base (its base.* tensors must equal that file's), "
+                        "so the parent is not stored twice")
+    p.add_argument("--corrector", default=None,
+                   help="how the version serves corrective clicks by default, e.g. network+consistent")
     p.add_argument("--no-default", action="store_true", help="ship it without making it the default")
     p.add_argument("--half", action="store_true",
                    help="store floats as fp16: half the size, for an intermediate version a later run resumes "
@@ -55,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         index = json.loads(index_path.read_text(encoding="utf-8"))
         if (args.state is None) == (args.same_weights_as is None):
             p.error("give a state file or --same-weights-as VERSION (one of them)")
-        source = None
+        source, base = None, None
         if args.same_weights_as:
             source = next((v for v in index["versions"] if v["name"] == args.same_weights_as), None)
             if source is None:
@@ -66,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             dtype = torch.float16 if args.half else torch.float32
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in read_state_file(Path(args.state)).items()}
             arch = detect_architecture(state)
+            if args.over:
+                base, state = split_base(index, args.over, state)
             dest = WEIGHTS / f"{args.name}.pt"
             atomic_write(dest, lambda fh: torch.save(state, fh))
         card = WEIGHTS / f"{args.name}.md"
@@ -77,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                   "threshold": args.threshold, "trim": args.trim, "file": dest.name, "sha256": sha256_file(dest),
                   "size": dest.stat().st_size, "metrics": json.loads(args.metrics), "parent": args.parent,
                   "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                  "source": "shipped", "card": card.name}
+                  "source": "shipped", "card": card.name, "base": base, "corrector": args.corrector}
         index["versions"] = [v for v in index["versions"] if v["name"] != args.name] + [record]
         if not args.no_default:
             index["default"] = args.name

@@ -71,6 +71,21 @@ def _at_least_four(text: str) -> int:
     return value
 
 
+def _methods(text: str) -> tuple[str, ...]:
+    from ..correctors import parse_method
+
+    methods = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    if not methods:
+        raise argparse.ArgumentTypeError("name at least one corrector")
+    for m in methods:
+        if m not in ("auto", "none"):
+            try:
+                parse_method(m)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+    return methods
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate", help="measure mIoU and speed on a benchmark folder",
@@ -104,6 +119,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-clicks", metavar="N", type=_at_least_four, default=4,
                    help="after the 4 extreme points, add corrective clicks up to N clicks in all and report "
                         "NoC@85, NoC@90, NoF@90 and mIoU per click count (default: 4, no corrective clicks)")
+    p.add_argument("--corrector", metavar="M[,M...]", type=_methods, default=None,
+                   help="how corrective clicks are used: auto (the version's own way), network (its trained "
+                        "pass 2), fbrs (f-BRS-B, no training), graphcut (a local GrabCut seeded by the network, no "
+                        "training), none; chain them with + (network+graphcut) and end with +consistent to put every "
+                        "clicked pixel on its side. Several, "
+                        "comma-separated, are scored side by side on the same clicks (default: $DEXTR_CORRECTOR, "
+                        "else auto)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the click jitter; same seed, same clicks (default: 0)")
     p.add_argument("--device", default="auto",
@@ -139,8 +161,34 @@ def _print_clicks(result, baseline: str | None, corrections: bool) -> None:
         print(f"{'':<15} mIoU by clicks " + "  ".join(f"{k}:{v:.1f}" for k, v in by.items()))
 
 
-def run(args: argparse.Namespace) -> int:
+def _summary_line(result, args, info: dict) -> dict:
+    """The ``--json`` fields of one scored method."""
+    s = result.summary()
+    line = {"miou": s["miou"], "n": s["n"], "ms_per_object": s["ms_per_object"],
+            "baseline_miou": s["baseline_miou"], "baseline_ms_per_object": s["baseline_ms_per_object"],
+            "baseline": s["baseline"], **info}
+    if args.max_clicks > 4:
+        line.update({k: v for k, v in s.items() if k not in line})
+    return line
+
+
+def _score(args, settings, dataset, corrector: str, baseline):
+    """One corrector's predictor and its result on the dataset."""
     from ..build import build_predictor
+
+    predictor = build_predictor(args.weights, settings=settings, device=args.device, corrector=corrector,
+                                **({} if args.flip is None else {"flip": args.flip}))
+    log.info("weights %s on %s (flip: %s, corrector: %s)", predictor.version, predictor.device, predictor.flip,
+             predictor.corrector_name)
+    result = evaluate_objects(predictor, dataset, jitter=args.jitter, seed=args.seed, clicks=args.clicks,
+                              baseline=baseline, progress=not args.no_progress,
+                              keep_worst=WORST if args.out else 0, max_clicks=args.max_clicks)
+    if result.n == 0:
+        raise InputError(f"{dataset.root}: every mask is empty, nothing to evaluate")
+    return predictor, result
+
+
+def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import write_report
     from ..settings import Settings
     from ..threads import configure_threads
@@ -149,16 +197,12 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.mask_format, args.limit, shared_data=settings.shared_data)
     configure_threads(args.threads if args.threads is not None else settings.threads)
     log.info("evaluating %s", dataset)
-    predictor = build_predictor(args.weights, settings=settings, device=args.device,
-                                **({} if args.flip is None else {"flip": args.flip}))
-    log.info("weights %s on %s (flip: %s)", predictor.version, predictor.device, predictor.flip)
-    result = evaluate_objects(predictor, dataset, jitter=args.jitter, seed=args.seed, clicks=args.clicks,
-                              baseline=args.baseline, progress=not args.no_progress,
-                              keep_worst=WORST if args.out else 0, max_clicks=args.max_clicks)
-    if result.n == 0:
-        raise InputError(f"{dataset.root}: every mask is empty, nothing to evaluate")
+    methods = args.corrector or (settings.corrector,)
+    predictor, result = _score(args, settings, dataset, methods[0], args.baseline)
+    others = [(m, _score(args, settings, dataset, m, None)) for m in methods[1:]]
     info = {"weights": predictor.version, "dataset": str(dataset.root), "jitter": args.jitter, "clicks": args.clicks,
-            "seed": args.seed, "mask_format": dataset.mask_format, "device": str(predictor.device)}
+            "seed": args.seed, "mask_format": dataset.mask_format, "device": str(predictor.device),
+            "corrector": predictor.corrector_name}
 
     print(f"dataset         {dataset.root} ({result.n} objects, masks {dataset.masks_dir.name}/, "
           f"format {dataset.mask_format})")
@@ -173,17 +217,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.baseline} mIoU    {_pct(result.baseline_miou)} %  "
               f"({_pct(result.baseline_ms_per_object)} ms per object)")
     if args.max_clicks > 4:
+        print(f"corrector       {predictor.corrector_name}")
         _print_clicks(result, args.baseline, predictor.corrections)
+        for name, (other, res) in others:
+            print(f"corrector       {other.corrector_name}")
+            _print_clicks(res, None, other.corrections)
     if args.out:
-        out = write_report(result, args.out, info)
+        out = write_report(result, args.out, info, label=predictor.corrector_name,
+                           others=[(p.corrector_name, r) for _, (p, r) in others])
         print(f"report          {out}")
     if args.json:
-        s = result.summary()
-        line = {"miou": s["miou"], "n": s["n"], "ms_per_object": s["ms_per_object"],
-                "baseline_miou": s["baseline_miou"], "baseline_ms_per_object": s["baseline_ms_per_object"],
-                "baseline": args.baseline, **info}
-        if args.max_clicks > 4:
-            line.update({k: v for k, v in s.items() if k not in line})
+        line = _summary_line(result, args, info)
+        if others:
+            line["correctors"] = {predictor.corrector_name: _summary_line(result, args, info)}
+            line["correctors"].update({p.corrector_name: _summary_line(r, args, info | {"corrector": p.corrector_name})
+                                       for _, (p, r) in others})
         print(json.dumps(line), flush=True)
     return 0
 

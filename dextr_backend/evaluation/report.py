@@ -3,7 +3,8 @@
 * ``objects.csv``: one row per object (IoU 0-1, milliseconds, the clicks as JSON; with corrective
   clicks also the clicks each method needed to reach 85 % and 90 % and its IoU after every click);
 * ``iou_histogram.png``: objects per IoU decile, model and baseline side by side;
-* ``clicks.png`` (with corrective clicks): mIoU against the number of clicks, model and baseline;
+* ``clicks.png`` (with corrective clicks): mIoU against the number of clicks, model and baseline,
+  and every further corrector scored in the same run;
 * ``worst/NN_<image>.png``: the lowest-IoU objects, ground truth contour in green, the
   prediction in translucent red, the four clicks as dots;
 * ``summary.json``: the summary numbers and the run's settings.
@@ -18,6 +19,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -28,6 +30,7 @@ from .results import FIRST_CLICKS, Case, EvalResult, shown_iou
 
 MODEL_RGB = (52, 101, 164)
 BASELINE_RGB = (230, 145, 56)
+OTHER_RGB = ((78, 154, 6), (117, 80, 123), (204, 0, 0), (46, 52, 54))   # further correctors
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -110,13 +113,17 @@ def histogram_image(result: EvalResult, width: int = 720, height: int = 440, bin
     return img
 
 
-def clicks_image(result: EvalResult, width: int = 720, height: int = 440) -> np.ndarray:
-    """mIoU after 4..N clicks (RGB uint8), model and baseline, with the 85 % and 90 % lines."""
+def clicks_image(result: EvalResult, width: int = 720, height: int = 440, label: str = "model",
+                 others: Sequence[tuple[str, EvalResult]] = ()) -> np.ndarray:
+    """mIoU after 4..N clicks (RGB uint8), model and baseline, with the 85 % and 90 % lines;
+    ``others`` adds the same model's curve under other correctors, scored on the same clicks."""
     series = []
-    for label, baseline, rgb in (("model", False, MODEL_RGB), (result.baseline, True, BASELINE_RGB)):
-        by = result.miou_by_clicks(baseline)
+    runs = [(label, result, False, MODEL_RGB), (result.baseline, result, True, BASELINE_RGB)]
+    runs += [(name, other, False, OTHER_RGB[i % len(OTHER_RGB)]) for i, (name, other) in enumerate(others)]
+    for name, res, baseline, rgb in runs:
+        by = res.miou_by_clicks(baseline)
         if by:
-            series.append((f"{label}  NoC@90 {result.noc(0.90, baseline):.2f}", by, rgb))
+            series.append((f"{name}  NoC@90 {res.noc(0.90, baseline):.2f}", by, rgb))
     values = [v for _, by, _ in series for v in by.values()]
     ymin = min(80, 5 * math.floor(min(values + [100]) / 5))
     step = _nice_step(100 - ymin)
@@ -204,14 +211,16 @@ def write_worst(result: EvalResult, folder: Path) -> list[str]:
     return names
 
 
-def write_report(result: EvalResult, out_dir, extra: dict | None = None) -> Path:
-    """Write every artefact into ``out_dir`` (created if needed); returns the folder."""
+def write_report(result: EvalResult, out_dir, extra: dict | None = None, label: str = "model",
+                 others: Sequence[tuple[str, EvalResult]] = ()) -> Path:
+    """Write every artefact into ``out_dir`` (created if needed); returns the folder. ``others``:
+    the same objects scored with other correctors, drawn beside ``result`` in ``clicks.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(result, out / "objects.csv")
     write_image(out / "iou_histogram.png", histogram_image(result))
     if result.max_clicks > FIRST_CLICKS:
-        write_image(out / "clicks.png", clicks_image(result))
+        write_image(out / "clicks.png", clicks_image(result, label=label, others=others))
     worst = write_worst(result, out / "worst")
     summary = dict(extra or {})
     summary.update(result.summary())

@@ -121,7 +121,13 @@ class FPNDecoder(nn.Module):
         self.smooth = nn.ModuleList(_conv_bn_relu(width, width) for _ in in_channels)
         self.head = nn.Sequential(_conv_bn_relu(width, width), nn.Conv2d(width, 1, 1))
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stride-4 logits and the head's hidden features."""
+        hidden = self.head[0](self.fuse(feats))
+        return self.head[1](hidden), hidden
+
+    def fuse(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Every level summed at stride 4: what the head reads (and what f-BRS rescales)."""
         x = self.lateral[-1](feats[-1])
         levels = [x]
         for i in range(len(feats) - 2, -1, -1):
@@ -130,10 +136,8 @@ class FPNDecoder(nn.Module):
             levels.append(x)
         levels = levels[::-1]
         size = levels[0].shape[-2:]
-        fused = sum(F.interpolate(s(level), size=size, mode="bilinear", align_corners=False) if j else s(level)
-                    for j, (s, level) in enumerate(zip(self.smooth, levels)))
-        hidden = self.head[0](fused)
-        return self.head[1](hidden), hidden
+        return sum(F.interpolate(s(level), size=size, mode="bilinear", align_corners=False) if j else s(level)
+                   for j, (s, level) in enumerate(zip(self.smooth, levels)))
 
 
 class BoundaryRefiner(nn.Module):

@@ -67,7 +67,23 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()       # top-level modules left as they are (weights and BatchNorm statistics)
     corrections: int = 3               # corrections architectures: 1 to this many simulated clicks per sample
     error_weight: float = 1.0          # corrections architectures: loss weight of the pixels pass 1 got wrong
+    # Corrections architectures: which part trains. "head" learns the corrective clicks on a frozen
+    # parent; "parent" fine-tunes the parent on the 4-click loss and keeps the head (a team's
+    # retraining: its labels teach the extreme-point masks). None: "head" when growing from a plain
+    # version, "parent" when the version already has a trained head.
+    train_part: str | None = None
     augment: Augment = field(default_factory=Augment)
+
+
+def train_part(config: TrainConfig, init_state: dict | None) -> str:
+    """``head`` or ``parent``: what a corrections architecture trains (``TrainConfig.train_part``)."""
+    if config.train_part is not None:
+        if config.train_part not in ("head", "parent"):
+            raise InputError(f"train part {config.train_part!r}: use head or parent")
+        return config.train_part
+    # A head just grown from a plain version has a zero last layer (it answers as its parent).
+    out = (init_state or {}).get("head.out.weight")
+    return "head" if out is None or not bool(out.any()) else "parent"
 
 
 @dataclass
@@ -104,17 +120,23 @@ class Trainer:
         self.on_progress = on_progress
         if config.threads:
             torch.set_num_threads(config.threads)
-        # A corrections network trains only its corrector: pass 1 stays exactly the parent's.
-        self.corrections = get_architecture(config.arch).corrections
-        if self.corrections and init_state is None:
+        # A corrections network trains either its corrector (pass 1 stays exactly the parent's) or
+        # its parent alone (``train_part``): never both at once, so each learns what it is scored on.
+        self.takes_corrections = get_architecture(config.arch).corrections
+        if self.takes_corrections and init_state is None:
             raise InputError(f"{config.arch} grows from a trained version: give --init VERSION, not ImageNet")
+        self.part = train_part(config, init_state) if self.takes_corrections else None
+        self.corrections = self.part == "head"      # simulated clicks and the corrections loss
         self.model = build_model(config.arch, imagenet=init_state is None)
         if init_state is not None:
             load_state(self.model, init_state)
         self.model.to(self.device)
         freeze = config.freeze_bn if config.freeze_bn is not None else len(self.train_refs) < 500
         self.freeze_bn = freeze
-        frozen = tuple(config.freeze) + (("base",) if self.corrections and "base" not in config.freeze else ())
+        fixed = {"head": ("base",), "parent": ("head",), None: ()}[self.part]
+        if self.part == "parent":
+            self.model.base.requires_grad_(True)
+        frozen = tuple(config.freeze) + tuple(n for n in fixed if n not in config.freeze)
         self.frozen_modules = freeze_parts(self.model, frozen)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, config.lr, config.backbone_lr_scale),
                                            weight_decay=config.weight_decay)
@@ -124,7 +146,7 @@ class Trainer:
                     if config.ema_decay else None)
         self._eval_model = copy.deepcopy(self.model) if self.ema else None
         if hasattr(self.model, "reuse_base"):   # lite0h: one frozen backbone pass per batch and its click rounds
-            self.model.reuse_base = True
+            self.model.reuse_base = self.part == "head"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         self.epoch, self.step, self.best, self.bad_epochs = 0, 0, -1.0, 0
         self.history: list[dict] = []
@@ -238,7 +260,7 @@ class Trainer:
         predictor = make_predictor(self.result_model(), self.cfg.arch, self.resolution, self.cfg.threshold,
                                    self.cfg.trim, device=self.device)
         return score_objects(predictor, self.val_refs, self.guard_objects, self.cfg.seed,
-                             CORRECTION_CLICKS if self.corrections else None)
+                             CORRECTION_CLICKS if self.takes_corrections else None)
 
     def selection_key(self) -> str:
         """The score the best epoch is chosen on: corrections networks by their corrected masks."""

@@ -30,7 +30,7 @@ from ..models import detect_architecture, get_architecture
 from .files import atomic_write, locked, read_state_file, sha256_file, write_temp
 from .registry import KNOWN_WEIGHTS, default_threshold
 from .versions import (NAME_RE, RECORD_FIELDS, LoadedWeights, Version, check_fits, check_name, check_trim,
-                       utc_now, verify_file)
+                       read_version_state, utc_now, verify_file)
 
 DEFAULT_ROOT = Path("~/.cache/dextr-backend/weights")
 MANIFEST = "manifest.json"
@@ -191,7 +191,7 @@ class WeightsStore:
         else:
             meta = self.get(version)
         verify_file(meta)
-        state = read_state_file(meta.path)
+        state = read_version_state(meta)
         return LoadedWeights(meta.name, meta.arch, meta.input_size, meta.threshold, state, meta)
 
     def _load_path(self, path: Path) -> LoadedWeights:
@@ -254,9 +254,10 @@ class WeightsStore:
     def add_version(self, state_dict: dict[str, torch.Tensor], arch: str, *, name: str | None = None,
                     parent: str | None = None, metrics: dict | None = None, card: dict | None = None,
                     threshold: float | None = None, input_size: int | None = None, source: str = "training",
-                    make_current: bool = False, trim: int = 0) -> Version:
+                    make_current: bool = False, trim: int = 0, corrector: str | None = None) -> Version:
         """Save a new version (what training calls); ``name=None`` picks the next free ``vN``.
-        ``input_size`` is the crop side it was trained for (default: the architecture's)."""
+        ``input_size`` is the crop side it was trained for (default: the architecture's); ``corrector``
+        how it serves corrective clicks (default: as its parent does, so retraining keeps them)."""
         spec = get_architecture(arch)
         if name is not None:
             check_name(name)
@@ -266,8 +267,13 @@ class WeightsStore:
         fields = {"arch": arch, "input_size": int(input_size or spec.input_size),
                   "threshold": float(threshold if threshold is not None else default_threshold(arch)),
                   "trim": check_trim(trim), "sha256": sha256_file(staged), "size": staged.stat().st_size,
-                  "metrics": dict(metrics or {}), "parent": parent, "source": source, "card": dict(card or {})}
+                  "metrics": dict(metrics or {}), "parent": parent, "source": source, "card": dict(card or {}),
+                  "corrector": corrector if corrector is not None else self._corrector_of(parent)}
         return self.commit(staged, ".pt", fields, name, make_current)
+
+    def _corrector_of(self, name: str | None) -> str | None:
+        found = self.find(name) if name else None
+        return found.corrector if found is not None else None
 
     def import_file(self, path: Path | str, name: str | None = None, arch: str | None = None,
                     make_current: bool = False, input_size: int | None = None,
@@ -313,7 +319,7 @@ class WeightsStore:
         its architecture, so a corrupt file never becomes current."""
         version = self.get(name)
         verify_file(version)
-        check_fits(read_state_file(version.path), version.arch)
+        check_fits(read_version_state(version), version.arch)
         with locked(self.root / LOCK):
             manifest = self._fresh_manifest()
             manifest["current"] = version.name

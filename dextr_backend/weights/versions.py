@@ -12,12 +12,12 @@ import torch
 
 from ..errors import WeightsError
 from ..models import ARCHITECTURES, build_model, load_state
-from .files import sha256_file
+from .files import read_state_file, sha256_file
 from .registry import KNOWN_WEIGHTS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RECORD_FIELDS = ("name", "arch", "input_size", "threshold", "trim", "file", "sha256", "size", "metrics",
-                 "parent", "created", "source", "card")
+                 "parent", "created", "source", "card", "base", "corrector")
 
 
 def utc_now() -> str:
@@ -67,12 +67,24 @@ class Version:
     path: Path | None = field(default=None, compare=False)
     shipped: bool = field(default=False, compare=False)
     trim: int = 0      # pixels eroded off each mask's boundary after thresholding (PostProcess.trim)
+    # A version that grows a frozen parent (lite0h) may keep only what it adds in ``file`` and name
+    # the parent's file here, ``{"file", "sha256", "size"}``, so the parent is never stored twice.
+    base: dict | None = field(default=None, hash=False)
+    corrector: str | None = None   # how it serves corrective clicks by default (DEXTR_CORRECTOR=auto)
 
     @property
     def takes_corrections(self) -> bool:
-        """Whether its network uses corrective clicks after the extreme points (``lite0c``, ``lite0h``)."""
+        """Whether it uses corrective clicks after the extreme points: its network does (``lite0c``,
+        ``lite0h``), or it is served with a training-free corrector."""
         arch = ARCHITECTURES.get(self.arch)
-        return bool(arch and arch.corrections)
+        return bool(arch and arch.corrections) or self.corrector not in (None, "none")
+
+    @property
+    def base_path(self) -> Path | None:
+        """The parent's file this version's ``file`` completes, where it has one."""
+        if not self.base or self.path is None:
+            return None
+        return self.path.parent / str(self.base["file"])
 
     @classmethod
     def from_record(cls, record: dict, directory: Path, *, shipped: bool = False, origin: Path) -> "Version":
@@ -86,12 +98,22 @@ class Version:
                        metrics=dict(record.get("metrics") or {}), parent=record.get("parent"),
                        created=record.get("created"), source=record.get("source"), card=dict(card),
                        path=directory / str(record["file"]), shipped=shipped,
-                       trim=check_trim(record.get("trim") or 0, ValueError))
+                       trim=check_trim(record.get("trim") or 0, ValueError), base=_base(record.get("base")),
+                       corrector=record.get("corrector"))
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"{origin} has a malformed version record ({exc!r}); fix or remove it") from None
 
     def to_record(self) -> dict:
         return {k: getattr(self, k) for k in RECORD_FIELDS}
+
+
+def _base(value) -> dict | None:
+    """A record's ``base``: the parent file's name, sha256 and size, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("file"), str) or "/" in value["file"]:
+        raise ValueError(f"base {value!r} is not {{file, sha256, size}} of a file beside it")
+    return {"file": value["file"], "sha256": check_sha256(value.get("sha256")), "size": value.get("size")}
 
 
 @dataclass
@@ -112,8 +134,22 @@ def check_fits(state: dict[str, torch.Tensor], arch: str) -> None:
 
 
 def verify_file(meta: Version) -> None:
-    """Refuse a missing, truncated or altered file before anything unpickles it."""
-    path = meta.path
+    """Refuse a missing, truncated or altered file (or parent file) before anything unpickles it."""
+    _verify(meta, meta.path, meta.sha256, meta.size)
+    if meta.base:
+        _verify(meta, meta.base_path, meta.base["sha256"], meta.base["size"])
+
+
+def read_version_state(meta: Version) -> dict[str, torch.Tensor]:
+    """The whole state dict of a verified version: its file, under its parent's file where it has one."""
+    state = read_state_file(meta.path)
+    if meta.base:
+        parent = read_state_file(meta.base_path)
+        state = {f"base.{k}": v for k, v in parent.items()} | state
+    return state
+
+
+def _verify(meta: Version, path: Path | None, sha256: str | None, size: int | None) -> None:
     if meta.shipped:
         redo = "reinstall dextr-backend"
     elif meta.name in KNOWN_WEIGHTS:
@@ -123,17 +159,17 @@ def verify_file(meta: Version) -> None:
     if path is None or not path.is_file():
         raise WeightsError(f"weights file {path} of version {meta.name!r} is missing; {redo}, "
                            "or pick another with `dextr-backend weights use VERSION`")
-    if meta.sha256 is None:
+    if sha256 is None:
         return
     actual_size = path.stat().st_size
-    if meta.size is not None and actual_size != meta.size:
+    if size is not None and actual_size != size:
         raise WeightsError(f"weights file {path} of version {meta.name!r} is truncated or corrupt "
-                           f"({actual_size} bytes, expected {meta.size}) and was not loaded; {redo}")
+                           f"({actual_size} bytes, expected {size}) and was not loaded; {redo}")
     actual = sha256_file(path)
-    if actual != meta.sha256:
+    if actual != sha256:
         raise WeightsError(f"weights file {path} of version {meta.name!r} is corrupt (sha256 {actual[:12]}..., "
-                           f"expected {meta.sha256[:12]}...) and was not loaded; {redo}")
+                           f"expected {sha256[:12]}...) and was not loaded; {redo}")
 
 
 __all__ = ["LoadedWeights", "NAME_RE", "RECORD_FIELDS", "Version", "check_fits", "check_name", "check_sha256",
-           "check_trim", "utc_now", "verify_file"]
+           "check_trim", "read_version_state", "utc_now", "verify_file"]

@@ -113,6 +113,7 @@ class Interaction:
     status: int
     body: object                              # Label Studio's JSON answer to the page
     seconds: float                            # request sent -> response finished (Playwright timing)
+    positive: list[bool] = field(default_factory=list)   # per point: False for an Alt-click (negative)
 
     @property
     def result(self):
@@ -174,7 +175,8 @@ class Annotator:
         seconds = (timing["responseEnd"] - timing["requestStart"]) / 1000 if timing.get("responseEnd", -1) > 0 else -1
         self.interactions.append(Interaction(
             points=[(i["value"].get("x"), i["value"].get("y")) for i in items if isinstance(i.get("value"), dict)],
-            kinds=[i.get("type") for i in items], status=response.status, body=body, seconds=seconds))
+            kinds=[i.get("type") for i in items], status=response.status, body=body, seconds=seconds,
+            positive=[i.get("is_positive", True) is not False for i in items if isinstance(i.get("value"), dict)]))
 
     def screenshot(self, name: str) -> Path:
         path = self.shots / f"{len(self.screenshots):02d}-{name}.png"
@@ -356,14 +358,22 @@ class Annotator:
         return bool(self.store("(() => { const i = a.objects.find(o => o.type === 'image'); return i && "
                                "Math.abs(i.zoomScale - 1) < 1e-6 && i.zoomingPositionX === 0 && i.zoomingPositionY === 0; })()"))
 
-    def click_image(self, x: float, y: float, *, label: str | None = None):
-        """Select ``label`` (if given), then click image pixel (x, y)."""
+    def click_image(self, x: float, y: float, *, label: str | None = None, alt: bool = False):
+        """Select ``label`` (if given), then click image pixel (x, y); ``alt`` holds the Alt key, which
+        makes a smart keypoint negative."""
         if label is not None:
             self.select_label(label)
         point = self.screen_point(x, y)
         if label is not None and not self._selected(self.label(label)):
             self.select_label(label)      # a tool change settling late unselects labels
-        self.page.mouse.click(*point)
+        if not alt:
+            self.page.mouse.click(*point)
+            return
+        self.page.keyboard.down("Alt")
+        try:
+            self.page.mouse.click(*point)
+        finally:
+            self.page.keyboard.up("Alt")
 
     def place_point(self, x: float, y: float, label: str):
         """A plain (not smart) keypoint at image pixel (x, y); a click that places nothing is made
@@ -378,7 +388,7 @@ class Annotator:
         raise AssertionError(f"three clicks at image pixel ({x:g}, {y:g}) placed no point "
                              f"(selected tool {self.selected_tool()}, regions {self.regions()})")
 
-    def smart_click(self, x: float, y: float, label: str, timeout: float = 60.0) -> Interaction:
+    def smart_click(self, x: float, y: float, label: str, timeout: float = 60.0, alt: bool = False) -> Interaction:
         """Click a smart keypoint and wait for Label Studio's answer to be applied on the page.
 
         A click that neither places a point nor sends a request (it happens now and then while the
@@ -387,7 +397,7 @@ class Annotator:
         sent = len(self.interactions)
         for _ in range(3):
             points = self._count_regions()
-            self.click_image(x, y, label=label)
+            self.click_image(x, y, label=label, alt=alt)
             if self._poll(lambda: len(self.interactions) > sent or self._count_regions() > points, 3.0):
                 break
             self.lost_clicks += 1

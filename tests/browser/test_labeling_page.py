@@ -47,6 +47,7 @@ MIN_IOU = 0.85              # mask vs ground truth (this network measures 0.91-0
 SAME_MASK = 0.99            # what Label Studio saved vs what the backend answered
 IDLE_SECONDS = float(os.environ.get("DEXTR_BROWSER_IDLE_S", "180"))
 CLICK_LIMIT = float(os.environ.get("DEXTR_BROWSER_CLICK_LIMIT_S", "15"))
+CORRECTED_STEM = "271008"     # a GrabCut picture whose four-click mask covers some background
 
 
 # --------------------------------------------------------------------------- data and helpers
@@ -211,6 +212,37 @@ def test_c_smart_rectangle(inprocess_backend, label_studio, annotator, shared_da
     saved, returned = submitted_masks(ls, person, "brushlabels", it.result, (w, h))
     assert lsui.iou(saved, returned) >= SAME_MASK
     assert lsui.iou(saved, truth) >= MIN_IOU, f"IoU {lsui.iou(saved, truth):.3f} against the ground truth"
+    check_clean(person, "after submitting")
+
+
+def test_g_an_alt_click_corrects_the_mask(inprocess_backend, label_studio, annotator, shared_data):
+    """(g) After the four extreme points, one Alt-click (a negative smart keypoint) where the offered
+    mask covers background: the page sends it as a negative point, the drawn suggestion changes, and
+    the mask accepted and saved is the corrected one, closer to the ground truth."""
+    from dextr_backend.evaluation.clicks import next_click
+
+    ls, person = label_studio, annotator
+    pid, tasks, _, (truth,) = fresh_task(ls, inprocess_backend, shared_data, KEYPOINTS, [CORRECTED_STEM],
+                                         "browser-g-alt-click")
+    h, w = truth.shape
+    person.open_task(pid, tasks[0]["id"])
+    person.set_auto_annotation(True)
+    person.pick_smart_tool("KeyPointTool")
+    first = lsui.brush_mask([r for r in keypoint_object(person, truth) if r["type"] == "brushlabels"][0], h, w)
+    click = next_click(first, truth)
+    assert click is not None and not click.positive, "this picture's four-click mask must cover background"
+    it = person.smart_click(click.x, click.y, SMART_LABEL, alt=True)
+    person.screenshot("alt-click")
+    assert len(it.points) == 5 and it.positive == [True] * 4 + [False], f"sent {it.points} {it.positive}"
+    assert it.result, f"no mask after the Alt-click: {lsui.dump(it.body)}"
+    fixed = lsui.brush_mask([r for r in it.result if r["type"] == "brushlabels"][0], h, w)
+    assert lsui.iou(fixed, first) < SAME_MASK, "the Alt-click did not change the mask"
+    assert lsui.iou(fixed, truth) > lsui.iou(first, truth), \
+        f"IoU {lsui.iou(first, truth):.3f} -> {lsui.iou(fixed, truth):.3f}: the correction made it worse"
+    accept_and_check_regions(person, "brushregion", auto_accept=False)
+    check_clean(person, "before submitting")
+    saved, _ = submitted_masks(ls, person, "brushlabels", it.result, (w, h))
+    assert lsui.iou(saved, fixed) >= SAME_MASK, "Label Studio saved another mask than the corrected one"
     check_clean(person, "after submitting")
 
 
