@@ -177,8 +177,9 @@ def _frame(img: np.ndarray, box: tuple[int, int, int, int], xlabel: str, ylabel:
     yc = (y0 + y1) // 2 - 60
     img[yc:yc + 120, 8:32] = np.ascontiguousarray(np.rot90(turned))
     _text(img, title, (x0, 25), 0.6, thickness=1)
+    widest = max((cv2.getTextSize(label, FONT, 0.45, 1)[0][0] for label, _, _ in series), default=0)
     for s, (label, _, rgb) in enumerate(series):
-        ly, lx = 25 + s * 20, x1 - 230
+        ly, lx = 25 + s * 20, min(x1 - 230, img.shape[1] - widest - 30)
         cv2.rectangle(img, (lx, ly - 10), (lx + 12, ly + 2), rgb, -1)
         _text(img, label, (lx + 18, ly + 1))
 
