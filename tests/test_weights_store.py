@@ -354,3 +354,10 @@ def test_a_retrained_version_serves_corrections_as_its_parent_does(store, lite_s
     assert build_predictor(store=store, device="cpu").corrector_name == "graphcut+consistent"
     plain = store.add_version(lite_state, "lite0", name="plain")
     assert plain.corrector is None and not plain.takes_corrections
+
+
+def test_weights_list_marks_the_default_as_taking_corrections(weights_dir, capsys):
+    """The shipped default serves corrective clicks through its corrector, so it is ``4+fix``."""
+    assert main(["weights", "list"]) == 0
+    current = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("*"))
+    assert current.split()[1:4] == [WeightsStore(weights_dir).current_name(), "lite0", "4+fix"]

@@ -64,7 +64,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for v in installed:
         created = (v.created or "-").replace("T", " ")[:16]
         source = "shipped" if v.shipped else (v.source or "-")
-        rows.append(("*" if v.name == current else "", v.name, v.arch, _clicks(v.arch), str(v.input_size),
+        clicks = "4+fix" if v.takes_corrections else "4"       # its network's or its corrector's
+        rows.append(("*" if v.name == current else "", v.name, v.arch, clicks, str(v.input_size),
                      _mask_rule(v.threshold, v.trim), _metrics(v.metrics), v.parent or "-", created, source))
     for k in available:
         rows.append(("", k.name, k.arch, _clicks(k.arch), str(k.input_size), _mask_rule(k.threshold, 0),
