@@ -245,20 +245,23 @@ class DextrPredictor:
             if count:
                 self._ignored(count)
             return [None] * len(jobs)
+        network = self.steps[0] == "network"      # only the network reads the 7-channel input
         inputs, kept, out = [], [], [None] * len(jobs)
         for j, (x, crop, prev, pos, neg) in enumerate(jobs):
-            extra, pos_in, neg_in = geometry.correction_channels(crop, pos, neg, prev, self.sigma)
+            pos_in, neg_in = (c[geometry.inside_box(c, crop.box)]
+                              for c in (np.asarray(pos, np.float64).reshape(-1, 2), np.asarray(neg, np.float64).reshape(-1, 2)))
             dropped = len(pos) + len(neg) - len(pos_in) - len(neg_in)
             if dropped:
                 log.info("%d corrective click(s) outside the crop of the extreme points dropped", dropped)
             if len(pos_in) + len(neg_in):
                 s = crop.resolution
                 job = CorrectionJob(x, prev, geometry.to_crop(pos_in, crop.box, s), geometry.to_crop(neg_in, crop.box, s))
-                inputs.append(np.concatenate([x, extra], axis=2))
+                if network:
+                    extra, _, _ = geometry.correction_channels(crop, pos_in, neg_in, prev, self.sigma)
+                    inputs.append(np.concatenate([x, extra], axis=2))
                 kept.append((j, crop, job, pos_in, len(pos_in) + len(neg_in)))
         if not kept:
             return out
-        network = self.steps[0] == "network"
         second = self.forward(np.stack(inputs)) if network else [None] * len(kept)
         for prob, (j, crop, job, pos_in, used) in zip(second, kept):
             prob = self._corrected(prob, job)

@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         line = _summary_line(result, args, info)
         if others:
-            line["correctors"] = {predictor.corrector_name: _summary_line(result, args, info)}
+            line["correctors"] = {predictor.corrector_name: dict(line)}
             line["correctors"].update({p.corrector_name: _summary_line(r, args, info | {"corrector": p.corrector_name})
                                        for _, (p, r) in others})
         print(json.dumps(line), flush=True)

@@ -54,17 +54,18 @@ class FeatureBRS:
     """``__call__(job, threshold) -> (S, S)`` corrected probabilities for one object."""
 
     def __init__(self, network: nn.Module, device: torch.device, max_evals: int = MAX_EVALS,
-                 reg: float = REG, click_radius: int = CLICK_RADIUS, local: bool = True, keep: float = KEEP):
+                 reg: float = REG, click_radius: int = CLICK_RADIUS, local: bool = True, keep: float = KEEP,
+                 early_stop: bool = False):
         self.network = network
         self.device = device
         self.max_evals = int(max_evals)
         self.reg = float(reg)
         self.click_radius = int(click_radius)
         self.keep = float(keep)    # pull towards pass 1 everywhere, so a click changes what it must (G-BRS's idea)
-        self.local = bool(local)
+        self.local = bool(local)   # keep pass 1 outside the clicks' windows (``job.click_windows``)
         # f-BRS stops once every clicked pixel is on its side; measured here that stop came after a
         # large jump of the whole mask (GrabCut, 10 objects, 8 clicks: 89.3 against 91.1 without it).
-        self.early_stop = False   # keep pass 1 outside the clicks' windows (``job.click_windows``)
+        self.early_stop = bool(early_stop)
         self.evals = 0          # head evaluations of the last call (for benchmarks)
 
     @torch.no_grad()
@@ -124,7 +125,8 @@ class FeatureBRS:
         prob = torch.sigmoid(logits)[0, 0].float().cpu().numpy()
         if not self.local:
             return prob
-        return np.where(click_windows(job, job.previous > threshold), prob, job.previous).astype(np.float32)
+        positive, negative = click_windows(job, job.previous > threshold)
+        return np.where(positive | negative, prob, job.previous).astype(np.float32)
 
 
 class _Done(Exception):

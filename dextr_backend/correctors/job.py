@@ -51,19 +51,20 @@ def make_consistent(prob: np.ndarray, job: CorrectionJob, threshold: float,
     return out
 
 
-def click_windows(job: CorrectionJob, mask: np.ndarray, sign: str = "both") -> np.ndarray:
-    """Where a training-free corrector may change pass 1's mask: a disc around each click whose
-    radius grows with how deep the click lies in the error it corrects (its distance to pass 1's
-    mask boundary), so a click in the middle of a large wrong region may fix all of it, and a
-    click near an edge only that edge. Why: a method that redraws the whole mask ruins the parts
-    that were already right."""
+def click_windows(job: CorrectionJob, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where a training-free corrector may change pass 1's mask, for the positive and for the
+    negative clicks: a disc around each click whose radius grows with how deep the click lies in
+    the error it corrects (its distance to pass 1's mask boundary), so a click in the middle of a
+    large wrong region may fix all of it, and a click near an edge only that edge. Why: a method
+    that redraws the whole mask ruins the parts that were already right."""
     inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
     outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
-    out = np.zeros(mask.shape, np.uint8)
-    signs = {"both": (job.positives, job.negatives), "positive": (job.positives,), "negative": (job.negatives,)}
-    for clicks in signs[sign]:
+    windows = []
+    for clicks in (job.positives, job.negatives):
+        out = np.zeros(mask.shape, np.uint8)
         for x, y in np.asarray(clicks, np.float64).reshape(-1, 2):
             xi, yi = int(np.clip(round(x), 0, job.size - 1)), int(np.clip(round(y), 0, job.size - 1))
             depth = max(inside[yi, xi], outside[yi, xi])
             cv2.circle(out, (xi, yi), int(max(MIN_REACH, REACH_FACTOR * depth)), 1, thickness=-1)
-    return out.astype(bool)
+        windows.append(out.astype(bool))
+    return windows[0], windows[1]
