@@ -11,10 +11,6 @@ import numpy as np
 from .errors import InputError
 from .settings import max_image_pixels
 
-# Decompression-bomb guard: a 50-megapixel photo is fine, a 30k x 30k PNG is not.
-MAX_PIXELS = max_image_pixels()
-
-
 def as_rgb(image) -> np.ndarray:
     """Accept gray, RGB or RGBA uint8 arrays; return contiguous RGB uint8 (H, W, 3)."""
     arr = np.asarray(image)
@@ -27,8 +23,14 @@ def as_rgb(image) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, :3])
 
 
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """Decode encoded bytes (JPEG, PNG, BMP, ...) to RGB uint8, refusing corrupt or huge images."""
+def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """Decode encoded bytes (JPEG, PNG, BMP, ...) to RGB uint8, refusing corrupt or huge images.
+
+    Decompression-bomb guard: a 50-megapixel photo is fine, a 30k x 30k PNG is not. The limit is
+    ``max_pixels`` (a server passes its ``Settings.max_image_pixels``), else
+    ``DEXTR_MAX_IMAGE_PIXELS`` as the environment says now. OpenCV refuses a larger picture before
+    allocating it, by the limit the environment gave it when the package was imported."""
+    limit = int(max_pixels) if max_pixels else max_image_pixels()
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0:
         raise InputError(f"{name}: empty file")
@@ -36,12 +38,12 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
         image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as exc:
         if "MAX_IMAGE_PIXELS" in str(exc):
-            raise InputError(f"{name}: image has more than {MAX_PIXELS} pixels (DEXTR_MAX_IMAGE_PIXELS)") from None
+            raise InputError(f"{name}: image has more than {limit} pixels (DEXTR_MAX_IMAGE_PIXELS)") from None
         raise InputError(f"{name}: not a readable image ({str(exc).strip().splitlines()[-1][:120]})") from None
     if image is None:
         raise InputError(f"{name}: not a readable image (corrupt or unsupported format)")
-    if image.shape[0] * image.shape[1] > MAX_PIXELS:
-        raise InputError(f"{name}: {image.shape[1]}x{image.shape[0]} exceeds {MAX_PIXELS} pixels "
+    if image.shape[0] * image.shape[1] > limit:
+        raise InputError(f"{name}: {image.shape[1]}x{image.shape[0]} exceeds {limit} pixels "
                          "(DEXTR_MAX_IMAGE_PIXELS)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 

@@ -23,6 +23,7 @@ from .correctors.fbrs import FeatureBRS, lite_network
 from .correctors.graphcut import local_grabcut
 from .errors import InputError
 from .imageio import as_rgb
+from .models import HeadedDextr
 from .postprocess import PostProcess
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class DextrPredictor:
 
     def __init__(self, model: nn.Module, input_size: int, *, threshold: float = 0.8, pad: int = geometry.PAD,
                  sigma: float | None = None, device: str | torch.device = "auto",
-                 postprocess: PostProcess | None = None, version: str = "custom", batch_size: int = 8,
+                 postprocess: PostProcess | None = None, version: str = "custom", batch_size: int | None = None,
                  cpu_bf16: bool = False, flip: bool = False, corrections: bool | None = None,
                  corrector: str | None = None):
         self.device = pick_device(device)
@@ -139,9 +140,11 @@ class DextrPredictor:
         self.sigma = sigma
         self.postprocess = postprocess if postprocess is not None else PostProcess()
         self.version = version
-        self.batch_size = int(batch_size)
+        # Objects per forward pass. On a CPU a batch is no faster than one at a time, and eight
+        # objects' activations (about 350 MB) would lift a 100-object request over 1 GB.
+        self.batch_size = int(batch_size) if batch_size else (8 if self.device.type == "cuda" else 1)
         self.model = model.eval().to(self.device)
-        if hasattr(self.model, "reuse_base"):    # lite0h: pass 2 reuses pass 1's backbone (HeadedDextr)
+        if isinstance(self.model, HeadedDextr):    # lite0h: pass 2 reuses pass 1's backbone
             self.model.reuse_base = True
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)

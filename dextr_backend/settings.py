@@ -79,11 +79,18 @@ class Settings:
     train_guard_dir: str = ""               # DEXTR_TRAIN_GUARD_DIR: objects a new version must not get worse on
     train_min_val_objects: int = 3          # DEXTR_TRAIN_MIN_VAL_OBJECTS: fewer held-out objects -> not promoted
     fetch_timeout: float = 20.0             # DEXTR_FETCH_TIMEOUT: total seconds for one image fetch, redirects included
+    fetch_min_rate_kb: float = 16.0         # DEXTR_FETCH_MIN_RATE_KB: image downloads slower than this many kB/s are
+                                            # cut off once 2 s have passed (0 = off)
+    fetch_concurrency: int = 16             # DEXTR_FETCH_CONCURRENCY: image fetches at once per process
+    fetch_per_host: int = 4                 # DEXTR_FETCH_PER_HOST: image fetches at once to one host, per process
+    max_url_chars: int = 8192               # DEXTR_MAX_URL_CHARS: longer image URLs (or /setup hostnames) are refused
+    max_string_kb: int = 1024               # DEXTR_MAX_STRING_KB: longer strings in a request body are refused
+                                            # (a data:image URI is an image: DEXTR_MAX_IMAGE_MB bounds it instead)
     max_tasks: int = 100                    # DEXTR_MAX_TASKS: tasks per /predict request
     max_objects: int = 100                  # DEXTR_MAX_OBJECTS: objects (point groups, boxes) per task
     max_points: int = 64                    # DEXTR_MAX_POINTS: clicks per object (4 extreme + corrections)
     max_body_mb: int = 64                   # DEXTR_MAX_BODY_MB: larger request bodies are refused
-    max_concurrent: int = 4                 # DEXTR_MAX_CONCURRENT: /predict requests worked on at once per process
+    max_concurrent: int = 4                 # DEXTR_MAX_CONCURRENT: /predict requests computing at once per process
     threads: int = 0                        # DEXTR_THREADS: torch CPU threads per process (0 = CPUs / processes)
     weights_dir: str = ""                   # DEXTR_WEIGHTS_DIR: trained and imported versions (default: ~/.cache/dextr-backend/weights)
     weights_mirror: str = ""                # DEXTR_WEIGHTS_MIRROR: where official checkpoints are downloaded from
@@ -113,6 +120,7 @@ class Settings:
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
             weights=env.get("DEXTR_WEIGHTS") or None,
             device=env.get("DEXTR_DEVICE", "auto") or "auto",
+            corrector=(env.get("DEXTR_CORRECTOR", "").strip() or "auto").lower(),
             output=output,
             predict_timeout=_float("DEXTR_PREDICT_TIMEOUT", 30.0),
             allowed_hosts=hosts,
@@ -120,7 +128,6 @@ class Settings:
             max_image_mb=_int("DEXTR_MAX_IMAGE_MB", 50),
             train_every=_int("DEXTR_TRAIN_EVERY", 0),
             train_epochs=_int("DEXTR_TRAIN_EPOCHS", 6),
-            corrector=(env.get("DEXTR_CORRECTOR", "").strip() or "auto").lower(),
             train_max_minutes=_float("DEXTR_TRAIN_MAX_MINUTES", 30.0),
             train_samples=_int("DEXTR_TRAIN_SAMPLES", 0),
             train_val_fraction=_train_val_fraction(),
@@ -128,6 +135,11 @@ class Settings:
             train_guard_dir=os.environ.get("DEXTR_TRAIN_GUARD_DIR", ""),
             train_min_val_objects=_int("DEXTR_TRAIN_MIN_VAL_OBJECTS", 3),
             fetch_timeout=_float("DEXTR_FETCH_TIMEOUT", 20.0),
+            fetch_min_rate_kb=_float("DEXTR_FETCH_MIN_RATE_KB", 16.0),
+            fetch_concurrency=_int("DEXTR_FETCH_CONCURRENCY", 16),
+            fetch_per_host=_int("DEXTR_FETCH_PER_HOST", 4),
+            max_url_chars=_int("DEXTR_MAX_URL_CHARS", 8192),
+            max_string_kb=_int("DEXTR_MAX_STRING_KB", 1024),
             max_tasks=_int("DEXTR_MAX_TASKS", 100),
             max_objects=_int("DEXTR_MAX_OBJECTS", 100),
             max_points=_int("DEXTR_MAX_POINTS", 64),
@@ -154,7 +166,8 @@ class Settings:
 
 
 def max_image_pixels() -> int:
-    """``DEXTR_MAX_IMAGE_PIXELS`` alone, for the decoder's module-level limit (imported early)."""
+    """``DEXTR_MAX_IMAGE_PIXELS`` alone, as the environment says now: the decoder's limit where no
+    ``Settings`` were given, and OpenCV's own (set on import)."""
     return _int("DEXTR_MAX_IMAGE_PIXELS", 80_000_000)
 
 

@@ -31,6 +31,19 @@ def weights_dir(tmp_path, monkeypatch) -> Path:
     return d
 
 
+@pytest.fixture()
+def random_store(weights_dir) -> Path:
+    """A user store whose current version ``served`` is a small random ``lite0``: the service's
+    plumbing under test, not its masks."""
+    from dextr_backend.models import build_model
+    from dextr_backend.weights.store import WeightsStore
+
+    torch.manual_seed(0)
+    WeightsStore(weights_dir).add_version(build_model("lite0").state_dict(), "lite0", name="served",
+                                          make_current=True)
+    return weights_dir
+
+
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
     """A real Label Studio server (pip-installed once into a cached venv; see labelstudio_server.py).

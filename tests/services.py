@@ -150,6 +150,22 @@ class Backend(_Process):
         raise RuntimeError("backend did not come up")
 
 
+def served_in_mode(mode: str, env: dict, tmp_path: Path, redis_url: str | None = None):
+    """``serve`` as a user runs it: ``in-process``, or ``queue`` (``REDIS_URL`` set and one worker
+    behind it). Yields ``(mode, backend, worker or None)`` and stops both; logs go under ``tmp_path``."""
+    worker = None
+    if mode == "queue":
+        env = {**env, "REDIS_URL": redis_url}
+        worker = Worker(redis_url, env, log=tmp_path / "worker.log").start()
+    server = Backend(env, log=tmp_path / "backend.log").start()
+    try:
+        yield mode, server, worker
+    finally:
+        server.stop()
+        if worker:
+            worker.stop()
+
+
 def env_settings(**fields):
     """The environment's settings (a test's ``DEXTR_WEIGHTS_DIR`` included) with ``fields`` changed:
     ``Settings(...)`` alone would serve the default store, since only settings read the environment."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dextr_backend.labelstudio.client import LabelStudioClient, LabelStudioError, is_personal_access_token
 from dextr_backend.labelstudio.regions import mask_to_brush, result_regions
@@ -112,3 +114,23 @@ def test_a_personal_access_token_is_exchanged_and_used(label_studio):
     data = client.fetch(task["data"]["image"])            # /data/upload/... with the Bearer token
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape == (H, W, 3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2 ** 32 - 1))
+def test_brush_rle_is_byte_for_byte_the_sdk_s(h, w, density, seed):
+    """Our encoder finds runs on the mask, not on the SDK's 4x RGBA copy: the bytes must not change."""
+    from label_studio_sdk.converter.brush import decode_rle, mask2rle
+
+    mask = np.random.default_rng(seed).random((h, w)) < density
+    mask[: h // 2] = mask[: h // 2].any()          # long runs as well as short ones
+    assert mask_to_brush(mask) == mask2rle(mask.astype(np.uint8) * 255)
+    assert (np.asarray(decode_rle(mask_to_brush(mask))).reshape(h, w, 4)[:, :, 3] > 127).tolist() == mask.tolist()
+
+
+def test_brush_rle_of_runs_past_the_longest_field():
+    """Runs longer than 2^16 values are split as the SDK splits them."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    for mask in (np.ones((300, 400), bool), np.pad(np.ones((200, 300), bool), 60)):
+        assert mask_to_brush(mask) == mask2rle(mask.astype(np.uint8) * 255)

@@ -20,13 +20,9 @@ from test_labelstudio_backend import CLICKS, CONFIG, kp
 
 
 @pytest.fixture()
-def store_env(tmp_path, monkeypatch):
+def store_env(random_store):
     """A user store holding one small random model as the current version."""
-    torch.manual_seed(0)
-    root = tmp_path / "store"
-    monkeypatch.setenv("DEXTR_WEIGHTS_DIR", str(root))
-    WeightsStore(root).add_version(build_model("lite0").state_dict(), "lite0", name="served", make_current=True)
-    return {"DEXTR_WEIGHTS_DIR": str(root)}
+    return {"DEXTR_WEIGHTS_DIR": str(random_store)}
 
 
 def body(host, result=CLICKS, image="ellipse.png", **extra):
@@ -123,8 +119,21 @@ def test_webhook_events_are_answered_and_say_what_happened(client, payload, stat
 
 @pytest.mark.parametrize("raw, message", [(b"nope", "not valid JSON"), (b'{"no": "action"}', "action")])
 def test_webhook_bad_input(client, raw, message):
-    r = client.post("/webhook", content=raw)
+    r = client.post("/webhook", content=raw, headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500 and message in r.json()["detail"]
+
+
+@pytest.mark.parametrize("route", ["/predict", "/setup", "/webhook"])
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/jsonp"])
+def test_a_body_that_is_not_declared_json_is_415(client, image_server, route, content_type):
+    """A page on another site may post text/plain or a form without a CORS preflight: only JSON is read,
+    and the body is not looked at (here a valid request that would otherwise be answered 200)."""
+    raw = json.dumps(body(image_server) if route == "/predict" else {"project": "3.17", "action": "X"}).encode()
+    r = client.post(route, content=raw, headers={"content-type": content_type} if content_type else {})
+    assert r.status_code == 415 and "Content-Type: application/json" in r.json()["detail"], r.text
+    ok = client.post(route, content=raw, headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200, ok.text
 
 
 def test_training_needs_the_queue(client):

@@ -11,16 +11,13 @@ import time
 
 import pytest
 import redis
-import torch
 from rq import Queue
 
 from dextr_backend.labelstudio import jobs
-from dextr_backend.models import build_model
 from dextr_backend.queue import PREDICT_QUEUE
 from dextr_backend.queue.client import QueueClient
 from dextr_backend.queue.keys import ALIVE_TTL, alive_key
 from dextr_backend.queue.worker import DextrWorker, connect
-from dextr_backend.weights.store import WeightsStore
 from services import Worker, poll
 from test_server import body
 
@@ -28,11 +25,8 @@ IDLE_SECONDS = 100     # past rq's connection backoff (1+2+4+...+32 s, then 60 s
 
 
 @pytest.fixture()
-def env(tmp_path, image_server):
-    torch.manual_seed(0)
-    root = tmp_path / "store"
-    WeightsStore(root).add_version(build_model("lite0").state_dict(), "lite0", name="served", make_current=True)
-    return {"DEXTR_WEIGHTS_DIR": str(root), "DEXTR_ALLOWED_HOSTS": image_server, "DEXTR_DEVICE": "cpu",
+def env(random_store, image_server):
+    return {"DEXTR_WEIGHTS_DIR": str(random_store), "DEXTR_ALLOWED_HOSTS": image_server, "DEXTR_DEVICE": "cpu",
             "DEXTR_THREADS": "1"}
 
 
@@ -175,8 +169,11 @@ def test_a_worker_started_before_redis_waits_for_it(env, tmp_path):
         assert proc.poll() is None
     finally:
         proc.terminate()
-        proc.wait(15)
-        server.stop()
+        try:
+            proc.wait(15)
+        finally:
+            proc.kill()
+            server.stop()
 
 
 def test_a_worker_gives_up_on_redis_with_a_clear_error(env, tmp_path):

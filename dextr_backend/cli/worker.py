@@ -11,9 +11,11 @@ import os
 import socket
 import uuid
 
+import redis
+
 from ..errors import InputError
 from ..queue import PREDICT_QUEUE, TRAIN_QUEUE, redis_url
-from ..queue.worker import DextrWorker, connect, wait_for_redis
+from ..queue.worker import DextrWorker, check_name, claim_name, connect, wait_for_redis
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queues", default=PREDICT_QUEUE,
                    help=f"comma-separated queues to serve (default: {PREDICT_QUEUE}; training: {TRAIN_QUEUE})")
     p.add_argument("--redis-url", default=None, help="Redis URL (default: $REDIS_URL)")
-    p.add_argument("--name", default=None, help="worker name (default: host-pid-random)")
+    p.add_argument("--name", default=None,
+                   help="worker name (default: host-pid-random); a fixed name is taken over from a dead worker "
+                        "(after kill -9 or a crash), never from a live one")
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: $DEXTR_THREADS, else the CPUs this process may use)")
@@ -43,9 +47,14 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise InputError(f"unknown queue(s) {', '.join(sorted(unknown))}; known: {PREDICT_QUEUE}, {TRAIN_QUEUE}")
     threads = configure_threads(args.threads if args.threads is not None else settings.threads)
-    name = args.name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-    connection = wait_for_redis(connect(url), url, settings.redis_wait)
-    worker = DextrWorker(queues, connection=connection, name=name, log_job_description=False)
+    name = check_name(args.name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}")
+    # A plain client to wait for Redis and claim the name with: the worker's own waits out outages
+    # for good, and carries the name that the claim looks for.
+    probe = wait_for_redis(redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10), url,
+                           settings.redis_wait)
+    claim_name(probe, name)
+    probe.close()
+    worker = DextrWorker(queues, connection=connect(url, name), name=name, log_job_description=False)
     if PREDICT_QUEUE in queues:
         from ..service import resident
 

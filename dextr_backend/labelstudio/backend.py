@@ -53,7 +53,8 @@ class LabelStudioBackend:
                         connection.url, connection.api_key, allowed_hosts=self.settings.allowed_hosts,
                         fetch_timeout=self.settings.fetch_timeout)
         return ImageFetcher(client, self.settings.allowed_hosts, self.cache,
-                            max_bytes=self.settings.max_image_mb * 1024 * 1024, timeout=self.settings.fetch_timeout)
+                            max_bytes=self.settings.max_image_mb * 1024 * 1024, timeout=self.settings.fetch_timeout,
+                            max_pixels=self.settings.max_image_pixels)
 
     def predict(self, request: dict, *, connection: Connection | None = None, deadline: float | None = None) -> dict:
         """Answer a /predict body. ``connection`` says which Label Studio relative image URLs come

@@ -15,7 +15,7 @@ import time
 from typing import Iterable, Iterator
 
 from ..errors import DextrError, InputError
-from .fetch import FetchError, Pool, check_url, fetch_bytes, origin
+from .fetch import FetchError, Pool, check_url, data_image_bytes, fetch_bytes, origin
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_API_BYTES = 256 * 1024 * 1024   # a page of tasks with brush RLEs, with room to spare
@@ -81,13 +81,6 @@ class LabelStudioClient:
                 self._access = (body["access"], time.monotonic() + ACCESS_TOKEN_SECONDS)
             return {"Authorization": f"Bearer {self._access[0]}"}
 
-    def is_own_url(self, url: str) -> bool:
-        """Relative URLs and URLs on Label Studio's origin (scheme, host, port) get our credentials."""
-        try:
-            return origin(check_url(url, base=self.url)) == self.origin
-        except InputError:
-            return False
-
     # ------------------------------------------------------------ HTTP
     def _request(self, method: str, path: str, payload=None, auth: bool = True):
         """A REST call: Label Studio's origin only, redirects included."""
@@ -134,7 +127,10 @@ class LabelStudioClient:
     def fetch(self, url: str, max_bytes: int = MAX_IMAGE_BYTES, deadline: float | None = None, *,
               allowed_hosts: Iterable[str] | None = None, timeout: float | None = None) -> bytes:
         """Bytes of a task's data URL (``/data/upload/...``, ``/data/local-files/?d=...`` or absolute):
-        Label Studio's origin with our token, ``allowed_hosts`` (default: the client's) without."""
+        Label Studio's origin with our token, ``allowed_hosts`` (default: the client's) without.
+        A ``data:image/...;base64,`` URI is decoded, never fetched."""
+        if url[:5].lower() == "data:":
+            return data_image_bytes(url, max_bytes)
         return fetch_bytes(url, base=self.url, auth=self.auth_header,
                            allowed_hosts=self.allowed_hosts if allowed_hosts is None else allowed_hosts,
                            max_bytes=max_bytes, timeout=self.fetch_timeout if timeout is None else timeout,

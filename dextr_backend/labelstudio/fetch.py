@@ -6,22 +6,32 @@ user info, and only Label Studio's own origin (scheme, host, port) or a host of
 connecting, and Label Studio's credentials ride along only while the URL and every hop so far
 stayed on Label Studio's origin. Errors name the URL the caller gave and a fixed, generic
 reason: what a later hop was, or why a socket failed, stays in the (origin-only) log.
+
+A fetch costs a bounded amount: one deadline covers every hop and the body, a body slower than
+a minimum rate is cut off, and (with a :class:`FetchGate`) only so many fetches run at once per
+host and in all, so that a slow host fills its own lane and nobody else's. A ``data:image`` URI
+is no URL: :func:`data_image_bytes` decodes it instead, within the same byte limit.
+
+It runs over 300 lines because these rules are one security boundary, read and reviewed as one.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.cookiejar
 import json
 import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from typing import Callable, Iterable, NamedTuple
 
 import httpx
 
 from ..errors import InputError, ServiceTimeout
-from ..redact import redact_text, redact_url
+from ..redact import shorten
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +39,7 @@ MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
 DEFAULT_PORTS = {"http": 80, "https": 443}
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
+RATE_GRACE_SECONDS = 2.0        # the minimum rate applies from then on: connecting and a first byte take a moment
 
 
 class FetchError(InputError):
@@ -50,9 +61,9 @@ def origin(url: httpx.URL) -> Origin:
 
 
 def shown(url) -> str:
-    """The caller's URL as an error may quote it: password masked, bounded, control characters escaped."""
-    text = redact_url(str(url)) or ""
-    text = text if len(text) <= 200 else text[:200] + "..."
+    """The caller's URL as an error may quote it: bounded, password masked, control characters escaped.
+    Shortened before it is masked, so a megabyte of URL costs what 200 characters do."""
+    text = shorten(str(url), 200)
     return text if text.isprintable() and " " not in text else repr(text)
 
 
@@ -145,9 +156,48 @@ class Pool:
 SHARED = Pool()
 
 
+class LaneTimeout(Exception):
+    """No lane of a :class:`FetchGate` came free before the fetch's deadline."""
+
+
+class FetchGate:
+    """At most ``total`` fetches at once through this gate, and at most ``per_host`` to one host.
+
+    A fetch waits for its lane no later than its own deadline. One host that answers slowly
+    (or never) so holds ``per_host`` lanes at most, and fetches from other hosts go on."""
+
+    def __init__(self, total: int = 16, per_host: int = 4):
+        self.total, self.per_host = max(1, total), max(1, per_host)
+        self._busy: dict[str, int] = {}
+        self._count = 0
+        self._free = threading.Condition()
+
+    @contextmanager
+    def lane(self, host: str, end: float):
+        """One lane to ``host`` for the ``with`` block, waited for until ``end`` (else :class:`LaneTimeout`)."""
+        def open_() -> bool:
+            return self._count < self.total and self._busy.get(host, 0) < self.per_host
+
+        with self._free:
+            if not self._free.wait_for(open_, timeout=max(0.0, end - time.monotonic())):
+                raise LaneTimeout(host)
+            self._count += 1
+            self._busy[host] = self._busy.get(host, 0) + 1
+        try:
+            yield
+        finally:
+            with self._free:
+                self._count -= 1
+                self._busy[host] -= 1
+                if not self._busy[host]:
+                    del self._busy[host]
+                self._free.notify_all()
+
+
 def fetch_bytes(url: str, *, base: str | None = None, auth: Callable[[], dict[str, str]] | None = None,
                 allowed_hosts: Iterable[str] = (), max_bytes: int, timeout: float, deadline: float | None = None,
-                method: str = "GET", payload=None, pool: Pool | None = None) -> bytes:
+                method: str = "GET", payload=None, pool: Pool | None = None, min_rate: float = 0.0,
+                started: float | None = None) -> bytes:
     """The body of ``url`` after at most :data:`MAX_REDIRECTS` checked hops.
 
     ``base`` is Label Studio's URL: relative URLs resolve under it and its origin is always
@@ -155,11 +205,13 @@ def fetch_bytes(url: str, *, base: str | None = None, auth: Callable[[], dict[st
     origin. ``timeout`` bounds the whole fetch, redirects included; ``deadline`` (a
     ``time.monotonic()`` value) is the caller's own, and the earlier wins: it is checked before
     each hop and between body chunks, and every connect or read may wait only the time left
-    when its hop began. Refusals raise :class:`InputError`, failures :class:`FetchError`, the
-    caller's deadline :class:`ServiceTimeout`.
+    when its hop began. A body that arrives slower than ``min_rate`` bytes a second (counted from
+    the start, after :data:`RATE_GRACE_SECONDS`) is a failure too. ``started`` (a ``time.monotonic()``
+    value) is when the caller began on this fetch, if earlier (waiting for a lane). Refusals raise
+    :class:`InputError`, failures :class:`FetchError`, the caller's deadline :class:`ServiceTimeout`.
     """
     allowed_hosts = tuple(allowed_hosts)
-    start = time.monotonic()
+    start = time.monotonic() if started is None else started
     end = start + timeout
     caller_limits = deadline is not None and deadline < end
     end = min(end, deadline) if deadline is not None else end
@@ -176,6 +228,13 @@ def fetch_bytes(url: str, *, base: str | None = None, auth: Callable[[], dict[st
     def timed_out() -> InputError | ServiceTimeout:
         message = f"cannot fetch {name}: timed out after {round(end - start, 1):g} s"
         return ServiceTimeout(message) if caller_limits else FetchError(message)
+
+    def too_slow(size: int) -> FetchError | None:
+        took = time.monotonic() - start
+        if min_rate > 0 and took > RATE_GRACE_SECONDS and size < min_rate * (took - RATE_GRACE_SECONDS):
+            return failed(f"the server sent {size} bytes in {took:.1f} s, slower than "
+                          f"{min_rate / 1000:g} kB/s (DEXTR_FETCH_MIN_RATE_KB)")
+        return None
 
     for _ in range(MAX_REDIRECTS + 1):
         headers = {"Accept-Encoding": "identity"}
@@ -194,7 +253,7 @@ def fetch_bytes(url: str, *, base: str | None = None, auth: Callable[[], dict[st
                     except httpx.InvalidURL:
                         hop = None
                     if hop is None or _problem(hop) or not is_allowed(hop, home, allowed_hosts):
-                        log.warning("redirect refused", extra={"url": redact_url(url), "from": _origin_text(target),
+                        log.warning("redirect refused", extra={"url": name, "from": _origin_text(target),
                                                                "to": _origin_text(hop)})
                         raise InputError(f"cannot fetch {name}: redirect to a host that is not allowed")
                     trusted = trusted and origin(hop) == home
@@ -204,20 +263,20 @@ def fetch_bytes(url: str, *, base: str | None = None, auth: Callable[[], dict[st
                     continue
                 if not 200 <= resp.status_code < 300:
                     raise failed(f"the server answered HTTP {resp.status_code}", resp.status_code)
-                return _read(resp, max_bytes, end, failed, timed_out)
+                return _read(resp, max_bytes, end, failed, timed_out, too_slow)
         except httpx.TimeoutException:
             raise timed_out() from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            log.warning("fetch failed", extra={"url": redact_url(url), "at": _origin_text(target),
-                                               "error": redact_text(f"{type(exc).__name__}: {exc}")})
+            log.warning("fetch failed", extra={"url": name, "at": _origin_text(target),
+                                               "error": shorten(f"{type(exc).__name__}: {exc}", 300)})
             if isinstance(exc, (httpx.ProtocolError, httpx.DecodingError)):
                 raise failed("the answer was not HTTP") from None
             raise failed("could not connect") from None
     raise InputError(f"cannot fetch {name}: too many redirects (more than {MAX_REDIRECTS})")
 
 
-def _read(resp: httpx.Response, max_bytes: int, end: float, failed, timed_out) -> bytes:
-    """The streamed body, refused (not truncated) past ``max_bytes``, stopped at the deadline."""
+def _read(resp: httpx.Response, max_bytes: int, end: float, failed, timed_out, too_slow) -> bytes:
+    """The streamed body, refused (not truncated) past ``max_bytes``, at the deadline, or when too slow."""
     length = resp.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes:
         raise failed(f"larger than {max_bytes} bytes")
@@ -229,7 +288,28 @@ def _read(resp: httpx.Response, max_bytes: int, end: float, failed, timed_out) -
         if time.monotonic() > end:
             raise timed_out()
         chunks.append(chunk)
+        slow = None if length.isdigit() and size >= int(length) else too_slow(size)   # complete: not slow
+        if slow is not None:
+            raise slow
     return b"".join(chunks)
+
+
+DATA_PREFIX = "data:image/"
+
+
+def data_image_bytes(uri: str, max_bytes: int) -> bytes:
+    """The bytes of a ``data:image/<type>;base64,<data>`` URI, refused past ``max_bytes``: Label Studio
+    accepts such task data, and it is the image itself, never a URL to fetch."""
+    head, comma, payload = uri[:100].partition(",")
+    if not comma or not head.lower().startswith(DATA_PREFIX) or not head.lower().endswith(";base64"):
+        raise InputError(f"{shown(uri)}: a data: URI in a task must be an image, as data:image/<type>;base64,<data>")
+    payload = uri[len(head) + 1:]
+    if len(payload) > 4 * ((max_bytes + 2) // 3):
+        raise InputError(f"the data:image in the task is larger than {max_bytes} bytes (DEXTR_MAX_IMAGE_MB)")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{shown(uri)}: the data:image in the task is not valid base64") from None
 
 
 def _origin_text(url: httpx.URL | None) -> str:

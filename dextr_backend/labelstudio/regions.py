@@ -35,10 +35,34 @@ def brush_to_mask(value: dict, height: int, width: int) -> np.ndarray:
     return flat.reshape(height, width, 4)[:, :, 3] > 127
 
 
-def mask_to_brush(mask: np.ndarray) -> list[int]:
-    from label_studio_sdk.converter.brush import mask2rle
+# Label Studio's brush RLE (its ``rle-pack`` format, as ``label_studio_sdk``'s ``encode_rle`` writes
+# it): a header of the value count (32 bits), the word size less one (5 bits) and the four run-size
+# widths less one (4 bits each), then per run a series flag, the run-size index, length less one
+# and the 8-bit value, zero-padded to whole bytes (a whole byte of padding when already whole).
+_RUN_WIDTHS = (3, 4, 8, 16)
+_LONGEST_RUN = 2 ** 16
 
-    return mask2rle(mask.astype(np.uint8) * 255)
+
+def mask_to_brush(mask: np.ndarray) -> list[int]:
+    """A bool mask as Label Studio brush RLE, the same bytes as ``label_studio_sdk``'s
+    ``mask2rle(mask * 255)``. Runs are found on the mask itself and counted four times (RGBA):
+    the SDK copies the picture four times over and keeps int64 arrays of it, about 50 MB for
+    3 megapixels, which a 100-object request paid for each object."""
+    flat = np.ascontiguousarray(mask, dtype=bool).ravel()
+    bits = [f"{flat.size * 4:032b}", f"{8 - 1:05b}", "".join(f"{w - 1:04b}" for w in _RUN_WIDTHS)]
+    if flat.size:
+        ends = np.append(np.flatnonzero(flat[1:] != flat[:-1]), flat.size - 1)
+        lengths = np.diff(ends, prepend=-1) * 4
+        for length, on in zip(lengths.tolist(), flat[ends].tolist()):
+            value = "11111111" if on else "00000000"
+            while length > _LONGEST_RUN:
+                bits.append(f"111{_LONGEST_RUN - 1:016b}{value}")
+                length -= _LONGEST_RUN
+            index = next(i for i, w in enumerate(_RUN_WIDTHS) if length <= 2 ** w)
+            bits.append(f"1{index:02b}{length - 1:0{_RUN_WIDTHS[index]}b}{value}")
+    text = "".join(bits)
+    text += "0" * (8 - len(text) % 8)
+    return [int(text[i:i + 8], 2) for i in range(0, len(text), 8)]
 
 
 def polygon_to_mask(value: dict, height: int, width: int) -> np.ndarray:

@@ -35,6 +35,12 @@ REAPED = "dextr:reaped:{execution}"
 REAPED_TTL = DAY
 
 
+# bytes: a task image the API fetched for a queued request, so that no worker waits on the network
+# for it (labelstudio.images). Named by a hash of Label Studio, token and URL. TTL: the request's
+# time and a minute, renewed while annotators keep clicking on the picture.
+STAGED_IMAGE = "dextr:image:{digest}"
+
+
 def alive_key(worker: str) -> str:
     return ALIVE_PREFIX + worker
 

@@ -2,9 +2,9 @@
 
 rq itself notices a dead worker's job only when its started-registry entry expires (the job
 timeout + 60 s: six hours for training), and lists the dead worker as busy until then. Here a
-started execution whose worker has no heartbeat (``keys.ALIVE_PREFIX``) becomes a suspect; if it
-still has none ``GRACE_SECONDS`` later (so a worker starved for a moment is not robbed of its
-job), one reaper claims it (SET NX) and
+started execution whose worker is not alive (no heartbeat and no open connection: see
+:mod:`.liveness`, so a starved or paused worker is never robbed of its job) becomes a suspect;
+if it is still not alive ``GRACE_SECONDS`` later, one reaper claims it (SET NX) and
 
 - requeues a training job at the front of its queue (at most ``MAX_REQUEUES`` times, then fails
   it), so a restarted worker resumes it from the run's checkpoint; the project's status says
@@ -13,7 +13,8 @@ job), one reaper claims it (SET NX) and
 - removes the dead worker from rq's registry.
 
 Every worker runs ``reap`` from its dequeue loop every ``SCAN_SECONDS``; the API runs it on
-*Start Training*.
+*Start Training*; a worker that takes over the name of a dead one (``worker.claim_name``) hands
+on that one's jobs at once with ``reap_worker``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rq.worker import BaseWorker
 
 from . import PREDICT_QUEUE, TRAIN_QUEUE
 from .keys import REAPED, REAPED_TTL, SUSPECT, SUSPECT_TTL, alive_key
+from .liveness import alive
 from .runs import worker_lost
 
 log = logging.getLogger(__name__)
@@ -39,43 +41,60 @@ log = logging.getLogger(__name__)
 SCAN_SECONDS = 10.0
 GRACE_SECONDS = 8.0
 MAX_REQUEUES = 2
+LOST = "stopped answering"        # in a failed prediction's error: the API retries such a job once
 
 
 def reap(conn: redis.Redis, queue_names=(PREDICT_QUEUE, TRAIN_QUEUE)) -> list[str]:
     """Hand on the started jobs of dead workers; returns one line per job handled."""
     done = []
+    for name, job, execution_id, worker in _started(conn, queue_names):
+        composite = f"{job.id}:{execution_id}"
+        if alive(conn, worker):
+            conn.delete(SUSPECT.format(execution=composite))
+            continue
+        if conn.set(SUSPECT.format(execution=composite), time.time(), nx=True, ex=SUSPECT_TTL):
+            continue                                   # first sighting: look again later
+        first = float(conn.get(SUSPECT.format(execution=composite)) or time.time())
+        if time.time() - first < GRACE_SECONDS:
+            continue
+        if conn.set(REAPED.format(execution=composite), worker, nx=True, ex=REAPED_TTL):   # else another has it
+            done.append(_hand_on(conn, Queue(name, connection=conn), job, execution_id, worker))
+    return done
+
+
+def reap_worker(conn: redis.Redis, worker: str, queue_names=(PREDICT_QUEUE, TRAIN_QUEUE)) -> list[str]:
+    """Hand on every started job of ``worker`` now, and forget it: the caller knows it is dead."""
+    done = [_hand_on(conn, Queue(name, connection=conn), job, execution_id, worker)
+            for name, job, execution_id, owner in _started(conn, queue_names)
+            if owner == worker and conn.set(REAPED.format(execution=f"{job.id}:{execution_id}"), worker, nx=True,
+                                            ex=REAPED_TTL)]
+    with conn.pipeline() as pipe:
+        _forget_worker(pipe, worker)
+        pipe.delete(alive_key(worker))
+        pipe.execute()
+    return done
+
+
+def _started(conn: redis.Redis, queue_names):
+    """``(queue name, job, execution id, worker)`` of every started execution of ``queue_names``."""
     for name in queue_names:
         registry = StartedJobRegistry(name, connection=conn)
         for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
-            composite = f"{job_id}:{execution_id}"
             try:
                 job = Job.fetch(job_id, connection=conn)
             except NoSuchJobError:
-                conn.zrem(registry.key, composite)
+                conn.zrem(registry.key, f"{job_id}:{execution_id}")
                 continue
-            worker = job.worker_name or ""
-            if job.get_status(refresh=False) != JobStatus.STARTED or not worker:
-                continue
-            if conn.exists(alive_key(worker)):
-                conn.delete(SUSPECT.format(execution=composite))
-                continue
-            if conn.set(SUSPECT.format(execution=composite), time.time(), nx=True, ex=SUSPECT_TTL):
-                continue                                   # first sighting: look again later
-            first = float(conn.get(SUSPECT.format(execution=composite)) or time.time())
-            if time.time() - first < GRACE_SECONDS:
-                continue
-            if not conn.set(REAPED.format(execution=composite), worker, nx=True, ex=REAPED_TTL):
-                continue                                   # another reaper has it
-            done.append(_hand_on(conn, Queue(name, connection=conn), job, execution_id, worker))
-    return done
+            if job.get_status(refresh=False) == JobStatus.STARTED and job.worker_name:
+                yield name, job, execution_id, job.worker_name
 
 
 def _hand_on(conn: redis.Redis, queue: Queue, job: Job, execution_id: str, worker: str) -> str:
     training = queue.name == TRAIN_QUEUE
     requeues = int(job.meta.get("requeues", 0))
     requeue = training and requeues < MAX_REQUEUES
-    note = (f"requeued after worker {worker} stopped answering" if requeue
-            else f"failed: worker {worker} stopped answering" + (" (its workers died too often)" if training else ""))
+    note = (f"requeued after worker {worker} {LOST}" if requeue
+            else f"failed: worker {worker} {LOST}" + (" (its workers died too often)" if training else ""))
     with conn.pipeline() as pipe:
         while True:
             try:

@@ -5,9 +5,13 @@ keep the model loaded (``labelstudio.jobs.predict``); without it, the same
 :class:`~dextr_backend.labelstudio.backend.LabelStudioBackend` answers in this process.
 Every error is an answer with a clear ``detail`` and the status of ``errors.http_status``.
 
-Cost is bounded per request (see :mod:`..labelstudio.backend`), at most ``DEXTR_MAX_CONCURRENT``
-predictions run at once per process, and ``/health`` and ``/metrics`` answer from their own small
-thread pool, so they are never queued behind predictions.
+Cost is bounded per request (see :mod:`..labelstudio.backend`; every limit of :mod:`.requests`
+is checked before any work), at most ``DEXTR_MAX_CONCURRENT`` predictions compute at once per
+process, taking their slot only once their image is in memory (:mod:`.slots`); in queue mode
+the server fetches a request's pictures before it queues it (``ImageFetcher.stage``), so that no
+worker waits on a slow host. ``/health`` and ``/metrics`` answer from their own small thread
+pool, so they are never queued behind predictions. ``/predict``, ``/setup`` and ``/webhook`` read
+``application/json`` only (else 415).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
+import redis
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -27,7 +32,8 @@ from .. import __version__
 from ..errors import DextrError, InputError, ServiceTimeout, ServiceUnavailable, http_status
 from ..labelstudio import jobs
 from ..labelstudio.backend import LabelStudioBackend
-from ..labelstudio.protocol import project_id
+from ..labelstudio.images import COMPUTE_SLOT, fetch_rules
+from ..labelstudio.protocol import project_id, task_image_url
 from ..labelstudio.requests import DEADLINE_KEY, parse_request
 from ..labelstudio.setups import SetupStore, check_hostname, connection_for
 from ..queue.runs import training_project
@@ -37,10 +43,12 @@ from ..settings import Settings
 from ..threads import configure_threads
 from .health import health, metrics_text
 from .metrics import Metrics
-from .requests import authorized, read_json
+from .requests import UnsupportedMediaType, authorized, check_image_urls, check_url_length, read_json
+from .slots import ComputeSlots
 
 log = logging.getLogger(__name__)
 
+STAGED_IMAGES = 4          # pictures of a queued request fetched here first; a worker fetches any more
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 OPEN_ROUTES = ("/", "/health", "/metrics")
 
@@ -62,6 +70,7 @@ def create_app(settings: Settings | None = None, resident: ResidentPredictor | N
         queue = QueueClient(settings.redis_url)
     else:
         backend = LabelStudioBackend(settings, resident)
+    stager = LabelStudioBackend(settings, resident) if queue else None     # its fetchers only: no model
     if settings.label_studio_api_key and not settings.label_studio_url:
         log.warning("LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: the key is never used "
                     "(it goes only to the Label Studio that LABEL_STUDIO_URL names)")
@@ -71,8 +80,10 @@ def create_app(settings: Settings | None = None, resident: ResidentPredictor | N
     app.state.settings, app.state.resident, app.state.backend = settings, resident, backend
     app.state.queue, app.state.setups = queue, setups
     health_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dextr-health")
-    predict_slots = anyio.CapacityLimiter(max(1, settings.max_concurrent))
-    queue_waits = anyio.CapacityLimiter(64)
+    fetch_rules(settings)                       # this process's image-fetch lanes and minimum rate
+    slots = ComputeSlots(settings.max_concurrent)
+    # Threads of requests in flight: computing (DEXTR_MAX_CONCURRENT at most), fetching or waiting.
+    request_threads = anyio.CapacityLimiter(64)
 
     async def off_the_request_path(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(health_pool, functools.partial(fn, *args))
@@ -108,6 +119,7 @@ def create_app(settings: Settings | None = None, resident: ResidentPredictor | N
         if pid is None:
             raise InputError("setup body needs the 'project' Label Studio sends (e.g. \"3.1700000000\")")
         hostname = body.get("hostname")
+        check_url_length("hostname", hostname, settings)
         if hostname:
             check_hostname(hostname)
             if settings.label_studio_url:
@@ -120,28 +132,50 @@ def create_app(settings: Settings | None = None, resident: ResidentPredictor | N
     async def predict(request: Request):
         deadline = time.monotonic() + settings.predict_timeout
         body = await read_json(request, settings)
-        parse_request(body, settings)            # 4xx before any queueing
+        tasks, config, _, prompts = parse_request(body, settings)   # 4xx before any queueing
+        check_image_urls(tasks, config, settings)
         # Where credentials go is never the body's choice: drop what a caller may have put there.
         body = {k: v for k, v in body.items() if k not in ("hostname", "access_token", DEADLINE_KEY)}
         result = None
         with anyio.move_on_after(settings.predict_timeout):
             if queue is None:
                 connection = await run_in_threadpool(connection_for, settings, setups, project_id(body.get("project")))
-                result = await anyio.to_thread.run_sync(
-                    functools.partial(backend.predict, body, connection=connection, deadline=deadline),
-                    limiter=predict_slots, abandon_on_cancel=True)
+                result = await anyio.to_thread.run_sync(in_process, body, connection, deadline,
+                                                         limiter=request_threads, abandon_on_cancel=True)
             else:
                 body[DEADLINE_KEY] = time.time() + settings.predict_timeout
+                await anyio.to_thread.run_sync(stage, body, tasks, config, prompts, deadline,
+                                               limiter=request_threads, abandon_on_cancel=True)
                 result = await anyio.to_thread.run_sync(queue.call, jobs.predict, body, settings.predict_timeout,
-                                                         limiter=queue_waits, abandon_on_cancel=True)
+                                                         limiter=request_threads, abandon_on_cancel=True)
         if result is None:
             raise ServiceTimeout(f"no answer within {settings.predict_timeout:g} s (DEXTR_PREDICT_TIMEOUT); "
                                  "the backend is busy: retry, add workers, or raise DEXTR_PREDICT_TIMEOUT")
-        if queue is None:
-            return result
-        if "error" in result:
+        if queue is not None and "error" in result:
             return JSONResponse({"detail": result["error"]}, status_code=result.get("status", 422))
-        return result["ok"]
+        # Plain data already: FastAPI's encoder would first copy every region (100 brush masks) once more.
+        return JSONResponse(result if queue is None else result["ok"])
+
+    def in_process(body: dict, connection, deadline: float) -> dict:
+        """The prediction in this thread, holding a compute slot only while its image is in memory."""
+        slot = slots.slot()
+        token = COMPUTE_SLOT.set(slot)
+        try:
+            return backend.predict(body, connection=connection, deadline=deadline)
+        finally:
+            slot.give_back()
+            COMPUTE_SLOT.reset(token)
+
+    def stage(body: dict, tasks: list, config, prompts: list, deadline: float) -> None:
+        """Queue mode: the request's first pictures fetched here, left in Redis for its worker."""
+        urls = dict.fromkeys(task_image_url(task, config.image_key(p.to_name))
+                             for task, wanted in zip(tasks, prompts) for p in wanted if p.ready)
+        try:
+            fetcher = stager.fetcher(connection_for(settings, setups, project_id(body.get("project"))))
+            for url in list(urls)[:STAGED_IMAGES]:
+                fetcher.stage(url, deadline, queue.redis, int(settings.predict_timeout) + 60)
+        except redis.RedisError:
+            pass                         # Redis is away: queue.call says so (or a worker fetches them)
 
     @app.post("/webhook")
     async def webhook(request: Request):
@@ -198,7 +232,7 @@ def create_app(settings: Settings | None = None, resident: ResidentPredictor | N
 
     @app.exception_handler(DextrError)
     async def refused(request: Request, exc: DextrError):
-        status = http_status(exc)
+        status = 415 if isinstance(exc, UnsupportedMediaType) else http_status(exc)
         detail = redact_text(str(exc), (settings.label_studio_api_key, settings.basic_auth_pass))
         log.info("request refused", extra={"path": request.url.path, "status": status, "detail": detail})
         return JSONResponse({"detail": detail}, status_code=status)

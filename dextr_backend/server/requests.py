@@ -1,5 +1,7 @@
-"""Reading a request before any route sees it: basic auth, a body within ``DEXTR_MAX_BODY_MB``,
-and JSON that is strict (no NaN or Infinity) and at most ``MAX_JSON_DEPTH`` levels deep."""
+"""Reading a request before any route sees it: basic auth, ``application/json`` only, a body within
+``DEXTR_MAX_BODY_MB``, and JSON that is strict (no NaN or Infinity), at most ``MAX_JSON_DEPTH``
+levels deep, with no string longer than ``DEXTR_MAX_STRING_KB`` and no image URL longer than
+``DEXTR_MAX_URL_CHARS``: every limit is checked before any work is done with the body."""
 
 from __future__ import annotations
 
@@ -10,27 +12,17 @@ import secrets
 
 from fastapi import Request
 
-from ..errors import MalformedRequest, RequestTooLarge
+from ..errors import InputError, MalformedRequest, RequestTooLarge
+from ..labelstudio.protocol import LabelConfig
 from ..settings import Settings
 
 MAX_JSON_DEPTH = 64       # Label Studio's deepest bodies nest about 8 levels
+DATA_IMAGE = "data:image/"
 
 
-def json_depth_within(value, limit: int) -> bool:
-    """Whether ``value`` nests at most ``limit`` containers deep (iterative: no recursion to exhaust)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return False
-        stack.extend((child, depth + 1) for child in children)
-    return True
+class UnsupportedMediaType(MalformedRequest):
+    """A body that is not ``application/json`` (HTTP 415). A web page may post ``text/plain`` or a
+    form to any site without the browser asking that site first (no CORS preflight); JSON it may not."""
 
 
 def parse_json(raw: bytes):
@@ -39,18 +31,71 @@ def parse_json(raw: bytes):
         raise ValueError(f"{name} is not JSON")
 
     try:
-        body = json.loads(raw or b"null", parse_constant=no_constants)
+        return json.loads(raw or b"null", parse_constant=no_constants)
     except RecursionError:
         raise MalformedRequest(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
         raise MalformedRequest(f"body is not valid JSON: {str(exc)[:200]}") from None
-    if not json_depth_within(body, MAX_JSON_DEPTH):
-        raise MalformedRequest(f"body nests deeper than {MAX_JSON_DEPTH} levels")
-    return body
+
+
+def check_body(body, settings: Settings) -> None:
+    """Depth and string lengths, in one iterative walk (no recursion to exhaust). A
+    ``data:image/...`` string is an image, bounded by ``DEXTR_MAX_IMAGE_MB`` in base64 instead."""
+    limit = settings.max_string_kb * 1024
+    image_limit = 4 * (settings.max_image_mb * 1024 * 1024 + 2) // 3 + 100
+    stack = [(body, 1, ())]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, str):
+            image = item[:len(DATA_IMAGE)].lower() == DATA_IMAGE
+            if len(item) > (image_limit if image else limit):
+                where = "".join(f"[{p}]" if isinstance(p, int) else f".{p[:40]}" for p in path).lstrip(".")
+                bound = (f"{settings.max_image_mb} MB of image (DEXTR_MAX_IMAGE_MB)" if image
+                         else f"{settings.max_string_kb} KB (DEXTR_MAX_STRING_KB)")
+                raise InputError(f"the string at {where or 'the top'} is {len(item)} characters long; "
+                                 f"the limit is {bound}")
+            continue
+        if isinstance(item, dict):
+            children = list(item.items())
+            stack.extend((key, depth, path) for key in item)
+        elif isinstance(item, list):
+            children = list(enumerate(item))
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise MalformedRequest(f"body nests deeper than {MAX_JSON_DEPTH} levels")
+        stack.extend((child, depth + 1, path + (key,)) for key, child in children
+                     if isinstance(child, (str, dict, list)))
+
+
+def check_image_urls(tasks: list[dict], config: LabelConfig, settings: Settings) -> None:
+    """Every task's image URL within ``DEXTR_MAX_URL_CHARS`` (a ``data:image`` URI is the image, not a URL)."""
+    keys = set(config.images.values())
+    for task in tasks:
+        data = task.get("data")
+        for key in keys if isinstance(data, dict) else ():
+            url = data.get(key)
+            image = isinstance(url, str) and url[:len(DATA_IMAGE)].lower() == DATA_IMAGE
+            if isinstance(url, str) and len(url) > settings.max_url_chars and not image:
+                raise InputError(f"task {str(task.get('id'))[:40]}: the image URL under data[{key[:40]!r}] is "
+                                 f"{len(url)} characters long; the limit is {settings.max_url_chars} "
+                                 "(DEXTR_MAX_URL_CHARS)")
+
+
+def check_url_length(name: str, value, settings: Settings) -> None:
+    """A URL field other than a task's (``/setup``'s ``hostname``) within ``DEXTR_MAX_URL_CHARS``."""
+    if isinstance(value, str) and len(value) > settings.max_url_chars:
+        raise InputError(f"'{name}' is {len(value)} characters long; the limit is {settings.max_url_chars} "
+                         "(DEXTR_MAX_URL_CHARS)")
 
 
 async def read_json(request: Request, settings: Settings):
-    """The body as JSON, refused from its Content-Length, or as soon as it streams past the limit."""
+    """The body as JSON: refused unless its Content-Type is ``application/json``, refused from its
+    Content-Length or as soon as it streams past the limit, then checked by :func:`check_body`."""
+    media = request.headers.get("content-type", "")
+    if media.split(";", 1)[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType(f"{request.url.path} takes a JSON body: send Content-Type: application/json "
+                                   f"(this request said {media[:60] or 'nothing'!r})")
     limit = settings.max_body_mb * 1024 * 1024
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
@@ -60,7 +105,10 @@ async def read_json(request: Request, settings: Settings):
         raw += chunk
         if len(raw) > limit:
             raise RequestTooLarge(f"body exceeds {settings.max_body_mb} MB (DEXTR_MAX_BODY_MB)")
-    return parse_json(bytes(raw))
+    body = parse_json(bytes(raw))
+    del raw
+    check_body(body, settings)
+    return body
 
 
 def authorized(request: Request, settings: Settings) -> bool:

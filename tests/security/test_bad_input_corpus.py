@@ -1,9 +1,11 @@
 """A corpus of hostile and broken requests against the real backend, in both modes.
 
 Every case must get a 4xx (or a deliberate 503/504), never a 500 or a traceback, within 30 s; no
-response may carry a secret; and the server's memory after the corpus stays within 300 MB of its
-value after warm-up. The backend runs as a real ``dextr-backend serve`` process, in-process and
-with a real Redis and a real worker, with the shipped default model.
+response may carry a secret; and the memory of the process that did the work (the server
+in-process, the worker in queue mode) after the corpus stays within 200 MB of its value after
+the first request (issue 26; the figures are printed and quoted in README's Security section).
+The backend runs as a real ``dextr-backend serve`` process, in-process and with a real Redis
+and a real worker, with the shipped default model.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 
 from hostile import GarbageServer, Server
-from services import Backend, Worker
+from services import served_in_mode
 
 TOKEN = "corpus-secret-token-0123456789"
 REDIS_PASSWORD_MARK = "hunter2"
@@ -291,11 +293,12 @@ def test_the_corpus_is_large_enough(image_host):
 
 
 # --------------------------------------------------------------------------- the servers
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (``VmRSS``) or at its peak so far (``VmHWM``), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
 
 
 def _env(tmp_path, image_host, **extra) -> dict:
@@ -307,25 +310,16 @@ def _env(tmp_path, image_host, **extra) -> dict:
 
 @pytest.fixture(params=["in-process", "queue"])
 def backend(request, tmp_path, image_host):
-    env = _env(tmp_path, image_host)
-    worker = None
-    if request.param == "queue":
-        redis_server = request.getfixturevalue("redis_server")
-        env["REDIS_URL"] = redis_server.url
-        worker = Worker(redis_server.url, env, log=tmp_path / "worker.log").start()
-    server = Backend(env, log=tmp_path / "backend.log").start()
-    yield request.param, server
-    server.stop()
-    if worker:
-        worker.stop()
+    redis_url = request.getfixturevalue("redis_server").url if request.param == "queue" else None
+    yield from served_in_mode(request.param, _env(tmp_path, image_host), tmp_path, redis_url)
 
 
 def test_every_bad_request_gets_a_clear_4xx_never_a_500(backend, image_host):
-    mode, server = backend
+    mode, server, worker = backend
+    busy = worker.proc.pid if worker else server.proc.pid       # the process that loads images and computes
     with httpx.Client(base_url=server.url, timeout=35) as http:
-        for _ in range(3):       # warm-up: the model loads, the allocator settles
-            assert http.post("/predict", json=predict_body(image_host)).status_code == 200
-        rss_before = _rss_mb(server.proc.pid)
+        assert http.post("/predict", json=predict_body(image_host)).status_code == 200
+        rss_before, api_before = _rss_mb(busy), _rss_mb(server.proc.pid)
         failures = []
         for name, method, path, raw in corpus(image_host):
             started = time.monotonic()
@@ -348,5 +342,9 @@ def test_every_bad_request_gets_a_clear_4xx_never_a_500(backend, image_host):
         # still serving, and memory did not grow with the corpus
         assert http.post("/predict", json=predict_body(image_host)).status_code == 200
         assert http.get("/health").status_code == 200
-        grown = _rss_mb(server.proc.pid) - rss_before
-        assert grown < 300, f"{mode}: server RSS grew by {grown:.0f} MB over the corpus"
+        rss_after, peak = _rss_mb(busy), _rss_mb(busy, "VmHWM")
+        print(f"\n{mode}: RSS after the first request {rss_before:.0f} MB, after {len(corpus(image_host))} bad "
+              f"requests {rss_after:.0f} MB (+{rss_after - rss_before:.0f} MB), peak {peak:.0f} MB")
+        if worker:
+            print(f"queue: the API server's RSS {api_before:.0f} -> {_rss_mb(server.proc.pid):.0f} MB")
+        assert rss_after - rss_before < 200, f"{mode}: RSS grew by {rss_after - rss_before:.0f} MB over the corpus"

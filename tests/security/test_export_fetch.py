@@ -84,3 +84,19 @@ def test_without_the_client_s_allowed_hosts_other_hosts_are_refused(servers, tmp
     with pytest.raises(InputError, match="project 5 task 51: .* not allowed"):
         export_labelstudio(LabelStudioClient(ls.url, LEGACY_TOKEN), 5, tmp_path / "p5")
     assert other.log == []
+
+
+def test_a_data_image_task_is_exported_without_a_fetch(servers, tmp_path):
+    """A task whose data is a ``data:image/...;base64,`` URI (Label Studio accepts such data) trains
+    like any other: the picture is decoded from the task, and nothing is fetched for it."""
+    import base64
+
+    ls = fake_label_studio(servers("127.0.0.1"), LEGACY_TOKEN)
+    inline = "data:image/png;base64," + base64.b64encode(picture()).decode()
+    serve_projects(ls, {6: [(61, inline)], 7: [(71, "data:image/png;base64,@@@")]})
+    folder = export_labelstudio(LabelStudioClient(ls.url, LEGACY_TOKEN), 6, tmp_path / "p6")
+    assert [p.name for p in (folder / "images").iterdir()] == ["61.png"]
+    assert len(folder_objects(folder)) == 1
+    assert not any(r["line"].startswith("GET /data") for r in ls.log)
+    with pytest.raises(InputError, match="project 7 task 71: .*not valid base64"):
+        export_labelstudio(LabelStudioClient(ls.url, LEGACY_TOKEN), 7, tmp_path / "p7")

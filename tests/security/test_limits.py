@@ -17,6 +17,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from dextr_backend.cli import main
+from dextr_backend.errors import InputError
 from dextr_backend.models import build_model
 from dextr_backend.server.app import create_app
 from dextr_backend.weights.store import WeightsStore
@@ -47,11 +48,12 @@ def body(url, w, h, objects=1, interactive=True):
     return {"tasks": [task], "label_config": CONFIG, "params": {"context": None}}
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (``VmRSS``) or at its peak so far (``VmHWM``), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
 
 
 @pytest.fixture()
@@ -70,7 +72,8 @@ def test_health_answers_while_slow_hosts_hold_every_prediction(tmp_path, host):
     """45 requests whose picture trickles in one byte a second: predictions are bounded by their
     deadline, and /health answers at once from its own threads all the while."""
     url = host.trickle("/slow.png", total=120, every=1.0)
-    server = Backend(env(tmp_path, host, DEXTR_FETCH_TIMEOUT=8, DEXTR_PREDICT_TIMEOUT=12)).start()
+    server = Backend(env(tmp_path, host, DEXTR_FETCH_TIMEOUT=8, DEXTR_PREDICT_TIMEOUT=12,
+                         DEXTR_FETCH_MIN_RATE_KB=0)).start()      # held for their whole deadline
     try:
         statuses: list[int] = []
 
@@ -96,25 +99,42 @@ def test_health_answers_while_slow_hosts_hold_every_prediction(tmp_path, host):
         server.stop()
 
 
-def test_objects_are_limited_and_memory_stays_flat_with_their_number(tmp_path, host):
+@pytest.fixture(scope="module")
+def hundred_objects(tmp_path_factory):
+    """One server, 8 then 100 then 101 objects on a 2000x1500 picture: the answers and the server's
+    RSS before and after the 100, and its peak (``VmHWM``), in MB."""
+    host = Server("127.0.0.1")
+    tmp_path = tmp_path_factory.mktemp("hundred")
     rng = np.random.default_rng(0)
     big = rng.integers(0, 255, (1500, 2000, 3), dtype=np.uint8)
     url = host.file("/big.jpg", cv2.imencode(".jpg", big)[1].tobytes(), "image/jpeg")
     server = Backend(env(tmp_path, host, DEXTR_PREDICT_TIMEOUT=300, DEXTR_MAX_OBJECTS=100)).start()
     try:
         with httpx.Client(base_url=server.url, timeout=300) as http:
-            r = http.post("/predict", json=body(url, 2000, 1500, objects=8, interactive=False))
-            assert r.status_code == 200 and len(r.json()["results"][0]["result"]) == 8
+            answers = [http.post("/predict", json=body(url, 2000, 1500, objects=8, interactive=False))]
             before = rss_mb(server.proc.pid)
-            r = http.post("/predict", json=body(url, 2000, 1500, objects=100, interactive=False))
-            assert r.status_code == 200 and len(r.json()["results"][0]["result"]) == 100
-            grown = rss_mb(server.proc.pid) - before
-            # one full-picture probability map is 12 MB: 100 held at once would be 1.2 GB
-            assert grown < 250, f"RSS grew {grown:.0f} MB from 8 to 100 objects"
-            r = http.post("/predict", json=body(url, 2000, 1500, objects=101, interactive=False))
-            assert r.status_code == 422 and "DEXTR_MAX_OBJECTS" in r.json()["detail"]
+            answers.append(http.post("/predict", json=body(url, 2000, 1500, objects=100, interactive=False)))
+            after, peak = rss_mb(server.proc.pid), rss_mb(server.proc.pid, "VmHWM")
+            answers.append(http.post("/predict", json=body(url, 2000, 1500, objects=101, interactive=False)))
     finally:
         server.stop()
+        host.stop()
+    print(f"\n100 objects on a 2000x1500 picture (in-process): RSS {before:.0f} -> {after:.0f} MB, peak {peak:.0f} MB")
+    return answers, before, after, peak
+
+
+def test_objects_are_limited_and_memory_stays_flat_with_their_number(hundred_objects):
+    (eight, hundred, too_many), before, after, _ = hundred_objects
+    assert eight.status_code == 200 and len(eight.json()["results"][0]["result"]) == 8
+    assert hundred.status_code == 200 and len(hundred.json()["results"][0]["result"]) == 100
+    # one full-picture probability map is 12 MB: 100 held at once would be 1.2 GB
+    assert after - before < 250, f"RSS grew {after - before:.0f} MB from 8 to 100 objects"
+    assert too_many.status_code == 422 and "DEXTR_MAX_OBJECTS" in too_many.json()["detail"]
+
+
+def test_a_hundred_object_request_peaks_below_1_gb(hundred_objects):
+    *_, peak = hundred_objects
+    assert peak < 1024, f"a 100-object request took the server to a {peak:.0f} MB peak"
 
 
 @pytest.mark.parametrize("setting, value, request_of, variable", [
@@ -159,3 +179,22 @@ def test_405_says_which_methods_are_allowed(tmp_path, monkeypatch):
         assert r.status_code == 405 and r.headers["Allow"] == "POST"
         r = client.delete("/health")
         assert r.status_code == 405 and set(r.headers["Allow"].split(", ")) >= {"GET"}
+
+
+def test_the_image_size_limit_follows_the_settings_given(tmp_path, monkeypatch, host):
+    """Issue 29: ``DEXTR_MAX_IMAGE_PIXELS`` was read once, when ``imageio`` was imported; the
+    ``Settings`` a server was given, and the environment as it is later, went unheard."""
+    from dextr_backend.imageio import decode_image
+
+    picture = cv2.imencode(".png", np.zeros((120, 160, 3), np.uint8))[1].tobytes()
+    monkeypatch.setenv("DEXTR_WEIGHTS_DIR", str(tmp_path / "store"))
+    for limit, status in ((160 * 120, 200), (160 * 120 - 1, 422)):
+        url = host.file(f"/small-{limit}.png", picture, "image/png")     # not in the process's image cache
+        app = create_app(env_settings(device="cpu", allowed_hosts=(host.netloc,), max_image_pixels=limit))
+        with TestClient(app) as client:
+            r = client.post("/predict", json=body(url, 160, 120))
+        assert r.status_code == status, r.text[:300]
+    assert "exceeds 19199 pixels (DEXTR_MAX_IMAGE_PIXELS)" in r.json()["detail"]
+    monkeypatch.setenv("DEXTR_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(InputError, match="exceeds 1000 pixels"):
+        decode_image(picture)
