@@ -370,20 +370,6 @@ def test_train_command_grows_lite0c_and_records_the_corrected_scores(tmp_path, w
     assert main(["train", "--dataset", str(shapes), "--corrections", "0"]) == 2
 
 
-def test_promotion_needs_the_corrected_scores_too():
-    from dextr_backend.training.promotion import decide
-
-    def promoted(val, guard, corrected):
-        return decide(val=val, base_val=80, baseline="v1", val_objects=10, epochs_done=1, stopped="epochs",
-                      min_val_objects=3, guard=guard, base_guard=None if guard is None else 70,
-                      corrected=corrected, base_corrected={"val_miou_6": 80.0, "guard_miou_6": 70.0})[0]
-
-    assert promoted(80, 70, {"val_miou_6": 81.0, "guard_miou_6": 70.0})
-    assert not promoted(80, 70, {"val_miou_6": 81.0, "guard_miou_6": 69.9})
-    assert not promoted(79.9, 70, {"val_miou_6": 90.0, "guard_miou_6": 90.0})
-    assert promoted(80, None, {"val_miou_6": 80.0, "guard_miou_6": None})
-
-
 def test_grown_default_model_reproduces_its_parent_on_real_objects(shared_data, weights_dir):
     """The shipped default grown into lite0c: the same masks with and without corrective clicks."""
     from dextr_backend.build import predictor_for

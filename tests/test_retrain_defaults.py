@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dextr_backend.errors import InputError
-from dextr_backend.labelstudio.retrain import retrain_config
+from dextr_backend.labelstudio.retrain import folds_for, retrain_config
 from dextr_backend.settings import Settings
 from dextr_backend.data.objects import ObjectRef
 from dextr_backend.data.splits import hold_out_split, image_rank
@@ -73,6 +73,15 @@ def test_every_default_is_a_setting(clean_env):
         Settings.from_env()
 
 
+def test_small_label_sets_are_cross_validated_not_split(clean_env):
+    """Under 60 objects the job decides by 2-fold cross-validation and ships a model trained on
+    every label; from 60 on a 15 % hold-out is 9+ objects. Early stopping needs a hold-out."""
+    settings = Settings.from_env()
+    assert [folds_for(settings, n) for n in (3, 10, 25, 50, 59, 60, 200)] == [2, 2, 2, 2, 2, 0, 0]
+    clean_env.setenv("DEXTR_TRAIN_PATIENCE", "2")
+    assert folds_for(Settings.from_env(), 25) == 0
+
+
 @pytest.mark.parametrize("keep_last", [True, False])
 def test_the_job_ships_the_last_epoch_not_a_noisy_pick(tmp_path, monkeypatch, keep_last):
     """With a handful of held-out objects the best epoch by validation is mostly noise: a 25-label
@@ -81,12 +90,13 @@ def test_the_job_ships_the_last_epoch_not_a_noisy_pick(tmp_path, monkeypatch, ke
 
     from dextr_backend.models import build_model
     from dextr_backend.training import promotion
+    from dextr_backend.training.trainer import Trainer
     from dextr_backend.data.objects import folder_objects
     from dextr_backend.weights.files import read_state_file
     from dextr_backend.weights.store import WeightsStore
     from test_training import make_shapes, small_config
 
-    real_run, last = promotion.Trainer.run, {}
+    real_run, last = Trainer.run, {}
 
     def run_with_another_best(self):          # as if validation had picked an earlier epoch
         result = real_run(self)
@@ -94,7 +104,7 @@ def test_the_job_ships_the_last_epoch_not_a_noisy_pick(tmp_path, monkeypatch, ke
         result.state_dict = {k: torch.zeros_like(v) for k, v in result.state_dict.items()}
         return result
 
-    monkeypatch.setattr(promotion.Trainer, "run", run_with_another_best)
+    monkeypatch.setattr(Trainer, "run", run_with_another_best)
     store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
     torch.manual_seed(0)
     store.add_version(build_model("lite0").state_dict(), "lite0", name="base", input_size=64, make_current=True)

@@ -1,5 +1,5 @@
 """``dextr-backend train``: fine-tune the current weights on a folder or a Label Studio project,
-and promote the result only if it validates at least as well."""
+and promote the result unless it is measurably worse (``training.decision``)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ def part_list(text: str) -> tuple[str, ...]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="fine-tune on new labels; promote only if better",
+        "train", help="fine-tune on new labels; promote unless measurably worse",
         description="Fine-tune a weights version on a dataset folder or a Label Studio project. The new "
-                    "version is scored against its parent on the same validation images and clicks and "
-                    "becomes current only if it is at least as good (--force overrides). Re-running the "
-                    "same command after a kill resumes from the last epoch.",
+                    "version and the current one are scored on the same held-out objects with the same "
+                    "click sets (the exact extreme points and 2 jittered sets); the new one becomes current "
+                    "unless the 95% bootstrap interval of the paired gain lies wholly below -0.5 points, or "
+                    "on the --guard objects reaches below -2 (--force overrides; `weights use` rolls back). "
+                    "Re-running the same command after a kill resumes where it stopped.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  dextr-backend train --dataset ../shared/data/DAVIS --epochs 5 --max-minutes 10\n"
@@ -81,13 +83,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "the version (default: none)")
     p.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out (default: 0.1)")
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="for small label sets: decide by K-fold cross-validation over the images (every object "
+                        "is scored once by a model that never trained on it), then train the shipped version "
+                        "on all of them; K+1 trainings, each with its share of --max-minutes "
+                        "(default: 0, a --val-fraction hold-out)")
     p.add_argument("--val-objects", type=int, default=200, help="validation objects scored per epoch (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--name", default=None, help="name of the new version (default: v1, v2, ...)")
     p.add_argument("--guard", metavar="DIR", default=None,
                    help="a folder of whole objects you care about and never train on, in a layout `evaluate` "
-                        "reads; the new version must also score at least the current one there to become "
-                        "current; it is also scored after every epoch (default: $DEXTR_TRAIN_GUARD_DIR)")
+                        "reads; the new version must show it lost less than 2 points there (the whole 95%% "
+                        "interval above -2); it also catches labels that teach something other than the "
+                        "outlines; with a hold-out split it is also scored after every epoch "
+                        "(default: $DEXTR_TRAIN_GUARD_DIR)")
     p.add_argument("--force", action="store_true", help="make the new version current even if it is worse")
     p.add_argument("--min-val-objects", type=int, default=None, metavar="N",
                    help="promote only when validated on at least N objects "
@@ -146,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--error-weight {args.error_weight}: a positive weight, e.g. 4 (1 = off)")
     if args.corrections < 1:
         raise InputError(f"--corrections {args.corrections}: at least 1 simulated click per sample")
+    if args.folds == 1 or args.folds < 0:
+        raise InputError(f"--folds {args.folds}: 2 or more folds to cross-validate (0 = a hold-out split)")
     settings = Settings.from_env()
     threads = configure_threads(args.threads if args.threads is not None else settings.threads)
     min_val = settings.train_min_val_objects if args.min_val_objects is None else args.min_val_objects
@@ -165,9 +176,10 @@ def run(args: argparse.Namespace) -> int:
     outcome = train_and_promote(refs, source=source, config=config, init=args.init, run_dir=args.run_dir,
                                 force=args.force, name=args.name, device=args.device,
                                 val_fraction=args.val_fraction, guard=guard, arch=args.arch,
-                                min_val_objects=min_val, fresh=args.fresh)
+                                min_val_objects=min_val, fresh=args.fresh, folds=args.folds)
     verdict = "now current" if outcome.promoted else "kept, not current"
-    print(f"{outcome.version.name}: {verdict}; {outcome.reason} ({outcome.minutes:.1f} min, "
+    print(f"{outcome.version.name}: {verdict}. {outcome.reason} ({outcome.minutes:.1f} min, "
           f"stopped: {outcome.stopped})")
+    print(f"rule: {outcome.decision['rule']}")
     print(json.dumps(outcome.summary()))
     return 0

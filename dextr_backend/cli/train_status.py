@@ -1,5 +1,6 @@
 """``dextr-backend train-status``: what the training queue is doing, from the command line, as a
-text table of every project's retraining (the same data as GET /train/status)."""
+text table of every project's retraining (the same data as GET /train/status), with each finished
+run's promotion decision: the sentence, every exam's gain and interval, and the rule."""
 
 from __future__ import annotations
 
@@ -21,13 +22,34 @@ def _progress(run: dict) -> str:
     return "-"
 
 
+def _interval(exam: dict) -> str:
+    """``+5.1 [+3.2, +7.0] on 25 objects``: a paired gain in mIoU points with its interval."""
+    if exam.get("gain") is None:
+        return f"{exam.get('candidate', 0):.1f} on {exam.get('objects')} objects (nothing to compare with)"
+    span = ("" if exam.get("low") is None else f" [{exam['low']:+.1f}, {exam['high']:+.1f}]")
+    return f"{exam['gain']:+.1f}{span} on {exam.get('objects')} objects"
+
+
 def _outcome(run: dict) -> str:
     if run.get("error"):
         return run["error"]
     result = run.get("result") or {}
+    decision = result.get("decision") or {}
+    if "version" in result and decision.get("exams"):
+        kept = "promoted" if result.get("promoted") else "not promoted"
+        return f"{result['version']}: {kept} ({decision.get('verdict')}; gain {_interval(decision['exams'][0])})"
     if "version" in result:
         return f"{result['version']}: {result.get('reason') or ('promoted' if result.get('promoted') else 'kept')}"
     return run.get("note") or "-"
+
+
+def _why(run: dict) -> list[str]:
+    """The decision's sentence, and each exam's gain and interval, under a finished run's row."""
+    decision = ((run.get("result") or {}).get("decision")) or {}
+    if not decision:
+        return []
+    exams = "; ".join(f"{e['name']} {_interval(e)}" for e in decision.get("exams", []))
+    return [f"{'':<10}why: {decision.get('sentence', '')}", f"{'':<10}gains (95% interval): {exams}"]
 
 
 def _when(stamp: str | None) -> str:
@@ -54,6 +76,9 @@ def table(projects: list[dict]) -> str:
             val = f"{val:.2f}" if isinstance(val, (int, float)) else "-"
             lines.append(f"  {r['run']:<8} {_when(r.get('started')):<19}  {r.get('status', '-'):<11}  "
                          f"{str(r.get('stage', '-'))[:24]:<24}  {_progress(r):<26}  {val:>8}  {_outcome(r)}")
+            lines.extend(_why(r))
+        rules = {((r.get("result") or {}).get("decision") or {}).get("rule") for r in runs} - {None}
+        lines.extend(f"  rule: {rule}" for rule in sorted(rules))
     return "\n".join(lines)
 
 

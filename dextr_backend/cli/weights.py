@@ -16,14 +16,17 @@ def _store() -> WeightsStore:
 
 
 def _metrics(metrics: dict, limit: int = 3) -> str:
-    """A trained version: both exams that decided its promotion, each against its baseline; others:
-    the first few metrics."""
+    """A trained version: both exams that decided its promotion, each against its baseline with the
+    interval of the paired gain; others: the first few metrics."""
     if "val_miou" in metrics:
-        def exam(name: str, key: str) -> str:
-            base = metrics.get(f"baseline_{key}")
-            return f"{name}={metrics[key]:g}" + ("" if base is None else f" (base {base:g})")
+        def exam(name: str, key: str, gain: str) -> str:
+            base, diff, low, high = (metrics.get(k) for k in (f"baseline_{key}", gain, f"{gain}_low", f"{gain}_high"))
+            span = "" if low is None or high is None else f" [{low:+.1f}, {high:+.1f}]"    # the 95 % interval
+            change = "" if diff is None else f", gain {diff:+.1f}{span}"
+            return f"{name}={metrics[key]:g}" + ("" if base is None else f" (base {base:g}{change})")
 
-        return " ".join(exam(n, k) for n, k in (("val", "val_miou"), ("guard", "guard_miou")) if k in metrics)
+        return " ".join(exam(n, k, g) for n, k, g in (("val", "val_miou", "gain"), ("guard", "guard_miou", "guard_gain"))
+                        if k in metrics)
     items = list(metrics.items())[:limit]
     return " ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in items) or "-"
 

@@ -59,7 +59,8 @@ def predict(request: dict) -> dict:
 
 
 def train_project(project: int) -> dict:
-    """Fine-tune on a Label Studio project's accepted labels; promote only if better.
+    """Fine-tune on a Label Studio project's accepted labels; promote unless measurably worse
+    (``training.decision``).
 
     The arguments name the project only: the worker takes Label Studio's address and token from
     its own settings, else from what Label Studio sent to ``/setup`` (kept in Redis by the API).

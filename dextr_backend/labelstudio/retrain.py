@@ -1,5 +1,7 @@
 """Retraining for a Label Studio project, in one place: export its accepted labels, fine-tune the
-current version on them, and promote the result only if it is better (``training.promotion``).
+current version on them, and promote the result unless it is measurably worse
+(``training.promotion``; the rule is ``training.decision``'s). A small label set is
+cross-validated, so every label is evidence and the shipped model trains on all of them.
 
 Both ways in use it: *Start Training* (and ``DEXTR_TRAIN_EVERY``) through the queue
 (:mod:`.jobs`), and ``dextr-backend train --labelstudio-project``.
@@ -20,6 +22,11 @@ from .setups import SetupStore, connection_for
 log = logging.getLogger(__name__)
 
 RETRAIN_LR = 3e-4
+# Below this many objects the job cross-validates (``training.crossval``): every label is scored
+# once by a model that never trained on it, and the shipped model trains on all of them, at the
+# cost of FOLDS + 1 trainings. From here on a 15 % hold-out is 9+ objects and one training.
+CROSS_VALIDATE_BELOW = 60
+FOLDS = 2
 
 
 def label_studio_client(settings: Settings, setups: SetupStore | None, project: int) -> LabelStudioClient:
@@ -47,14 +54,21 @@ def retrain_config(settings: Settings, objects: int):
     160 samples at the version's working size, lr 3e-4; BatchNorm frozen under 500 objects, as the
     trainer does), more samples per epoch from 40 objects on (4 each, up to 2000), and no early
     stopping: a handful of held-out objects is too noisy to stop on or to pick an epoch by, so every
-    epoch runs and the last is kept (``keep_last``; validation decides the promotion only).
-    ``DEXTR_TRAIN_*`` override each part; with ``DEXTR_TRAIN_PATIENCE`` set, the run stops early
-    and keeps its best epoch by validation."""
+    epoch runs and the last is kept (``keep_last``; the held-out objects decide the promotion only).
+    Under CROSS_VALIDATE_BELOW objects each of the FOLDS + 1 trainings runs this schedule, with
+    its share of the time budget. ``DEXTR_TRAIN_*`` override each part; with
+    ``DEXTR_TRAIN_PATIENCE`` set, the run holds images out, stops early and keeps its best epoch."""
     from ..training.trainer import TrainConfig
 
     samples = settings.train_samples or max(160, min(2000, 4 * objects))
     return TrainConfig(epochs=settings.train_epochs, max_minutes=settings.train_max_minutes, lr=RETRAIN_LR,
                        patience=settings.train_patience or settings.train_epochs, samples_per_epoch=samples)
+
+
+def folds_for(settings: Settings, objects: int) -> int:
+    """How many folds the job cross-validates over (0: a hold-out split). Early stopping
+    (``DEXTR_TRAIN_PATIENCE``) needs validation after every epoch, hence a hold-out split."""
+    return FOLDS if objects < CROSS_VALIDATE_BELOW and not settings.train_patience else 0
 
 
 def retrain_project(settings: Settings, client: LabelStudioClient, project: int, *,
@@ -76,20 +90,28 @@ def retrain_project(settings: Settings, client: LabelStudioClient, project: int,
                           f"trained on them from {same['started_from']} and made {same['version']} "
                           f"(current: {start})"}
     config = retrain_config(settings, len(refs))
-    progress(objects=len(refs), epoch=0, epochs=config.epochs, epochs_done=0)
+    if not settings.train_guard_dir:
+        log.warning("no guard folder (DEXTR_TRAIN_GUARD_DIR): labels that are consistently wrong (shifted or "
+                    "swapped masks) cannot be told from a new domain; only the project's own labels decide",
+                    extra={"project": project})
+    folds = folds_for(settings, len(refs))
+    epochs = config.epochs * (folds + 1 if folds else 1)      # over every training of the run
+    progress(objects=len(refs), epoch=0, epochs=epochs, epochs_done=0, folds=folds)
 
     def on_epoch(row: dict) -> None:
-        progress(True, epochs_done=row["epoch"], epoch=row["epoch"], val_miou=row["val_miou"], loss=row["loss"],
+        progress(True, epochs_done=row["epoch"], epoch=row["epoch"], epochs=row.get("epochs", epochs),
+                 part=row.get("part"), val_miou=row["val_miou"], loss=row["loss"],
                  **({"guard_miou": row["guard_miou"]} if "guard_miou" in row else {}))
 
     def on_step(fields: dict) -> None:
+        total = fields.get("epochs", epochs)
         progress(**fields, fraction=round((fields["epoch"] - 1 + fields["step"] / fields["steps_per_epoch"])
-                                          / config.epochs, 4))
+                                          / total, 4))
 
     outcome = train_and_promote(
         refs, source=source, config=config, store=store, val_fraction=settings.train_val_fraction,
         guard=settings.train_guard_dir or None, min_val_objects=settings.train_min_val_objects,
-        hold_out_objects=settings.train_min_val_objects, keep_last=settings.train_patience == 0,
+        hold_out_objects=settings.train_min_val_objects, keep_last=settings.train_patience == 0, folds=folds,
         on_epoch=on_epoch, on_progress=on_step, on_stage=stage,
         on_resume=lambda epoch: progress(True, resumed_from_epoch=epoch))
     return {**outcome.summary(), "data_hash": data_hash, "started_from": start}

@@ -1,41 +1,45 @@
-"""Train a new version from the current one and promote it only if it is at least as good.
+"""Train a new version from the current one and promote it unless it is measurably worse.
 
-Both models are scored on the same validation objects with the same simulated clicks and the
-same threshold, so "better" means better on identical inputs. A guard folder (whole objects the
-team cares about, never trained on) adds a second exam the new version must also pass: a split of
-the training data can keep improving while other objects get worse (see bsds-lite0-v3's card).
-Every trained version is kept (with its model card) whether or not it becomes current, so an admin
-can inspect or force it. Nothing is promoted from a run that finished no epoch (a time budget cut
-the first one short) or judged on fewer than ``min_val_objects`` validation objects: such scores
-say too little. The outcome's ``reason`` names the numbers that decided.
+Both versions are scored on the same objects with the same click sets and the same mask rule, so
+the differences pair object by object (``decision`` turns them into an interval and a verdict).
+Which models train and which objects examine them is the run's plan (``crossval``): a small label
+set is cross-validated and the shipped model trains on every label; otherwise a hold-out split.
+A guard folder (whole objects never trained on) is a second exam, for the shipped model itself.
+Every trained version is kept with its model card, promoted or not, so an admin can inspect it,
+force it or roll back. Nothing is promoted from a run that finished no epoch (a time budget cut
+it short) or examined on fewer than ``min_val_objects`` objects: such scores say too little.
 """
 
 from __future__ import annotations
 
 import logging
-import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import torch
+import numpy as np
 
-from ..build import make_predictor, model_from
+from ..build import predictor_for
 from ..data.benchmarks import load_dataset
-from ..data.objects import ObjectRef, objects_key
-from ..data.splits import hold_out_split, split_for_training, spread
+from ..data.objects import ObjectRef, as_eval_objects, objects_key
 from ..errors import InputError, WeightsError
 from ..models import get_architecture, grow_state
 from ..settings import Settings
 from ..weights.registry import default_threshold
 from ..weights.store import WeightsStore
 from ..weights.versions import Version
-from .scoring import CORRECTION_CLICKS, score_objects
-from .trainer import TrainConfig, Trainer
+from .card import model_card, outcome_metrics
+from .crossval import Plan, cross_validation, hold_out
+from .decision import Rule, decide
+from .plan_runner import PlanRunner, Reporter
+from .scoring import CORRECTION_CLICKS, set_scores, version_scores
+from .trainer import TrainConfig
 
 log = logging.getLogger(__name__)
+
+IMAGENET = "imagenet:"
 
 
 @dataclass
@@ -49,78 +53,55 @@ class Outcome:
     stopped: str
     guard_miou: float | None = None            # the new version on the guard folder
     baseline_guard_miou: float | None = None   # the current version there
-    reason: str = ""                           # why it was or was not promoted, with the numbers
+    reason: str = ""                           # the decision in one sentence, with its numbers
     val_objects: int = 0
     epochs_done: int = 0
     corrected: dict = field(default_factory=dict)   # corrections versions: the 6-click scores of both
+    decision: dict = field(default_factory=dict)    # Decision.to_dict(): verdict, rule, exams, intervals
 
     def summary(self) -> dict:
+        labels = (self.decision.get("exams") or [{}])[0]
         return {"version": self.version.name, "promoted": self.promoted, "reason": self.reason,
                 "val_objects": self.val_objects, "epochs_done": self.epochs_done, "baseline": self.baseline,
                 "baseline_val_miou": (None if self.baseline is None else round(self.baseline_val_miou, 2)),
                 "val_miou": round(self.val_miou, 2),
+                "gain": labels.get("gain"), "interval": [labels.get("low"), labels.get("high")],
                 **({} if self.guard_miou is None else {
                     "guard_miou": round(self.guard_miou, 2),
                     "baseline_guard_miou": (None if self.baseline_guard_miou is None
                                             else round(self.baseline_guard_miou, 2))}),
                 **{k: (None if v is None else round(v, 2)) for k, v in self.corrected.items()},
-                "minutes": round(self.minutes, 2), "stopped": self.stopped}
+                "minutes": round(self.minutes, 2), "stopped": self.stopped, "decision": self.decision}
 
 
-IMAGENET = "imagenet:"
+@dataclass(frozen=True)
+class Start:
+    """Where a run starts: the parent's weights and the mask rule its children inherit."""
+
+    parent: str | None         # the version's name; None from ImageNet
+    tag: str                   # names the run folder
+    state: dict | None
+    arch: str
+    threshold: float
+    trim: int
+    input_size: int
 
 
-def _scores(arch: str, state: dict, input_size: int, threshold: float, trim: int, val_refs, guard_objects,
-            seed: int, device: str, clicks: int | None = None, version: str = "custom") -> dict:
-    """One version's ``val_miou`` and ``guard_miou`` (None without a guard), from one predictor;
-    with ``clicks`` also ``val_miou_6`` and ``guard_miou_6`` (a version without corrections
-    ignores the clicks, so there it scores its 4-click masks)."""
-    predictor = make_predictor(model_from(arch, state), arch, input_size, threshold, trim, version=version,
-                               device=device)
-    return score_objects(predictor, val_refs, guard_objects, seed, clicks)
-
-
-def decide(*, val: float, base_val: float | None, baseline: str | None, val_objects: int, epochs_done: int,
-           stopped: str, min_val_objects: int, guard: float | None = None, base_guard: float | None = None,
-           corrected: dict | None = None, base_corrected: dict | None = None,
-           force: bool = False) -> tuple[bool, str]:
-    """Whether to promote, and why, in one line with the numbers that decided.
-
-    The rule: no worse on the validation split, and no worse on the guard if there is one; a
-    corrections version must also be no worse on each score of ``corrected`` (e.g.
-    ``{"val_miou_6": ..., "guard_miou_6": ...}``) than the incumbent's same score."""
-    corrected, base_corrected = corrected or {}, base_corrected or {}
-    numbers = f"validation mIoU {val:.2f} on {val_objects} object{'s' if val_objects != 1 else ''}"
-    if baseline is not None:
-        numbers += f" vs {base_val:.2f} for {baseline}"
-    if guard is not None:
-        numbers += f"; guard mIoU {guard:.2f}" + ("" if base_guard is None else f" vs {base_guard:.2f}")
-    for key, value in corrected.items():
-        if value is not None:
-            base = base_corrected.get(key)
-            numbers += f"; {key} {value:.2f}" + ("" if base is None else f" vs {base:.2f}")
-    too_little = []
-    if epochs_done < 1:
-        too_little.append(f"no full epoch finished (stopped: {stopped})")
-    if val_objects < min_val_objects:
-        too_little.append(f"only {val_objects} validation object{'s' if val_objects != 1 else ''}, fewer than "
-                          f"{min_val_objects} (DEXTR_TRAIN_MIN_VAL_OBJECTS)")
-    worse = []
-    if baseline is not None and not val >= base_val:
-        worse.append("worse on validation")
-    if baseline is not None and guard is not None and base_guard is not None and not guard >= base_guard:
-        worse.append("worse on the guard")
-    for key, value in corrected.items():
-        base = base_corrected.get(key)
-        if baseline is not None and value is not None and base is not None and not value >= base:
-            worse.append(f"worse on {key}")
-    if not too_little and not worse:
-        return True, ("promoted: " + ("at least as good as the current version: " if baseline is not None
-                                      else "no current version to compare with: ") + numbers)
-    why = "; ".join(too_little + worse)
-    if force:
-        return True, f"promoted by --force although {why}: {numbers}"
-    return False, f"not promoted: {why}: {numbers}"
+def resolve_start(store: WeightsStore, init: str | None, arch: str | None) -> Start:
+    """``init`` (default: the current version; ``imagenet:ARCH``: the ImageNet backbone), grown
+    into ``arch`` when it names a larger architecture (``lite0`` -> ``lite0r``)."""
+    if init and init.startswith(IMAGENET):
+        arch = get_architecture(arch or init[len(IMAGENET):]).name
+        return Start(None, init.replace(":", "-"), None, arch, default_threshold(arch), 0,
+                     get_architecture(arch).input_size)
+    parent = store.load(init)
+    state, tag = parent.state_dict, parent.version
+    if arch and get_architecture(arch).name != parent.arch:
+        state = grow_state(arch, state)
+        tag += f"-as-{arch}"      # a grown network never resumes a plain fine-tune's checkpoint
+    # A child is thresholded and trimmed as its parent was tuned, and works at its size.
+    return Start(parent.version, tag, state, arch or parent.arch, parent.threshold, parent.meta.trim,
+                 parent.input_size)
 
 
 def load_guard(folder: str | Path) -> list:
@@ -131,6 +112,50 @@ def load_guard(folder: str | Path) -> list:
     return objects
 
 
+def _current(store: WeightsStore):
+    try:
+        return store.load(None)
+    except WeightsError:
+        return None               # nothing is current yet: the first trained version wins
+
+
+def _score_current(store: WeightsStore, object_sets: list, seed: int, device: str, clicks: int | None):
+    """The current version (None if nothing is current yet) and its scores on each set."""
+    incumbent = _current(store)
+    if incumbent is None:
+        return None, None
+    base = set_scores(predictor_for(incumbent, device=device), object_sets, seed=seed, clicks=clicks)   # as served
+    log.info("current version scored", extra={"current": incumbent.version,
+                                              "objects": [len(s or []) for s in object_sets]})
+    return incumbent, base
+
+
+def _paired(plan: Plan, runs: list[dict], shipped: list, base: list | None, clicks: int | None):
+    """``{clicks: (candidate, incumbent)}`` on the examined objects, in the plan's order, and the
+    guard's pair (None without a guard); the incumbent's side is None when nothing was current."""
+    cand = [r["scores"] for r in runs if "scores" in r] + ([shipped[0]] if plan.shipped.test else [])
+    pairs = {}
+    for key in [4] + ([clicks] if clicks else []):
+        pairs[key] = (np.concatenate([c[key] for c in cand]),
+                      None if base is None else np.concatenate([b[key] for b in base[:-1]]))
+    guard_pair = None if shipped[1] is None else (shipped[1][4], None if base is None else base[-1][4])
+    return pairs, guard_pair
+
+
+def _blockers(plan: Plan, runs: list[dict], min_val_objects: int) -> list[str]:
+    """Why the scores cannot decide: a training that finished no epoch, or too few objects."""
+    out = []
+    for part, run in zip(plan.parts, runs):
+        if run["epochs_done"] < 1:
+            where = "" if part is plan.shipped else f" in {part.name}"
+            out.append(f"no full epoch finished{where} (stopped: {run['stopped']})")
+    n = len(plan.exam_objects)
+    if n < min_val_objects:
+        out.append(f"only {n} validation object{'s' if n != 1 else ''}, fewer than {min_val_objects} "
+                   "(DEXTR_TRAIN_MIN_VAL_OBJECTS)")
+    return out
+
+
 def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfig, init: str | None = None,
                       run_dir: str | Path | None = None, store: WeightsStore | None = None, force: bool = False,
                       name: str | None = None, device: str = "auto", val_fraction: float = 0.1,
@@ -139,124 +164,68 @@ def train_and_promote(refs: list[ObjectRef], *, source: dict, config: TrainConfi
                       fresh: bool = False, on_progress: Callable[[dict], None] | None = None,
                       on_stage: Callable[[str], None] | None = None,
                       on_resume: Callable[[int], None] | None = None,
-                      hold_out_objects: int | None = None, keep_last: bool = False) -> Outcome:
-    """Fine-tune ``init`` (default: the current version; ``imagenet:ARCH`` starts from ImageNet),
-    then make the result current only if it scores at least the current version's mIoU, on the
-    validation split and, when ``guard`` names a folder, on that folder's objects too, after at
-    least one full epoch and on at least ``min_val_objects`` validation objects (see ``decide``).
-    ``arch`` grows ``init`` into a larger architecture (``lite0`` -> ``lite0r``); ``fresh`` discards
-    the run folder's checkpoint instead of resuming it. ``on_stage`` hears "scoring the current
-    version", "training", "scoring the new version"; ``on_resume`` the epoch a run resumes at.
-    ``hold_out_objects`` (the retraining job) holds out ``val_fraction`` of the images by count, at
-    least that many objects (``hold_out_split``); None keeps each image's side by its own hash.
-    ``keep_last`` ships the last epoch instead of the best by validation: on a handful of held-out
-    objects the best epoch is mostly noise. ``store`` defaults to the one ``Settings`` name."""
-    stage = on_stage or (lambda name: None)
+                      hold_out_objects: int | None = None, keep_last: bool = False, folds: int = 0,
+                      rule: Rule = Rule()) -> Outcome:
+    """Fine-tune ``init`` (see ``resolve_start``; ``arch`` grows it), then make the result current
+    unless ``rule`` finds it measurably worse than the current version (``decision.decide``).
+
+    ``folds`` >= 2 cross-validates over the images of ``refs`` and trains the shipped model on all
+    of them, each training getting its share of ``config.max_minutes``; otherwise ``val_fraction``
+    of the images are held out (``hold_out_objects``: by count, at least that many objects;
+    ``crossval.hold_out``) and the best epoch by validation is kept, or the last with ``keep_last``.
+    ``guard`` names a folder the shipped model must not lose more than ``rule.guard_margin`` on.
+    ``fresh`` discards the run folder instead of resuming it. ``on_stage`` hears the stages,
+    ``on_epoch``/``on_progress`` count epochs over all trainings (``epochs``, ``part``);
+    ``on_resume`` the epoch a run resumes at. ``config`` is not changed."""
     store = store or WeightsStore.from_settings(Settings.from_env())
     guard_objects = load_guard(guard) if guard else None     # a bad folder fails before training
-    train_refs, val_refs = (split_for_training(refs, val_fraction) if hold_out_objects is None
-                            else hold_out_split(refs, val_fraction, hold_out_objects))
-    val_refs = spread(val_refs, config.val_objects)
-    if init and init.startswith(IMAGENET):
-        arch = get_architecture(arch or init[len(IMAGENET):]).name
-        parent_name, init_state, threshold, trim = None, None, default_threshold(arch), 0
-        parent_size = get_architecture(arch).input_size
-    else:
-        parent = store.load(init)
-        parent_name, init_state, threshold = parent.version, parent.state_dict, parent.threshold
-        trim = parent.meta.trim    # a child is thresholded and trimmed as its parent was tuned
-        parent_size = parent.input_size
-        if arch and get_architecture(arch).name != parent.arch:
-            init_state = grow_state(arch, init_state)
-        arch = arch or parent.arch
-    # A fine-tuned version keeps working at its parent's size unless told otherwise.
-    input_size = config.resolution or parent_size
-    config.arch, config.threshold, config.trim, config.resolution = arch, threshold, trim, input_size
-    tag = parent_name or init.replace(":", "-")
-    if parent_name and arch != parent.arch:
-        tag += f"-as-{arch}"      # a grown network never resumes a plain fine-tune's checkpoint
-    run_dir = Path(run_dir) if run_dir else store.root / "runs" / f"{tag}-{objects_key(refs)[:12]}"
+    start = resolve_start(store, init, arch)
+    config = replace(config, arch=start.arch, threshold=start.threshold, trim=start.trim,
+                     resolution=config.resolution or start.input_size)
+    plan = (cross_validation(refs, folds) if folds >= 2 and len({r.image for r in refs}) >= 2
+            else hold_out(refs, val_fraction, hold_out_objects, config.val_objects))
+    run_dir = Path(run_dir) if run_dir else store.root / "runs" / f"{start.tag}-{objects_key(refs)[:12]}"
     if fresh:
-        for name in ("checkpoint.pt", "best.pt"):
-            (run_dir / name).unlink(missing_ok=True)
-    # Built before the current version is scored, so a bad --freeze or a run folder holding other
-    # settings fails at once rather than after minutes of scoring.
-    trainer = Trainer(config, train_refs, val_refs, run_dir, init_state=init_state, device=device,
-                      on_epoch=on_epoch, guard_objects=guard_objects, on_progress=on_progress)
-    if trainer.resumed_from_epoch is not None and on_resume:
-        on_resume(trainer.resumed_from_epoch)
-    stage("scoring the current version")
-    try:
-        incumbent = store.load(None)
-    except WeightsError:
-        incumbent = None          # nothing is current yet: the first trained version wins
-    clicks = CORRECTION_CLICKS if trainer.corrections else None
-    incumbent_scores = (
-        _scores(incumbent.arch, incumbent.state_dict, incumbent.input_size, incumbent.threshold,
-                incumbent.meta.trim, val_refs, guard_objects, config.seed, device, clicks, incumbent.version)
-        if incumbent else {"val_miou": float("nan"), "guard_miou": None})
-    incumbent_score, incumbent_guard = incumbent_scores["val_miou"], incumbent_scores["guard_miou"]
-    log.info("current version scored", extra={"current": incumbent and incumbent.version,
-                                              "val_objects": len(val_refs), **incumbent_scores})
-    stage("training")
-    result = trainer.run()
-    state = result.state_dict
-    if keep_last and result.epochs_done:
-        state = {k: v.detach().cpu().clone() for k, v in trainer.result_model().state_dict().items()}
-    stage("scoring the new version")
+        shutil.rmtree(run_dir, ignore_errors=True)       # checkpoints and finished folds alike
+    clicks = CORRECTION_CLICKS if get_architecture(start.arch).corrections else None
+    stage = Reporter(config.epochs, plan, on_epoch, on_progress, on_stage, on_resume)
+    runner = PlanRunner(config, plan, run_dir, start.state, device, guard_objects, stage, clicks, keep_last)
+    runner.prepare()       # a bad --freeze or a run folder of other settings fails before minutes of scoring
+    exam_sets = [list(as_eval_objects(p.test)) for p in plan.examined]
+    stage.stage("scoring the current version")
+    incumbent, base = _score_current(store, exam_sets + [guard_objects], config.seed, device, clicks)
+    runs, state = runner.run_all(exam_sets)
     scoring = time.monotonic()
-    scores = _scores(arch, state, input_size, threshold, trim, val_refs, guard_objects,
-                     config.seed, device, clicks)
-    score, guard_score = scores["val_miou"], scores["guard_miou"]
-    corrected = {k: v for k, v in scores.items() if k.endswith(f"_{clicks}")} if clicks else {}
-    base_corrected = {k: v for k, v in incumbent_scores.items() if k in corrected}
-    promoted, reason = decide(val=score, base_val=incumbent_score if incumbent else None,
-                              baseline=incumbent.version if incumbent else None, val_objects=len(val_refs),
-                              epochs_done=result.epochs_done, stopped=result.stopped,
-                              min_val_objects=min_val_objects, guard=guard_score, base_guard=incumbent_guard,
-                              corrected=corrected, base_corrected=base_corrected, force=force)
-    minutes = (result.seconds + time.monotonic() - scoring) / 60   # every sitting of a resumed run
-    metrics = {"val_miou": round(score, 2)}
-    if incumbent:
-        metrics.update(baseline_version=incumbent.version, baseline_val_miou=round(incumbent_score, 2))
-    if guard_objects:
-        metrics["guard_miou"] = round(guard_score, 2)
-        if incumbent_guard is not None:
-            metrics["baseline_guard_miou"] = round(incumbent_guard, 2)
-    for key, value in corrected.items():
-        if value is not None:
-            metrics[key] = round(value, 2)
-            if incumbent and base_corrected.get(key) is not None:
-                metrics[f"baseline_{key}"] = round(base_corrected[key], 2)
-    card = {
-        "data": {**source, "train_objects": len(train_refs), "val_objects": len(val_refs),
-                 "train_images": len({r.image for r in train_refs}), "val_images": len({r.image for r in val_refs})},
-        "hyper_parameters": {k: v for k, v in asdict(config).items() if k != "augment"} | {
-            "augment": asdict(config.augment), "freeze_bn": trainer.freeze_bn},
-        "metrics": metrics,
-        "parent": parent_name or init,
-        "guard": ({"path": str(guard), "objects": len(guard_objects)} if guard_objects else None),
-        "duration_minutes": round(minutes, 2),
-        "history": result.history,
-        "stopped": result.stopped,
-        "kept": "last epoch" if keep_last and result.epochs_done else "best epoch by validation",
-        "promoted": promoted,
-        "decision": reason,
-        "forced": reason.startswith("promoted by --force"),
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "device": str(trainer.device)},
-    }
-    version = store.add_version(state, arch, name=name, parent=parent_name, metrics=metrics,
-                                card=card, threshold=threshold, trim=trim, input_size=input_size,
-                                make_current=promoted)
+    stage.stage("scoring the new version")
+    shipped = version_scores(start.arch, state, config.resolution, start.threshold, start.trim,
+                             [exam_sets[-1] if plan.shipped.test else None, guard_objects], seed=config.seed,
+                             device=device, clicks=clicks)
+    pairs, guard_pair = _paired(plan, runs, shipped, base, clicks)
+    decision = decide(*pairs[4], where=plan.where, guard=guard_pair, corrected=pairs.get(clicks),
+                      current=incumbent.version if incumbent else None,
+                      blockers=tuple(_blockers(plan, runs, min_val_objects)), force=force, rule=rule)
+    minutes = (sum(r["seconds"] for r in runs) + time.monotonic() - scoring) / 60
+    metrics = outcome_metrics(decision, incumbent.version if incumbent else None, clicks)
+    card = model_card(source=source, config=config, plan=plan, runs=runs, decision=decision, metrics=metrics,
+                      parent=start.parent or init, guard=guard, guard_objects=guard_objects, minutes=minutes,
+                      keep_last=keep_last, freeze_bn=runner.freeze_bn, device=runner.device)
+    version = store.add_version(state, start.arch, name=name, parent=start.parent, metrics=metrics, card=card,
+                                threshold=start.threshold, trim=start.trim, input_size=config.resolution,
+                                make_current=decision.promoted)
     shutil.rmtree(run_dir, ignore_errors=True)   # finished: the next run starts fresh
-    log.info("training finished", extra={"version": version.name, "promoted": promoted, "decision": reason,
-                                         "val_miou": score, "baseline_val_miou": incumbent_score,
-                                         "guard_miou": guard_score, "baseline_guard_miou": incumbent_guard})
-    outcome_corrected = {}
-    for key, value in corrected.items():
-        outcome_corrected[key] = value
-        outcome_corrected[f"baseline_{key}"] = base_corrected.get(key)
-    return Outcome(version, promoted, incumbent.version if incumbent else None, incumbent_score, score,
-                   minutes, result.stopped, guard_score, incumbent_guard, reason=reason,
-                   val_objects=len(val_refs), epochs_done=result.epochs_done, corrected=outcome_corrected)
+    log.info("training finished", extra={"version": version.name, "promoted": decision.promoted,
+                                         "decision": decision.sentence, **metrics})
+    return _outcome(version, decision, incumbent, runs[-1], minutes, clicks)
+
+
+def _outcome(version: Version, decision, incumbent, last: dict, minutes: float, clicks: int | None) -> Outcome:
+    labels, guard = decision.exam("labels"), decision.exam("guard")
+    corrected = {}
+    six = decision.exam("labels after 2 corrections")
+    if clicks and six is not None:
+        corrected = {f"val_miou_{clicks}": six.candidate, f"baseline_val_miou_{clicks}": six.incumbent}
+    return Outcome(version, decision.promoted, incumbent.version if incumbent else None,
+                   labels.incumbent if labels.incumbent is not None else float("nan"), labels.candidate, minutes,
+                   last["stopped"], guard.candidate if guard else None, guard.incumbent if guard else None,
+                   reason=decision.sentence, val_objects=labels.objects, epochs_done=last["epochs_done"],
+                   corrected=corrected, decision=decision.to_dict())
