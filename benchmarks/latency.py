@@ -37,20 +37,32 @@ def default_threads() -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--threads", type=int, default=default_threads(), help="torch intra-op threads")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (at most)")
-    p.add_argument("--budget", type=float, default=15.0,
-                   help="seconds per measurement: stop repeating after this, keeping at least --min-repeats")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=15.0,
+        help="seconds per measurement: stop repeating after this, keeping at least --min-repeats",
+    )
     p.add_argument("--min-repeats", type=int, default=3, help="timed runs however slow the model is")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
-    p.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES),
-                   metavar="ARCH", help=f"architectures to time ({', '.join(ARCHITECTURES)})")
+    p.add_argument(
+        "--archs",
+        nargs="+",
+        default=list(ARCHITECTURES),
+        choices=list(ARCHITECTURES),
+        metavar="ARCH",
+        help=f"architectures to time ({', '.join(ARCHITECTURES)})",
+    )
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and input")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (check mask IoU before relying on it)")
-    p.add_argument("--size", type=int, default=None,
-                   help="input side for every architecture (default: each one's working size)")
+    p.add_argument(
+        "--size", type=int, default=None, help="input side for every architecture (default: each one's working size)"
+    )
     p.add_argument("--flip", action="store_true", help="test-time flip: the mirrored crop is run too")
     p.add_argument("--no-predictor", action="store_true", help="skip the full predictor path")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
@@ -94,8 +106,12 @@ def bench_arch(name: str, args) -> dict:
             if args.flip:
                 model(x.flip(-1))
 
-    row = {"arch": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "input_size": size,
-           "network": summary(timed(forward, args.warmup, args.repeats, args.min_repeats, args.budget))}
+    row = {
+        "arch": name,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "input_size": size,
+        "network": summary(timed(forward, args.warmup, args.repeats, args.min_repeats, args.budget)),
+    }
     if not args.no_predictor:
         predictor = DextrPredictor(model, size, device="cpu", flip=args.flip)
         rng = np.random.default_rng(0)
@@ -118,10 +134,15 @@ def speedups(rows: list[dict], key: str) -> None:
 
 
 def print_table(rows: list[dict], args) -> None:
-    mode = (("channels_last " if args.channels_last else "") + ("bf16" if args.bf16 else "fp32")
-            + (", flip" if args.flip else ""))
-    print(f"\ntorch {torch.__version__}, {args.threads} thread(s), batch 1, {mode}; "
-          f"{platform.processor() or platform.machine()}")
+    mode = (
+        ("channels_last " if args.channels_last else "")
+        + ("bf16" if args.bf16 else "fp32")
+        + (", flip" if args.flip else "")
+    )
+    print(
+        f"\ntorch {torch.__version__}, {args.threads} thread(s), batch 1, {mode}; "
+        f"{platform.processor() or platform.machine()}"
+    )
     head = f"{'arch':<10} {'params':>8} {'input':>6} {'median ms':>10} {'p90 ms':>9} {'runs':>5} {'x ' + BASELINE:>13}"
     has_pred = any("predictor" in r for r in rows)
     if has_pred:
@@ -131,8 +152,10 @@ def print_table(rows: list[dict], args) -> None:
     for r in rows:
         n = r["network"]
         sp = f"{n['speedup']:.1f}" if n.get("speedup") else "-"
-        line = (f"{r['arch']:<10} {r['params_m']:>7.1f}M {r['input_size']:>6} {n['median_ms']:>10.1f} "
-                f"{n['p90_ms']:>9.1f} {n['runs']:>5} {sp:>13}")
+        line = (
+            f"{r['arch']:<10} {r['params_m']:>7.1f}M {r['input_size']:>6} {n['median_ms']:>10.1f} "
+            f"{n['p90_ms']:>9.1f} {n['runs']:>5} {sp:>13}"
+        )
         if "predictor" in r:
             p = r["predictor"]
             sp = f"{p['speedup']:.1f}" if p.get("speedup") else "-"
@@ -153,8 +176,14 @@ def main(argv=None) -> int:
     speedups(rows, "predictor")
     print_table(rows, args)
     if args.json:
-        doc = {"torch": torch.__version__, "threads": args.threads, "channels_last": args.channels_last,
-               "bf16": args.bf16, "flip": args.flip, "results": rows}
+        doc = {
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "channels_last": args.channels_last,
+            "bf16": args.bf16,
+            "flip": args.flip,
+            "results": rows,
+        }
         text = json.dumps(doc, indent=2)
         if args.json == "-":
             print(text)

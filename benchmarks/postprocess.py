@@ -43,15 +43,22 @@ def main(argv=None) -> int:
     p.add_argument("datasets", nargs="*", help="benchmark folders (layouts as for `dextr-backend evaluate`)")
     p.add_argument("--bsds-val", default=None, help="BSDS500 folder: score its validation split's regions too")
     p.add_argument("--val-objects", type=int, default=300, help="validation regions to score (default 300)")
-    p.add_argument("--first", action="store_true",
-                   help="take the first --val-objects regions (as bsds-lite0-v2's card did) instead of "
-                        "spreading them over every validation image")
+    p.add_argument(
+        "--first",
+        action="store_true",
+        help="take the first --val-objects regions (as bsds-lite0-v2's card did) instead of "
+        "spreading them over every validation image",
+    )
     p.add_argument("--weights", default=None, help="weights version or file (default: current)")
     p.add_argument("--thresholds", default=None, help="comma-separated thresholds to sweep too (default: the weights')")
-    p.add_argument("--drop-background", action="store_true",
-                   help="with --bsds-val: leave out regions spanning the picture, as `train --drop-background` does")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="test-time flip (default: $DEXTR_FLIP)")
+    p.add_argument(
+        "--drop-background",
+        action="store_true",
+        help="with --bsds-val: leave out regions spanning the picture, as `train --drop-background` does",
+    )
+    p.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, default=None, help="test-time flip (default: $DEXTR_FLIP)"
+    )
     p.add_argument("--jitter", type=int, default=0, help="click jitter in pixels (default 0)")
     p.add_argument("--json", action="store_true", help="print the table as one JSON line last")
     args = p.parse_args(argv)
@@ -63,7 +70,7 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     predictor = build_predictor(args.weights, postprocess=VARIANTS["none"], flip=args.flip)
-    thresholds = ([float(t) for t in args.thresholds.split(",")] if args.thresholds else [predictor.threshold])
+    thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else [predictor.threshold]
     sources = [(str(root), load_dataset(root, shared_data=Settings.from_env().shared_data)) for root in args.datasets]
     if args.bsds_val:
         from dextr_backend.data.objects import as_eval_objects, bsds_regions

@@ -54,15 +54,20 @@ def frame(path) -> int:
 
 def score(loaded, refs) -> float:
     """Held-out mIoU of a weights version, as ``finetune_small_data.py`` scores it."""
+    from dextr_backend.data.objects import as_eval_objects
     from dextr_backend.evaluation.runner import evaluate_objects
     from dextr_backend.models import build_model, load_state
     from dextr_backend.postprocess import PostProcess
     from dextr_backend.predictor import DextrPredictor
-    from dextr_backend.data.objects import as_eval_objects
 
     model = load_state(build_model(loaded.arch), loaded.state_dict)
-    predictor = DextrPredictor(model, loaded.input_size, threshold=loaded.threshold, device="cpu",
-                               postprocess=PostProcess(trim=loaded.meta.trim))
+    predictor = DextrPredictor(
+        model,
+        loaded.input_size,
+        threshold=loaded.threshold,
+        device="cpu",
+        postprocess=PostProcess(trim=loaded.meta.trim),
+    )
     return evaluate_objects(predictor, as_eval_objects(refs), progress=False, warmup=False).miou
 
 
@@ -82,7 +87,7 @@ def shifted(mask):
     ys, xs = np.nonzero(mask)
     dx, dy = (xs.max() - xs.min() + 1) // 4, (ys.max() - ys.min() + 1) // 4
     out = np.zeros_like(mask)
-    out[dy:, dx:] = mask[:mask.shape[0] - dy, :mask.shape[1] - dx]
+    out[dy:, dx:] = mask[: mask.shape[0] - dy, : mask.shape[1] - dx]
     return out
 
 
@@ -93,9 +98,12 @@ def label_masks(chosen: list, harmful: str | None) -> list:
     truths = [cv2.imread(ref.source, cv2.IMREAD_GRAYSCALE) > 0 for ref in chosen]  # DAVIS: non-zero = object
     if harmful == "shift":
         return [shifted(m) for m in truths]
-    if harmful == "swap":            # the next task's mask, fitted to this picture's size
-        return [cv2.resize(truths[(i + 1) % len(truths)].astype("uint8"), m.shape[::-1],
-                           interpolation=cv2.INTER_NEAREST) > 0 for i, m in enumerate(truths)]
+    if harmful == "swap":  # the next task's mask, fitted to this picture's size
+        return [
+            cv2.resize(truths[(i + 1) % len(truths)].astype("uint8"), m.shape[::-1], interpolation=cv2.INTER_NEAREST)
+            > 0
+            for i, m in enumerate(truths)
+        ]
     return truths
 
 
@@ -116,43 +124,81 @@ def make_project(ls, n: int, chosen: list, harmful: str | None = None, seed: int
     config = from_tests("labelstudio_server").SMART_KEYPOINTS_CONFIG
     title = f"davis-{n}-seed{seed}" + (f"-{harmful}" if harmful else "")
     project = ls.api("POST", "/api/projects", {"title": title, "label_config": config})["id"]
-    for ref in chosen:          # one upload each, so task ids follow the frames
-        ls.api("POST", f"/api/projects/{project}/import",
-               files={"file": (Path(ref.image).name, Path(ref.image).read_bytes())})
-    tasks = sorted(ls.api("GET", f"/api/tasks?project={project}&fields=all&page_size=1000")["tasks"],
-                   key=lambda t: t["id"])
+    for ref in chosen:  # one upload each, so task ids follow the frames
+        ls.api(
+            "POST",
+            f"/api/projects/{project}/import",
+            files={"file": (Path(ref.image).name, Path(ref.image).read_bytes())},
+        )
+    tasks = sorted(
+        ls.api("GET", f"/api/tasks?project={project}&fields=all&page_size=1000")["tasks"], key=lambda t: t["id"]
+    )
     if len(tasks) != len(chosen):
         raise RuntimeError(f"project {project}: {len(tasks)} tasks for {len(chosen)} uploads")
     for task, truth in zip(tasks, label_masks(chosen, harmful)):
-        ls.api("POST", f"/api/tasks/{task['id']}/annotations", {"result": [{
-            "from_name": "tag", "to_name": "image", "type": "brushlabels", "original_width": truth.shape[1],
-            "original_height": truth.shape[0], "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask_to_brush(truth), "brushlabels": ["Object"]}}]})
+        ls.api(
+            "POST",
+            f"/api/tasks/{task['id']}/annotations",
+            {
+                "result": [
+                    {
+                        "from_name": "tag",
+                        "to_name": "image",
+                        "type": "brushlabels",
+                        "original_width": truth.shape[1],
+                        "original_height": truth.shape[0],
+                        "image_rotation": 0,
+                        "value": {"format": "rle", "rle": mask_to_brush(truth), "brushlabels": ["Object"]},
+                    }
+                ]
+            },
+        )
     return project
 
 
-def run_size(n: int, args, ls, services, redis_url: str, work: Path, pool: list, test: list, before: float,
-             seed: int = 0, harmful: str | None = None) -> dict:
+def run_size(
+    n: int,
+    args,
+    ls,
+    services,
+    redis_url: str,
+    work: Path,
+    pool: list,
+    test: list,
+    before: float,
+    seed: int = 0,
+    harmful: str | None = None,
+) -> dict:
     from dextr_backend.weights.store import WeightsStore
 
     chosen = choose(pool, n, seed)
     tag = f"{n}-seed{seed}" + (f"-{harmful}" if harmful else "")
     store_dir = work / f"weights-{tag}"
-    env = {"REDIS_URL": redis_url, "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token,
-           "DEXTR_WEIGHTS_DIR": str(store_dir), "DEXTR_WEIGHTS": "", "DEXTR_DEVICE": "cpu",
-           "DEXTR_DATA_DIR": str(work / f"data-{tag}"), "LOG_LEVEL": "INFO",
-           **({"DEXTR_TRAIN_GUARD_DIR": args.guard} if args.guard else {})}
+    env = {
+        "REDIS_URL": redis_url,
+        "LABEL_STUDIO_URL": ls.url,
+        "LABEL_STUDIO_API_KEY": ls.token,
+        "DEXTR_WEIGHTS_DIR": str(store_dir),
+        "DEXTR_WEIGHTS": "",
+        "DEXTR_DEVICE": "cpu",
+        "DEXTR_DATA_DIR": str(work / f"data-{tag}"),
+        "LOG_LEVEL": "INFO",
+        **({"DEXTR_TRAIN_GUARD_DIR": args.guard} if args.guard else {}),
+    }
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     procs = []
     try:
         procs.append(services.Worker(redis_url, env, log=logs / f"predict-worker-{tag}.log").start())
-        procs.append(services.Worker(redis_url, env, queues="dextr-train", log=logs / f"train-worker-{tag}.log").start())
+        procs.append(
+            services.Worker(redis_url, env, queues="dextr-train", log=logs / f"train-worker-{tag}.log").start()
+        )
         backend = services.Backend(env, log=logs / f"backend-{tag}.log").start()
         procs.append(backend)
         project = make_project(ls, n, chosen, harmful, seed)
-        ml = ls.api("POST", "/api/ml", {"project": project, "url": backend.url, "is_interactive": True,
-                                        "title": "dextr"})
+        ml = ls.api(
+            "POST", "/api/ml", {"project": project, "url": backend.url, "is_interactive": True, "title": "dextr"}
+        )
         print(f"{tag}: project {project}, {len(chosen)} tasks; pressing Start Training", file=sys.stderr)
         pressed = time.monotonic()
         ls.api("POST", f"/api/ml/{ml['id']}/train", {})
@@ -165,16 +211,20 @@ def run_size(n: int, args, ls, services, redis_url: str, work: Path, pool: list,
             line = status and (status["progress"].get("stage"), status["progress"].get("epochs_done"))
             if line != shown and status:
                 shown = line
-                print(f"      {time.monotonic() - pressed:6.0f} s  {status['status']}: {line[0]}"
-                      + (f", epochs done {line[1]}" if line[1] is not None else ""), file=sys.stderr)
+                print(
+                    f"      {time.monotonic() - pressed:6.0f} s  {status['status']}: {line[0]}"
+                    + (f", epochs done {line[1]}" if line[1] is not None else ""),
+                    file=sys.stderr,
+                )
             time.sleep(1)
         press_to_end = (time.monotonic() - pressed) / 60
     finally:
         for p in reversed(procs):
             p.stop()
     if not status or status["status"] != "finished" or not status.get("result"):
-        raise RuntimeError(f"{tag}: training did not finish within {args.timeout} min: "
-                           f"{json.dumps(status)[:800]}; logs in {logs}")
+        raise RuntimeError(
+            f"{tag}: training did not finish within {args.timeout} min: {json.dumps(status)[:800]}; logs in {logs}"
+        )
     outcome = status["result"]["ok"]
     if outcome.get("skipped"):
         raise RuntimeError(f"{tag}: the run was skipped: {outcome.get('reason')}")
@@ -187,25 +237,47 @@ def run_size(n: int, args, ls, services, redis_url: str, work: Path, pool: list,
     hyper = card.get("hyper_parameters", {})
     exams = {e["name"]: e for e in (outcome.get("decision") or {}).get("exams", [])}
     labels, guard = exams.get("labels", {}), exams.get("guard", {})
-    row = {"labels": n, "seed": seed, "harmful": harmful, "before": round(before, 2), "after": round(after, 2),
-           "gain": round(after - before, 2), "promoted": bool(outcome["promoted"]), "current": current,
-           "version": outcome["version"], "verdict": (outcome.get("decision") or {}).get("verdict"),
-           "job_gain": labels.get("gain"), "interval": [labels.get("low"), labels.get("high")],
-           "job_objects": labels.get("objects"), "guard_gain": guard.get("gain"),
-           "guard_interval": [guard.get("low"), guard.get("high")],
-           "train_minutes": outcome["minutes"], "press_to_promoted_minutes": round(press_to_end, 2),
-           "train_images": data.get("train_images"), "val_images": data.get("val_images"),
-           "val_objects": outcome.get("val_objects"), "epochs_done": outcome.get("epochs_done"),
-           "stopped": outcome.get("stopped"), "epochs": hyper.get("epochs"),
-           "samples_per_epoch": hyper.get("samples_per_epoch"), "patience": hyper.get("patience"),
-           "evaluation": card.get("evaluation"), "folds": card.get("folds"),
-           "history": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in h.items()}
-                       for h in card.get("history", [])],
-           "rule": card.get("rule"), "reason": outcome["reason"]}
-    print(f"{tag}: held-out {before:.2f} -> {after:.2f} (gain {after - before:+.2f}); "
-          f"{'promoted' if row['promoted'] else 'NOT promoted'} ({row['verdict']}); job's interval "
-          f"{_span(row['interval'])} on {row['job_objects']} objects, guard {_span(row['guard_interval'])}; "
-          f"{press_to_end:.1f} min press to end\n      {outcome['reason']}", file=sys.stderr)
+    row = {
+        "labels": n,
+        "seed": seed,
+        "harmful": harmful,
+        "before": round(before, 2),
+        "after": round(after, 2),
+        "gain": round(after - before, 2),
+        "promoted": bool(outcome["promoted"]),
+        "current": current,
+        "version": outcome["version"],
+        "verdict": (outcome.get("decision") or {}).get("verdict"),
+        "job_gain": labels.get("gain"),
+        "interval": [labels.get("low"), labels.get("high")],
+        "job_objects": labels.get("objects"),
+        "guard_gain": guard.get("gain"),
+        "guard_interval": [guard.get("low"), guard.get("high")],
+        "train_minutes": outcome["minutes"],
+        "press_to_promoted_minutes": round(press_to_end, 2),
+        "train_images": data.get("train_images"),
+        "val_images": data.get("val_images"),
+        "val_objects": outcome.get("val_objects"),
+        "epochs_done": outcome.get("epochs_done"),
+        "stopped": outcome.get("stopped"),
+        "epochs": hyper.get("epochs"),
+        "samples_per_epoch": hyper.get("samples_per_epoch"),
+        "patience": hyper.get("patience"),
+        "evaluation": card.get("evaluation"),
+        "folds": card.get("folds"),
+        "history": [
+            {k: (round(v, 2) if isinstance(v, float) else v) for k, v in h.items()} for h in card.get("history", [])
+        ],
+        "rule": card.get("rule"),
+        "reason": outcome["reason"],
+    }
+    print(
+        f"{tag}: held-out {before:.2f} -> {after:.2f} (gain {after - before:+.2f}); "
+        f"{'promoted' if row['promoted'] else 'NOT promoted'} ({row['verdict']}); job's interval "
+        f"{_span(row['interval'])} on {row['job_objects']} objects, guard {_span(row['guard_interval'])}; "
+        f"{press_to_end:.1f} min press to end\n      {outcome['reason']}",
+        file=sys.stderr,
+    )
     return row
 
 
@@ -215,24 +287,45 @@ def _span(interval) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data", default=str(DEFAULT_DATA / "DAVIS"), help="DAVIS folder (img/ + gt/)")
     p.add_argument("--sizes", default="10,25,50", help="numbers of accepted labels (one project each)")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="runs per size: seed 0 spreads the frames evenly, seeds 1.. draw them at random")
-    p.add_argument("--harmful", nargs="?", const="shift", default=None, choices=HARMS,
-                   help="deliberately wrong labels: shift (every mask moved by a quarter of its box) or swap "
-                        "(every task gets the next task's mask); such a run must not be promoted")
-    p.add_argument("--guard", default=str(DEFAULT_DATA / "GrabCut"),
-                   help="DEXTR_TRAIN_GUARD_DIR for the training worker ('' for none)")
-    p.add_argument("--redis-url", default=None,
-                   help="use this Redis instead of a private redis-server (its dextr-train queue must be "
-                        "served by no other worker)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs per size: seed 0 spreads the frames evenly, seeds 1.. draw them at random",
+    )
+    p.add_argument(
+        "--harmful",
+        nargs="?",
+        const="shift",
+        default=None,
+        choices=HARMS,
+        help="deliberately wrong labels: shift (every mask moved by a quarter of its box) or swap "
+        "(every task gets the next task's mask); such a run must not be promoted",
+    )
+    p.add_argument(
+        "--guard",
+        default=str(DEFAULT_DATA / "GrabCut"),
+        help="DEXTR_TRAIN_GUARD_DIR for the training worker ('' for none)",
+    )
+    p.add_argument(
+        "--redis-url",
+        default=None,
+        help="use this Redis instead of a private redis-server (its dextr-train queue must be "
+        "served by no other worker)",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="minutes to wait for one training run")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for scoring in this process")
-    p.add_argument("--workdir", default=None, help="keep Label Studio, logs and weights here; none means a "
-                                                   "temporary folder, removed afterwards")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="keep Label Studio, logs and weights here; none means a temporary folder, removed afterwards",
+    )
     p.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     args = p.parse_args(argv)
     if not (Path(args.data) / "img").is_dir():
@@ -257,11 +350,14 @@ def run(args: argparse.Namespace) -> int:
     test = [r for r in refs if frame(r.image) >= 250]
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="dextr-retrain-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    shipped = WeightsStore(work / "weights-before").load(None)     # an empty store: the shipped default
+    shipped = WeightsStore(work / "weights-before").load(None)  # an empty store: the shipped default
     t0 = time.monotonic()
     before = score(shipped, test)
-    print(f"{shipped.version} on held-out DAVIS 250-344 ({len(test)} objects): mIoU {before:.2f} "
-          f"({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    print(
+        f"{shipped.version} on held-out DAVIS 250-344 ({len(test)} objects): mIoU {before:.2f} "
+        f"({time.monotonic() - t0:.0f} s)",
+        file=sys.stderr,
+    )
     redis_server, ls, rows = None, None, []
     try:
         if args.redis_url:
@@ -275,8 +371,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Label Studio {lss.VERSION} at {ls.url} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
         for n in [int(s) for s in args.sizes.split(",")]:
             for seed in range(args.seeds):
-                rows.append(run_size(n, args, ls, services, redis_url, work, pool, test, before, seed,
-                                     args.harmful))
+                rows.append(run_size(n, args, ls, services, redis_url, work, pool, test, before, seed, args.harmful))
     finally:
         if ls:
             ls.stop()
@@ -286,21 +381,37 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     train_env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("DEXTR_TRAIN_")}
-    print(f"\nheld-out DAVIS frames 250-344, {len(test)} objects, start: {shipped.version}; one Start Training "
-          f"per project" + (f"; {' '.join(f'{k}={v}' for k, v in train_env.items())}" if train_env else ""))
+    print(
+        f"\nheld-out DAVIS frames 250-344, {len(test)} objects, start: {shipped.version}; one Start Training "
+        f"per project" + (f"; {' '.join(f'{k}={v}' for k, v in train_env.items())}" if train_env else "")
+    )
     print(f"guard: {args.guard or 'none'}" + (f"; labels deliberately wrong: {args.harmful}" if args.harmful else ""))
-    print(f"{'labels':>6}  {'seed':>4}  {'before':>7}  {'after':>7}  {'gain':>6}  {'decision':<12}  "
-          f"{'job gain [95% interval]':<24}  {'guard gain [95%]':<22}  {'press-to-end min':>16}  folds")
+    print(
+        f"{'labels':>6}  {'seed':>4}  {'before':>7}  {'after':>7}  {'gain':>6}  {'decision':<12}  "
+        f"{'job gain [95% interval]':<24}  {'guard gain [95%]':<22}  {'press-to-end min':>16}  folds"
+    )
     for r in rows:
         job = "-" if r["job_gain"] is None else f"{r['job_gain']:+.1f} {_span(r['interval'])}"
         guard = "-" if r["guard_gain"] is None else f"{r['guard_gain']:+.1f} {_span(r['guard_interval'])}"
         folds = (r["evaluation"] or {}).get("folds", "hold-out")
-        print(f"{r['labels']:>6}  {r['seed']:>4}  {r['before']:>7.2f}  {r['after']:>7.2f}  {r['gain']:>+6.2f}  "
-              f"{'promoted' if r['promoted'] else 'not':<12}  {job:<24}  {guard:<22}  "
-              f"{r['press_to_promoted_minutes']:>16.1f}  {folds}")
+        print(
+            f"{r['labels']:>6}  {r['seed']:>4}  {r['before']:>7.2f}  {r['after']:>7.2f}  {r['gain']:>+6.2f}  "
+            f"{'promoted' if r['promoted'] else 'not':<12}  {job:<24}  {guard:<22}  "
+            f"{r['press_to_promoted_minutes']:>16.1f}  {folds}"
+        )
     if args.json:
-        print(json.dumps({"weights": shipped.version, "test_objects": len(test), "env": train_env,
-                          "guard": args.guard, "harmful": args.harmful, "rows": rows}))
+        print(
+            json.dumps(
+                {
+                    "weights": shipped.version,
+                    "test_objects": len(test),
+                    "env": train_env,
+                    "guard": args.guard,
+                    "harmful": args.harmful,
+                    "rows": rows,
+                }
+            )
+        )
     return 0
 
 

@@ -37,12 +37,26 @@ CONFIG = """<View><Image name="image" value="$image"/>
 
 
 def request_body(host: str, w: int, h: int, points, negatives=()) -> bytes:
-    result = [{"original_width": w, "original_height": h, "from_name": "kp", "to_name": "image",
-               "type": "keypointlabels", "is_positive": positive,
-               "value": {"x": 100 * x / w, "y": 100 * y / h, "keypointlabels": ["Object"]}}
-              for (x, y), positive in [(p, True) for p in points] + [(n, False) for n in negatives]]
-    return json.dumps({"tasks": [{"id": 1, "data": {"image": f"http://{host}/picture.png"}}], "project": "1.1",
-                       "label_config": CONFIG, "params": {"context": {"result": result}}}).encode()
+    result = [
+        {
+            "original_width": w,
+            "original_height": h,
+            "from_name": "kp",
+            "to_name": "image",
+            "type": "keypointlabels",
+            "is_positive": positive,
+            "value": {"x": 100 * x / w, "y": 100 * y / h, "keypointlabels": ["Object"]},
+        }
+        for (x, y), positive in [(p, True) for p in points] + [(n, False) for n in negatives]
+    ]
+    return json.dumps(
+        {
+            "tasks": [{"id": 1, "data": {"image": f"http://{host}/picture.png"}}],
+            "project": "1.1",
+            "label_config": CONFIG,
+            "params": {"context": {"result": result}},
+        }
+    ).encode()
 
 
 def post(url: str, body: bytes) -> float:
@@ -57,7 +71,7 @@ def post(url: str, body: bytes) -> float:
 
 def latency(url: str, body: bytes, n: int) -> dict:
     for _ in range(3):
-        post(url, body)                  # warm: model loaded, image cached
+        post(url, body)  # warm: model loaded, image cached
     ms = sorted(post(url, body) for _ in range(n))
     return {"p50": statistics.median(ms), "p95": ms[min(len(ms) - 1, int(0.95 * len(ms)))], "n": n}
 
@@ -81,14 +95,18 @@ def throughput(url: str, body: bytes, clients: int, seconds: float) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--requests", type=int, default=50, help="timed sequential requests per mode")
     p.add_argument("--seconds", type=float, default=20.0, help="duration of the throughput run")
     p.add_argument("--clients", type=int, default=4, help="concurrent clients in the throughput run")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (OMP_NUM_THREADS)")
-    p.add_argument("--correctors", default="auto,fbrs",
-                   help="comma-separated DEXTR_CORRECTOR values whose corrected requests are timed")
+    p.add_argument(
+        "--correctors",
+        default="auto,fbrs",
+        help="comma-separated DEXTR_CORRECTOR values whose corrected requests are timed",
+    )
     p.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     args = p.parse_args(argv)
 
@@ -99,8 +117,12 @@ def main(argv=None) -> int:
     cv2.imwrite(str(tmp / "picture.png"), picture)
     host = serve_folder(tmp)
     body = request_body(host, 640, 480, [[140, 240], [500, 240], [320, 110], [320, 370]])
-    env = {"DEXTR_ALLOWED_HOSTS": host, "DEXTR_DEVICE": "cpu", "OMP_NUM_THREADS": str(args.threads),
-           "LOG_LEVEL": "WARNING"}
+    env = {
+        "DEXTR_ALLOWED_HOSTS": host,
+        "DEXTR_DEVICE": "cpu",
+        "OMP_NUM_THREADS": str(args.threads),
+        "LOG_LEVEL": "WARNING",
+    }
     redis_server = RedisServer(tmp / "redis")
     redis_server.start()
     out = {}
@@ -122,8 +144,9 @@ def main(argv=None) -> int:
         out["throughput_2_workers"] = throughput(api.url, body, args.clients, args.seconds)
         for proc in procs:
             proc.stop()
-        corrected = request_body(host, 640, 480, [[140, 240], [500, 240], [320, 110], [320, 370], [400, 200]],
-                                 negatives=[[250, 300]])
+        corrected = request_body(
+            host, 640, 480, [[140, 240], [500, 240], [320, 110], [320, 370], [400, 200]], negatives=[[250, 300]]
+        )
         for name in args.correctors.split(","):
             backend = Backend({**env, "DEXTR_CORRECTOR": name}, log=tmp / f"corrector-{name}.log").start()
             procs.append(backend)
@@ -140,8 +163,10 @@ def main(argv=None) -> int:
     for mode in ("in_process", "queue_1_worker"):
         print(f"{mode:<22}{out[mode]['p50']:>9.1f}{out[mode]['p95']:>9.1f}")
     print(f"queue overhead (p50)  {overhead:+.1f} ms")
-    print(f"throughput, {args.clients} clients: 1 worker {out['throughput_1_worker']:.1f} req/s, "
-          f"2 workers {out['throughput_2_workers']:.1f} req/s")
+    print(
+        f"throughput, {args.clients} clients: 1 worker {out['throughput_1_worker']:.1f} req/s, "
+        f"2 workers {out['throughput_2_workers']:.1f} req/s"
+    )
     ratios = {}
     for name in args.correctors.split(","):
         ratios[name] = out[f"{name}_4_plus_2_corrections"]["p50"] / out[f"{name}_4_clicks"]["p50"]
@@ -149,8 +174,15 @@ def main(argv=None) -> int:
             print(f"{mode:<34}{out[mode]['p50']:>9.1f}{out[mode]['p95']:>9.1f}")
         print(f"corrections cost with {name} (p50)  x{ratios[name]:.2f} the 4-click request")
     if args.json:
-        print(json.dumps({**out, "queue_overhead_p50_ms": overhead,
-                          "corrections_ratio_p50": {k: round(v, 3) for k, v in ratios.items()}}))
+        print(
+            json.dumps(
+                {
+                    **out,
+                    "queue_overhead_p50_ms": overhead,
+                    "corrections_ratio_p50": {k: round(v, 3) for k, v in ratios.items()},
+                }
+            )
+        )
     return 0
 
 

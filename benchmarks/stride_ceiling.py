@@ -30,8 +30,11 @@ def ceiling(objects, stride: int, size: int) -> float:
         points = geometry.extreme_points(obj.mask)
         as_image = np.repeat(obj.mask.astype(np.uint8)[:, :, None] * 255, 3, axis=2)
         x, crop = geometry.prepare_input(as_image, points, size)
-        share = np.clip(cv2.resize(x[:, :, 0] / 255.0, (size // stride, size // stride),
-                                   interpolation=cv2.INTER_AREA), 1e-4, 1 - 1e-4)
+        share = np.clip(
+            cv2.resize(x[:, :, 0] / 255.0, (size // stride, size // stride), interpolation=cv2.INTER_AREA),
+            1e-4,
+            1 - 1e-4,
+        )
         logits = cv2.resize(np.log(share / (1 - share)), (size, size), interpolation=cv2.INTER_LINEAR)
         prob = geometry.paste_back(1 / (1 + np.exp(-logits)), crop)
         scores.append(iou(prob > 0.5, obj.mask, obj.ignore))

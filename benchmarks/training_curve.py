@@ -39,7 +39,7 @@ def draw(rows: list[dict], title: str, width: int = 720, height: int = 420) -> n
     values = [r[k] for r in rows for k, _, _ in SERIES if r.get(k) is not None]
     lo, hi = np.floor(min(values)) - 1, np.ceil(max(values)) + 1
     span = max(r["minutes"] for r in rows) or 1.0
-    to_x = lambda m: int(x0 + (x1 - x0) * m / span)          # noqa: E731
+    to_x = lambda m: int(x0 + (x1 - x0) * m / span)  # noqa: E731
     to_y = lambda v: int(y0 - (y0 - y1) * (v - lo) / (hi - lo))  # noqa: E731
     font = cv2.FONT_HERSHEY_SIMPLEX
     for v in np.arange(lo, hi + 1e-9, max(1.0, round((hi - lo) / 5))):
@@ -59,8 +59,16 @@ def draw(rows: list[dict], title: str, width: int = 720, height: int = 420) -> n
         cv2.rectangle(img, (x1 - 160, 25 + 20 * i - 10), (x1 - 148, 25 + 20 * i + 2), rgb, -1)
         cv2.putText(img, f"val mIoU, {label}", (x1 - 142, 25 + 20 * i + 1), font, 0.45, (30, 30, 30), 1, cv2.LINE_AA)
     cv2.putText(img, title, (x0, 25), font, 0.55, (30, 30, 30), 1, cv2.LINE_AA)
-    cv2.putText(img, "training minutes (wall clock, 2 shared CPU cores)", (x0 + 120, height - 15), font, 0.5,
-                (30, 30, 30), 1, cv2.LINE_AA)
+    cv2.putText(
+        img,
+        "training minutes (wall clock, 2 shared CPU cores)",
+        (x0 + 120, height - 15),
+        font,
+        0.5,
+        (30, 30, 30),
+        1,
+        cv2.LINE_AA,
+    )
     return img
 
 
@@ -75,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.log}: no 'epoch done' lines", file=sys.stderr)
         return 2
     for r in rows:
-        print(f"epoch {r['epoch']:>3}  {r['minutes']:6.1f} min  loss {r['loss']:.4f}  "
-              + "  ".join(f"{k} {r[k]:.2f}" for k, _, _ in SERIES if r.get(k) is not None))
+        print(
+            f"epoch {r['epoch']:>3}  {r['minutes']:6.1f} min  loss {r['loss']:.4f}  "
+            + "  ".join(f"{k} {r[k]:.2f}" for k, _, _ in SERIES if r.get(k) is not None)
+        )
     cv2.imwrite(str(args.out), cv2.cvtColor(draw(rows, args.title), cv2.COLOR_RGB2BGR))
     print(f"wrote {args.out}")
     return 0

@@ -62,7 +62,9 @@ def predict_seconds(url: str) -> tuple[float, float]:
 def pictures(folder: Path, n: int):
     import cv2
 
-    stems = sorted(p.stem for p in (folder / "data_GT").glob("*.jpg") if (folder / "boundary_GT" / f"{p.stem}.bmp").exists())
+    stems = sorted(
+        p.stem for p in (folder / "data_GT").glob("*.jpg") if (folder / "boundary_GT" / f"{p.stem}.bmp").exists()
+    )
     if not stems:
         sys.exit(f"no GrabCut pictures under {folder} (data_GT/*.jpg with boundary_GT/*.bmp); see --data")
     out = []
@@ -80,12 +82,18 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict:
-    return {"p50": round(statistics.median(values), 1), "p95": round(pct(values, 0.95), 1),
-            "min": round(min(values), 1), "max": round(max(values), 1), "n": len(values)}
+    return {
+        "p50": round(statistics.median(values), 1),
+        "p95": round(pct(values, 0.95), 1),
+        "min": round(min(values), 1),
+        "max": round(max(values), 1),
+        "n": len(values),
+    }
 
 
 def measure(ls, backend, browser, objects, shots: Path | None, mode: str, user, password) -> dict:
     import lsui
+
     from dextr_backend.geometry import extreme_points
 
     pid, tasks = lsui.create_project(ls, f"ui-latency-{mode}", lsui_config(), [(n, img) for n, img, _ in objects])
@@ -102,7 +110,7 @@ def measure(ls, backend, browser, objects, shots: Path | None, mode: str, user, 
             for x, y in points[:3]:
                 person.smart_click(x, y, "2")
             before = predict_seconds(backend.url)
-            person.page.evaluate(PROBE)          # clock starts at the (last) mouse-up of the 4th click
+            person.page.evaluate(PROBE)  # clock starts at the (last) mouse-up of the 4th click
             it = person.smart_click(*points[3], "2", timeout=120)
             ms = person.page.evaluate("() => window.__dextrLatency")
             after = predict_seconds(backend.url)
@@ -114,8 +122,11 @@ def measure(ls, backend, browser, objects, shots: Path | None, mode: str, user, 
                 server.append((after[0] - before[0]) * 1000)
             if shots and k < 1:
                 person.screenshot(f"{mode}-{name}")
-            print(f"  {mode} {k + 1:2d}/{len(objects)} {name}: ui {ms:7.1f} ms, ls {it.seconds * 1000:7.1f} ms, "
-                  f"backend {server[-1] if server else float('nan'):7.1f} ms", file=sys.stderr)
+            print(
+                f"  {mode} {k + 1:2d}/{len(objects)} {name}: ui {ms:7.1f} ms, ls {it.seconds * 1000:7.1f} ms, "
+                f"backend {server[-1] if server else float('nan'):7.1f} ms",
+                file=sys.stderr,
+            )
             person.page.locator("[data-testid=bottombar-reject-suggestions-button]").click()
         lost = person.lost_clicks
     except Exception:
@@ -124,8 +135,12 @@ def measure(ls, backend, browser, objects, shots: Path | None, mode: str, user, 
         raise
     finally:
         person.close()
-    return {"ui_ms": summary(ui), "ls_round_trip_ms": summary(round_trip),
-            "backend_predict_ms": summary(server) if server else None, "clicks_repeated": lost}
+    return {
+        "ui_ms": summary(ui),
+        "ls_round_trip_ms": summary(round_trip),
+        "backend_predict_ms": summary(server) if server else None,
+        "clicks_repeated": lost,
+    }
 
 
 def lsui_config() -> str:
@@ -135,13 +150,19 @@ def lsui_config() -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Needs Playwright for Python and chromium (apt-get install chromium).")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Needs Playwright for Python and chromium (apt-get install chromium).",
+    )
     ap.add_argument("--objects", type=int, default=20, help="objects (tasks) per mode (default 20)")
     ap.add_argument("--modes", default="in-process,queue", help="comma-separated: in-process, queue")
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "GrabCut",
-                    help="GrabCut folder (data_GT/, boundary_GT/)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "GrabCut",
+        help="GrabCut folder (data_GT/, boundary_GT/)",
+    )
     ap.add_argument("--label-studio", metavar="URL", help="a running Label Studio (default: start the tests' one)")
     ap.add_argument("--token", help="its legacy API token (with --label-studio)")
     ap.add_argument("--user", default=None, help="login e-mail for the page (with --label-studio)")
@@ -157,8 +178,8 @@ def main(argv=None) -> int:
     if args.objects < 1:
         ap.error("--objects must be at least 1")
 
-    import lsui
     import labelstudio_server
+    import lsui
     from services import Backend, RedisServer, Worker
 
     if args.chromium:
@@ -215,8 +236,11 @@ def main(argv=None) -> int:
     print(f"4th click -> mask drawn, {len(objects)} objects per mode (ms)")
     print(f"{'mode':<11} {'what':<22} {'p50':>8} {'p95':>8} {'min':>8} {'max':>8}")
     for mode, r in results.items():
-        for key, label in (("ui_ms", "click -> mask drawn"), ("ls_round_trip_ms", "LS round trip"),
-                           ("backend_predict_ms", "backend /predict")):
+        for key, label in (
+            ("ui_ms", "click -> mask drawn"),
+            ("ls_round_trip_ms", "LS round trip"),
+            ("backend_predict_ms", "backend /predict"),
+        ):
             s = r.get(key)
             if s:
                 print(f"{mode:<11} {label:<22} {s['p50']:8.1f} {s['p95']:8.1f} {s['min']:8.1f} {s['max']:8.1f}")

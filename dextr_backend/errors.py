@@ -5,6 +5,8 @@ jobs and the nuclio function into a status from :func:`http_status` and a ``deta
 never a traceback.
 """
 
+from __future__ import annotations
+
 
 class DextrError(Exception):
     """Base class for errors caused by the caller's input or environment, not by a bug."""
@@ -34,13 +36,34 @@ class ServiceTimeout(DextrError):
     """The request ran out of time, waiting for a worker or in one (HTTP 504)."""
 
 
+class ReportedError(DextrError):
+    """An error a queue worker answered with (:func:`error_payload`), raised again in the API so
+    that it is answered, redacted and logged as one raised there: one error path in both modes."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = int(status)
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> ReportedError:
+        return cls(str(payload.get("error", "the worker failed")), payload.get("status", 422))
+
+
 # Most specific first: MalformedRequest and RequestTooLarge are InputErrors.
-_STATUSES = ((MalformedRequest, 400), (RequestTooLarge, 413), (InputError, 422), (ServiceTimeout, 504),
-             (ServiceUnavailable, 503), (WeightsError, 503))
+_STATUSES = (
+    (MalformedRequest, 400),
+    (RequestTooLarge, 413),
+    (InputError, 422),
+    (ServiceTimeout, 504),
+    (ServiceUnavailable, 503),
+    (WeightsError, 503),
+)
 
 
 def http_status(exc: BaseException) -> int:
     """The HTTP status of an error: 4xx for the caller's, 503/504 for the service's, 500 for a bug."""
+    if isinstance(exc, ReportedError):
+        return exc.status
     for kind, status in _STATUSES:
         if isinstance(exc, kind):
             return status

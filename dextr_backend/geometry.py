@@ -59,8 +59,7 @@ def points_box(points: np.ndarray, pad: int = 0) -> tuple[int, int, int, int]:
     Points are truncated to whole pixels first, as the official code does.
     """
     p = np.asarray(points).astype(np.int64)
-    return (int(p[:, 0].min()) - pad, int(p[:, 1].min()) - pad,
-            int(p[:, 0].max()) + pad, int(p[:, 1].max()) + pad)
+    return (int(p[:, 0].min()) - pad, int(p[:, 1].min()) - pad, int(p[:, 0].max()) + pad, int(p[:, 1].max()) + pad)
 
 
 def _overlap(box, shape):
@@ -135,14 +134,19 @@ def click_map(points: np.ndarray, resolution: int, sigma: float | None = None) -
 class Crop:
     """Where a network input came from: the padded box and the clicked points."""
 
-    box: tuple[int, int, int, int]      # padded box in image pixels, inclusive
+    box: tuple[int, int, int, int]  # padded box in image pixels, inclusive
     tight_box: tuple[int, int, int, int]  # box spanned by the points themselves
-    image_shape: tuple[int, int]        # (h, w) of the full image
-    resolution: int                     # side of the square network input
+    image_shape: tuple[int, int]  # (h, w) of the full image
+    resolution: int  # side of the square network input
 
 
-def prepare_input(image: np.ndarray, points: np.ndarray, resolution: int = PAPER_RESOLUTION,
-                  pad: int = PAD, sigma: float | None = None) -> tuple[np.ndarray, Crop]:
+def prepare_input(
+    image: np.ndarray,
+    points: np.ndarray,
+    resolution: int = PAPER_RESOLUTION,
+    pad: int = PAD,
+    sigma: float | None = None,
+) -> tuple[np.ndarray, Crop]:
     """Build the 4-channel network input (RGB 0-255 + heatmap 0-255), ``HxWx4`` float32.
 
     ``sigma`` defaults to 10 px at 512 and scales with ``resolution`` so that the Gaussians
@@ -157,8 +161,7 @@ def prepare_input(image: np.ndarray, points: np.ndarray, resolution: int = PAPER
         resized = resized[:, :, None]
     hm = heatmap(to_crop(pts, box, resolution), (resolution, resolution), sigma)
     x = np.concatenate([resized, hm[:, :, None]], axis=2)
-    return x, Crop(box=box, tight_box=points_box(pts, 0), image_shape=tuple(image.shape[:2]),
-                   resolution=resolution)
+    return x, Crop(box=box, tight_box=points_box(pts, 0), image_shape=tuple(image.shape[:2]), resolution=resolution)
 
 
 def paste_back(prob: np.ndarray, crop: Crop) -> np.ndarray:
@@ -168,7 +171,7 @@ def paste_back(prob: np.ndarray, crop: Crop) -> np.ndarray:
     full = paste_padded(np.clip(resized, 0.0, 1.0), crop.box, crop.image_shape)
     keep = np.zeros(crop.image_shape, dtype=bool)
     tx0, ty0, tx1, ty1 = crop.tight_box
-    keep[max(ty0, 0):ty1 + 1, max(tx0, 0):tx1 + 1] = True
+    keep[max(ty0, 0) : ty1 + 1, max(tx0, 0) : tx1 + 1] = True
     full[~keep] = 0.0
     return full
 
@@ -185,10 +188,10 @@ def extreme_points(mask: np.ndarray, jitter: int = 0, rng: np.random.Generator |
         raise InputError("mask is empty: no extreme points")
     rng = rng if rng is not None else np.random.default_rng()
     candidates = (
-        xs <= xs.min() + jitter,   # left
-        xs >= xs.max() - jitter,   # right
-        ys <= ys.min() + jitter,   # top
-        ys >= ys.max() - jitter,   # bottom
+        xs <= xs.min() + jitter,  # left
+        xs >= xs.max() - jitter,  # right
+        ys <= ys.min() + jitter,  # top
+        ys >= ys.max() - jitter,  # bottom
     )
     out = np.empty((4, 2), dtype=np.int64)
     for i, sel in enumerate(candidates):
@@ -221,8 +224,9 @@ def inside_box(points: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray
     return (p[:, 0] >= box[0]) & (p[:, 0] <= box[2]) & (p[:, 1] >= box[1]) & (p[:, 1] <= box[3])
 
 
-def correction_channels(crop: Crop, positives, negatives, previous: np.ndarray,
-                        sigma: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def correction_channels(
+    crop: Crop, positives, negatives, previous: np.ndarray, sigma: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The 3 channels a corrections network adds to the 4 of :func:`prepare_input`, ``SxSx3`` float32.
 
     Positive-click map, negative-click map (the extreme heatmap's Gaussian and point mapping) and
@@ -234,6 +238,12 @@ def correction_channels(crop: Crop, positives, negatives, previous: np.ndarray,
     neg = np.asarray(negatives, dtype=np.float64).reshape(-1, 2)
     pos, neg = pos[inside_box(pos, crop.box)], neg[inside_box(neg, crop.box)]
     s = crop.resolution
-    channels = np.stack([click_map(to_crop(pos, crop.box, s), s, sigma), click_map(to_crop(neg, crop.box, s), s, sigma),
-                         np.asarray(previous, dtype=np.float32) * 255.0], axis=2)
+    channels = np.stack(
+        [
+            click_map(to_crop(pos, crop.box, s), s, sigma),
+            click_map(to_crop(neg, crop.box, s), s, sigma),
+            np.asarray(previous, dtype=np.float32) * 255.0,
+        ],
+        axis=2,
+    )
     return channels.astype(np.float32), pos, neg

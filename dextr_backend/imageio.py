@@ -11,6 +11,7 @@ import numpy as np
 from .errors import InputError
 from .settings import max_image_pixels
 
+
 def as_rgb(image) -> np.ndarray:
     """Accept gray, RGB or RGBA uint8 arrays; return contiguous RGB uint8 (H, W, 3)."""
     arr = np.asarray(image)
@@ -43,8 +44,7 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None
     if image is None:
         raise InputError(f"{name}: not a readable image (corrupt or unsupported format)")
     if image.shape[0] * image.shape[1] > limit:
-        raise InputError(f"{name}: {image.shape[1]}x{image.shape[0]} exceeds {limit} pixels "
-                         "(DEXTR_MAX_IMAGE_PIXELS)")
+        raise InputError(f"{name}: {image.shape[1]}x{image.shape[0]} exceeds {limit} pixels (DEXTR_MAX_IMAGE_PIXELS)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -25,8 +25,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact_text(record.getMessage()),
         }
-        out.update({k: redact_text(v) if isinstance(v, str) else v
-                    for k, v in vars(record).items() if k not in _RESERVED})
+        out.update(
+            {k: redact_text(v) if isinstance(v, str) else v for k, v in vars(record).items() if k not in _RESERVED}
+        )
         if record.exc_info:
             out["exc"] = redact_text(self.formatException(record.exc_info))
         return json.dumps(out, default=str)

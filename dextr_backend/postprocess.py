@@ -72,7 +72,7 @@ class PostProcess:
     """What the predictor does to a thresholded mask; the defaults are set from evaluations."""
 
     keep_connected: bool = True
-    max_hole_fraction: float = 0.05   # chosen on BSDS500 validation (benchmarks/postprocess.py): +0.07 mIoU
+    max_hole_fraction: float = 0.05  # chosen on BSDS500 validation (benchmarks/postprocess.py): +0.07 mIoU
     # Pixels eroded off the boundary first: a weights version carries its own (``Version.trim``),
     # tuned with its threshold, for a network whose masks come out slightly too wide.
     trim: int = 0
@@ -118,7 +118,7 @@ def _hole_boundary(mask: np.ndarray, contour: np.ndarray) -> np.ndarray | None:
     x, y, w, h = cv2.boundingRect(contour)
     inside = np.zeros((h, w), dtype=np.uint8)
     cv2.fillPoly(inside, [contour - np.array([x, y], dtype=contour.dtype)], 1)
-    inside &= mask[y:y + h, x:x + w] == 0
+    inside &= mask[y : y + h, x : x + w] == 0
     found, _ = cv2.findContours(inside, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(x, y))
     return max(found, key=len) if found else None
 
@@ -156,8 +156,13 @@ def mask_to_polygons(mask: np.ndarray, *, epsilon: float = 1.0, min_area: float 
 
 def polygons_to_json(polygons: list[Polygon]) -> list[dict]:
     """Plain lists for JSON: ``[{"exterior": [[x, y], ...], "holes": [[[x, y], ...], ...]}, ...]``."""
-    return [{"exterior": np.asarray(p.exterior, dtype=float).tolist(),
-             "holes": [np.asarray(h, dtype=float).tolist() for h in p.holes]} for p in polygons]
+    return [
+        {
+            "exterior": np.asarray(p.exterior, dtype=float).tolist(),
+            "holes": [np.asarray(h, dtype=float).tolist() for h in p.holes],
+        }
+        for p in polygons
+    ]
 
 
 def polygons_to_mask(polygons: list[Polygon], shape: tuple[int, int]) -> np.ndarray:

@@ -3,6 +3,9 @@
 The predictor owns the device, precision and batching; the network (``models``) is pure
 tensors and the pipeline maths (``geometry``) is pure numpy, so each can be tested alone. It reads
 no environment and knows no weights store: ``build.build_predictor`` makes one from a version.
+
+It runs over 300 lines: the two passes (extreme points, then corrections), their batching and
+the paste-back belong to one object that owns the device.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -31,14 +35,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prediction:
-    mask: np.ndarray            # bool (H, W)
-    probabilities: np.ndarray   # float32 (H, W), zero outside the points' box
-    score: float                # mean probability inside the mask: the model's own confidence
+    mask: np.ndarray  # bool (H, W)
+    probabilities: np.ndarray  # float32 (H, W), zero outside the points' box
+    score: float  # mean probability inside the mask: the model's own confidence
     points: np.ndarray = field(repr=False)  # (N, 2) the clicks used
     # Pass 1 as the network saw it, so corrections can be added without running it again (``correct``).
     crop: geometry.Crop | None = field(default=None, repr=False)
     first_probabilities: np.ndarray | None = field(default=None, repr=False)  # float32 (S, S), pass 1
-    corrections: int = 0        # corrective clicks the network used (0 for a version without corrections)
+    corrections: int = 0  # corrective clicks the network used (0 for a version without corrections)
 
 
 def _as_item(item) -> tuple:
@@ -47,8 +51,9 @@ def _as_item(item) -> tuple:
         return item[0], item[1], (), ()
     if len(item) == 4:
         return tuple(item)
-    raise InputError(f"a batch item is (image, points) or (image, points, positives, negatives), "
-                     f"not {len(item)} values")
+    raise InputError(
+        f"a batch item is (image, points) or (image, points, positives, negatives), not {len(item)} values"
+    )
 
 
 def _clicks(points, image_shape) -> np.ndarray:
@@ -95,8 +100,11 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
 
 def warn_if_bf16_emulated(what: str) -> None:
     if cpu_has_native_bf16() is False:
-        log.warning("%s: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag), so bf16 is "
-                    "emulated and several times slower than fp32; leave it off here", what)
+        log.warning(
+            "%s: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag), so bf16 is "
+            "emulated and several times slower than fp32; leave it off here",
+            what,
+        )
 
 
 class DextrPredictor:
@@ -113,15 +121,27 @@ class DextrPredictor:
     of the small head). Without a corrector, clicks are ignored and the log says so.
     """
 
-    def __init__(self, model: nn.Module, input_size: int, *, threshold: float = 0.8, pad: int = geometry.PAD,
-                 sigma: float | None = None, device: str | torch.device = "auto",
-                 postprocess: PostProcess | None = None, version: str = "custom", batch_size: int | None = None,
-                 cpu_bf16: bool = False, flip: bool = False, corrections: bool | None = None,
-                 corrector: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        input_size: int,
+        *,
+        threshold: float = 0.8,
+        pad: int = geometry.PAD,
+        sigma: float | None = None,
+        device: str | torch.device = "auto",
+        postprocess: PostProcess | None = None,
+        version: str = "custom",
+        batch_size: int | None = None,
+        cpu_bf16: bool = False,
+        flip: bool = False,
+        corrections: bool | None = None,
+        corrector: str | None = None,
+    ):
         self.device = pick_device(device)
         # Whether the network takes the 7-channel input with corrective clicks (models docstring).
         network = bool(getattr(model, "corrections", False)) if corrections is None else corrections
-        self.steps = choose_corrector(corrector, network, model)   # correctors' steps, in order
+        self.steps = choose_corrector(corrector, network, model)  # correctors' steps, in order
         self.corrections = bool(self.steps)
         self._told_ignored = False
         # Test-time flip: the mirrored crop's logits, mirrored back, are averaged in; twice the
@@ -144,11 +164,14 @@ class DextrPredictor:
         # objects' activations (about 350 MB) would lift a 100-object request over 1 GB.
         self.batch_size = int(batch_size) if batch_size else (8 if self.device.type == "cuda" else 1)
         self.model = model.eval().to(self.device)
-        if isinstance(self.model, HeadedDextr):    # lite0h: pass 2 reuses pass 1's backbone
+        if isinstance(self.model, HeadedDextr):  # lite0h: pass 2 reuses pass 1's backbone
             self.model.reuse_base = True
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self._fbrs = FeatureBRS(lite_network(self.model), self.device) if "fbrs" in self.steps else None
+        # ``choose_corrector`` refused fbrs for a model without a lite network.
+        self._fbrs = (
+            FeatureBRS(cast(nn.Module, lite_network(self.model)), self.device) if "fbrs" in self.steps else None
+        )
 
     @property
     def corrector_name(self) -> str:
@@ -169,7 +192,7 @@ class DextrPredictor:
         out = []
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(inputs), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size]))
+                x = torch.from_numpy(np.ascontiguousarray(inputs[start : start + self.batch_size]))
                 x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
                 if self.device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -212,8 +235,14 @@ class DextrPredictor:
             return []
         first = self.forward(np.stack(inputs))
         wanted = [i for i, (pos, neg) in enumerate(corrections) if len(pos) + len(neg)]
-        fixed = dict(zip(wanted, self._second_pass([(inputs[i], crops[i], first[i], *corrections[i])
-                                                    for i in wanted], [points[i] for i in wanted])))
+        fixed = dict(
+            zip(
+                wanted,
+                self._second_pass(
+                    [(inputs[i], crops[i], first[i], *corrections[i]) for i in wanted], [points[i] for i in wanted]
+                ),
+            )
+        )
         return [fixed.get(i) or self._finish(first[i], first[i], crops[i], points[i]) for i in range(len(inputs))]
 
     def correct(self, image: np.ndarray, first: Prediction, positives=(), negatives=()) -> Prediction:
@@ -223,11 +252,13 @@ class DextrPredictor:
 
     def correct_batch(self, items: Sequence[tuple]) -> list[Prediction]:
         """``[(image, first, positives, negatives), ...]`` -> predictions, one batched pass 2."""
-        jobs, points, results = [], [], []
+        jobs: list[tuple] = []
+        points: list[np.ndarray] = []
+        results: list[Prediction] = []
         for image, first, pos, neg in items:
             if first.crop is None or first.first_probabilities is None:
                 raise InputError("correct() needs a Prediction made by this predictor (it holds pass 1)")
-            if not self.corrections:       # pass 1 stands: no crop to rebuild
+            if not self.corrections:  # pass 1 stands: no crop to rebuild
                 jobs.append((None, None, None, _clicks(pos, first.mask.shape), _clicks(neg, first.mask.shape)))
                 points.append(first.points)
                 results.append(first)
@@ -248,17 +279,22 @@ class DextrPredictor:
             if count:
                 self._ignored(count)
             return [None] * len(jobs)
-        network = self.steps[0] == "network"      # only the network reads the 7-channel input
-        inputs, kept, out = [], [], [None] * len(jobs)
+        network = self.steps[0] == "network"  # only the network reads the 7-channel input
+        inputs, kept = [], []
+        out: list[Prediction | None] = [None] * len(jobs)
         for j, (x, crop, prev, pos, neg) in enumerate(jobs):
-            pos_in, neg_in = (c[geometry.inside_box(c, crop.box)]
-                              for c in (np.asarray(pos, np.float64).reshape(-1, 2), np.asarray(neg, np.float64).reshape(-1, 2)))
+            pos_in, neg_in = (
+                c[geometry.inside_box(c, crop.box)]
+                for c in (np.asarray(pos, np.float64).reshape(-1, 2), np.asarray(neg, np.float64).reshape(-1, 2))
+            )
             dropped = len(pos) + len(neg) - len(pos_in) - len(neg_in)
             if dropped:
                 log.info("%d corrective click(s) outside the crop of the extreme points dropped", dropped)
             if len(pos_in) + len(neg_in):
                 s = crop.resolution
-                job = CorrectionJob(x, prev, geometry.to_crop(pos_in, crop.box, s), geometry.to_crop(neg_in, crop.box, s))
+                job = CorrectionJob(
+                    x, prev, geometry.to_crop(pos_in, crop.box, s), geometry.to_crop(neg_in, crop.box, s)
+                )
                 if network:
                     extra, _, _ = geometry.correction_channels(crop, pos_in, neg_in, prev, self.sigma)
                     inputs.append(np.concatenate([x, extra], axis=2))
@@ -276,21 +312,38 @@ class DextrPredictor:
         starts from the last one's answer."""
         prob = job.previous
         for step in self.steps:
-            if step == "network":
-                prob = network_prob
+            if step == "network":  # always the first step, and then ``_second_pass`` ran the network
+                prob = cast(np.ndarray, network_prob)
             elif step == "consistent":
                 prob = make_consistent(prob, job, self.threshold)
             else:
-                fix = self._fbrs if step == "fbrs" else local_grabcut
+                # ``__init__`` made ``_fbrs`` wherever "fbrs" is a step.
+                fix: Callable[[CorrectionJob, float], np.ndarray] = (
+                    cast(FeatureBRS, self._fbrs) if step == "fbrs" else local_grabcut
+                )
                 prob = fix(dataclasses.replace(job, previous=prob), self.threshold)
         return prob
 
-    def _finish(self, prob: np.ndarray, first: np.ndarray, crop: geometry.Crop, pts: np.ndarray,
-                positives: np.ndarray | None = None, used: int = 0) -> Prediction:
+    def _finish(
+        self,
+        prob: np.ndarray,
+        first: np.ndarray,
+        crop: geometry.Crop,
+        pts: np.ndarray,
+        positives: np.ndarray | None = None,
+        used: int = 0,
+    ) -> Prediction:
         """Paste back, threshold and clean up; a positive click keeps the blob it lies in."""
         full = geometry.paste_back(prob, crop)
         clicks = pts if positives is None or not len(positives) else np.concatenate([pts, positives])
         mask = self.postprocess(full > self.threshold, clicks)
         score = float(full[mask].mean()) if mask.any() else 0.0
-        return Prediction(mask=mask, probabilities=full, score=score, points=pts, crop=crop,
-                          first_probabilities=first, corrections=used)
+        return Prediction(
+            mask=mask,
+            probabilities=full,
+            score=score,
+            points=pts,
+            crop=crop,
+            first_probabilities=first,
+            corrections=used,
+        )

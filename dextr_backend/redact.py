@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from typing import cast
 
 MASK = "***"
 SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "auth", "signature", "credential")
@@ -20,7 +21,7 @@ SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "auth", "signatu
 _AUTHORITY = re.compile(r"[^/\s]*")
 # A query or fragment: from "?" or "#" to the end of the URL (space, quote or angle bracket).
 _PARAMS = re.compile(r"[?#][^\s\"'<>`]*")
-_PROSE = ".,:;!?)]}"          # at the very end of a URL these end the sentence, not the value
+_PROSE = ".,:;!?)]}"  # at the very end of a URL these end the sentence, not the value
 # One "name=value" of it, tried only just after a separator (so no attempt rescans another's
 # text); the value ends where the next pair, the fragment or the URL does.
 _PAIR = re.compile(r"(?<=[?#&;])([^&;=#?\s\"'<>`]*)=([^&;#\s\"'<>`]*)")
@@ -55,12 +56,12 @@ def shorten(text: str, limit: int = 200, secrets: tuple[str | None, ...] = ()) -
     cut = text[:limit]
     start = cut.rfind("://")
     if start != -1:
-        authority = cut[start + 3:]
-        if _AUTHORITY.fullmatch(authority) and "@" not in authority and ":" in authority:   # "x://user:pa|ss@" cut
-            cut = cut[:start + 3] + authority.split(":", 1)[0] + ":" + MASK
+        authority = cut[start + 3 :]
+        if _AUTHORITY.fullmatch(authority) and "@" not in authority and ":" in authority:  # "x://user:pa|ss@" cut
+            cut = cut[: start + 3] + authority.split(":", 1)[0] + ":" + MASK
     for secret in secrets:
         if secret and len(secret) >= 4:
-            for n in range(min(len(secret), len(cut)), 3, -1):     # a secret's first part ends the cut
+            for n in range(min(len(secret), len(cut)), 3, -1):  # a secret's first part ends the cut
                 if cut.endswith(secret[:n]):
                     cut = cut[:-n] + MASK
                     break
@@ -73,14 +74,14 @@ def _mask_userinfo(text: str) -> str:
     at = text.find("://")
     while at != -1:
         begin = at + 3
-        end = _AUTHORITY.match(text, begin).end()
+        end = cast(re.Match[str], _AUTHORITY.match(text, begin)).end()  # ``[^/\s]*`` matches anywhere, if empty
         userinfo = text.rfind("@", begin, end)
         if userinfo != -1:
             user, sep, _ = text[begin:userinfo].partition(":")
             if sep:
                 pieces += [text[done:begin], user, ":", MASK]
                 done = userinfo
-        at = text.find("://", max(begin, end - 2))     # "a://b://": the next one starts before ``end``
+        at = text.find("://", max(begin, end - 2))  # "a://b://": the next one starts before ``end``
     pieces.append(text[done:])
     return "".join(pieces)
 
@@ -93,10 +94,10 @@ def _mask_params(text: str) -> str:
     for params in _PARAMS.finditer(text, text.find("://")):
         for pair in _PAIR.finditer(text, params.start(), params.end()):
             value = pair.group(2)
-            if pair.end(2) == params.end():          # "...?token=abc, then": the comma is prose
+            if pair.end(2) == params.end():  # "...?token=abc, then": the comma is prose
                 value = value.rstrip(_PROSE)
             if value and _secret_name(pair.group(1)):
-                pieces += [text[done:pair.start(2)], MASK]
+                pieces += [text[done : pair.start(2)], MASK]
                 done = pair.start(2) + len(value)
     pieces.append(text[done:])
     return "".join(pieces)
@@ -104,4 +105,4 @@ def _mask_params(text: str) -> str:
 
 def _secret_name(name: str) -> bool:
     name = urllib.parse.unquote_plus(name).lower()
-    return name == "sig" or any(word in name for word in SECRET_WORDS)      # "sig": Azure's SAS signature
+    return name == "sig" or any(word in name for word in SECRET_WORDS)  # "sig": Azure's SAS signature

@@ -53,57 +53,57 @@ def _default_shared_data() -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = "0.0.0.0"                   # DEXTR_HOST: bind address of `serve`
-    port: int = 9090                        # DEXTR_PORT: port of `serve`
-    redis_url: str | None = None            # REDIS_URL: queue mode; unset = in-process inference
-    redis_wait: float = 60.0                # DEXTR_REDIS_WAIT: seconds a starting worker waits for Redis
-    label_studio_url: str | None = None     # LABEL_STUDIO_URL
+    host: str = "0.0.0.0"  # DEXTR_HOST: bind address of `serve`
+    port: int = 9090  # DEXTR_PORT: port of `serve`
+    redis_url: str | None = None  # REDIS_URL: queue mode; unset = in-process inference
+    redis_wait: float = 60.0  # DEXTR_REDIS_WAIT: seconds a starting worker waits for Redis
+    label_studio_url: str | None = None  # LABEL_STUDIO_URL
     label_studio_api_key: str | None = None  # LABEL_STUDIO_API_KEY (legacy token or personal access token)
-    basic_auth_user: str | None = None      # BASIC_AUTH_USER
-    basic_auth_pass: str | None = None      # BASIC_AUTH_PASS
-    weights: str | None = None              # DEXTR_WEIGHTS: version to serve (default: the current one)
-    device: str = "auto"                    # DEXTR_DEVICE
-    corrector: str = "auto"                 # DEXTR_CORRECTOR: auto | network | fbrs | graphcut [+consistent] | none
-    output: str = "auto"                    # DEXTR_OUTPUT: auto | brush | polygon | both
-    predict_timeout: float = 30.0           # DEXTR_PREDICT_TIMEOUT: seconds /predict waits for a worker
-    allowed_hosts: tuple[str, ...] = ()     # DEXTR_ALLOWED_HOSTS: extra image hosts, comma-separated
-    image_cache_mb: int = 512               # DEXTR_IMAGE_CACHE_MB: decoded images kept per process
-    max_image_mb: int = 50                  # DEXTR_MAX_IMAGE_MB: larger downloads are refused
-    train_every: int = 0                    # DEXTR_TRAIN_EVERY: retrain after N new/updated annotations (0 = off)
-    train_epochs: int = 6                   # DEXTR_TRAIN_EPOCHS: epochs of a retraining job
-    train_max_minutes: float = 30.0         # DEXTR_TRAIN_MAX_MINUTES: time budget of a retraining job
-    train_samples: int = 0                  # DEXTR_TRAIN_SAMPLES: samples per epoch (0 = 4 per object, 160-2000)
-    train_val_fraction: float = 0.15        # DEXTR_TRAIN_VAL_FRACTION: share of images held out to decide promotion
-    train_patience: int = 0                 # DEXTR_TRAIN_PATIENCE: stop after N epochs without gain, keep the best
-                                            # (0 = run every epoch, keep the last)
-    train_guard_dir: str = ""               # DEXTR_TRAIN_GUARD_DIR: objects a new version must not get worse on
-    train_min_val_objects: int = 3          # DEXTR_TRAIN_MIN_VAL_OBJECTS: fewer held-out objects -> not promoted
-    fetch_timeout: float = 20.0             # DEXTR_FETCH_TIMEOUT: total seconds for one image fetch, redirects included
-    fetch_min_rate_kb: float = 16.0         # DEXTR_FETCH_MIN_RATE_KB: image downloads slower than this many kB/s are
-                                            # cut off once 2 s have passed (0 = off)
-    fetch_concurrency: int = 16             # DEXTR_FETCH_CONCURRENCY: image fetches at once per process
-    fetch_per_host: int = 4                 # DEXTR_FETCH_PER_HOST: image fetches at once to one host, per process
-    max_url_chars: int = 8192               # DEXTR_MAX_URL_CHARS: longer image URLs (or /setup hostnames) are refused
-    max_string_kb: int = 1024               # DEXTR_MAX_STRING_KB: longer strings in a request body are refused
-                                            # (a data:image URI is an image: DEXTR_MAX_IMAGE_MB bounds it instead)
-    max_tasks: int = 100                    # DEXTR_MAX_TASKS: tasks per /predict request
-    max_objects: int = 100                  # DEXTR_MAX_OBJECTS: objects (point groups, boxes) per task
-    max_points: int = 64                    # DEXTR_MAX_POINTS: clicks per object (4 extreme + corrections)
-    max_body_mb: int = 64                   # DEXTR_MAX_BODY_MB: larger request bodies are refused
-    max_concurrent: int = 4                 # DEXTR_MAX_CONCURRENT: /predict requests computing at once per process
-    threads: int = 0                        # DEXTR_THREADS: torch CPU threads per process (0 = CPUs / processes)
-    weights_dir: str = ""                   # DEXTR_WEIGHTS_DIR: trained and imported versions (default: ~/.cache/dextr-backend/weights)
-    weights_mirror: str = ""                # DEXTR_WEIGHTS_MIRROR: where official checkpoints are downloaded from
-    data_dir: str = ""                      # DEXTR_DATA_DIR: exported Label Studio labels (default: the temp dir)
-    shared_data: str = ""                   # DEXTR_SHARED_DATA: the benchmark images (default: ../shared/data)
-    flip: bool = False                      # DEXTR_FLIP: average with a mirrored pass (2x the cost)
-    cpu_bf16: bool = False                  # DEXTR_CPU_BF16: bfloat16 autocast on CPU
-    max_image_pixels: int = 80_000_000      # DEXTR_MAX_IMAGE_PIXELS: larger images are refused before decoding
-    log_level: str = "INFO"                 # LOG_LEVEL
-    log_format: str = "json"                # LOG_FORMAT: json | text
+    basic_auth_user: str | None = None  # BASIC_AUTH_USER
+    basic_auth_pass: str | None = None  # BASIC_AUTH_PASS
+    weights: str | None = None  # DEXTR_WEIGHTS: version to serve (default: the current one)
+    device: str = "auto"  # DEXTR_DEVICE
+    corrector: str = "auto"  # DEXTR_CORRECTOR: auto | network | fbrs | graphcut [+consistent] | none
+    output: str = "auto"  # DEXTR_OUTPUT: auto | brush | polygon | both
+    predict_timeout: float = 30.0  # DEXTR_PREDICT_TIMEOUT: seconds /predict waits for a worker
+    allowed_hosts: tuple[str, ...] = ()  # DEXTR_ALLOWED_HOSTS: extra image hosts, comma-separated
+    image_cache_mb: int = 512  # DEXTR_IMAGE_CACHE_MB: decoded images kept per process
+    max_image_mb: int = 50  # DEXTR_MAX_IMAGE_MB: larger downloads are refused
+    train_every: int = 0  # DEXTR_TRAIN_EVERY: retrain after N new/updated annotations (0 = off)
+    train_epochs: int = 6  # DEXTR_TRAIN_EPOCHS: epochs of a retraining job
+    train_max_minutes: float = 30.0  # DEXTR_TRAIN_MAX_MINUTES: time budget of a retraining job
+    train_samples: int = 0  # DEXTR_TRAIN_SAMPLES: samples per epoch (0 = 4 per object, 160-2000)
+    train_val_fraction: float = 0.15  # DEXTR_TRAIN_VAL_FRACTION: share of images held out to decide promotion
+    train_patience: int = 0  # DEXTR_TRAIN_PATIENCE: stop after N epochs without gain, keep the best
+    # (0 = run every epoch, keep the last)
+    train_guard_dir: str = ""  # DEXTR_TRAIN_GUARD_DIR: objects a new version must not get worse on
+    train_min_val_objects: int = 3  # DEXTR_TRAIN_MIN_VAL_OBJECTS: fewer held-out objects -> not promoted
+    fetch_timeout: float = 20.0  # DEXTR_FETCH_TIMEOUT: total seconds for one image fetch, redirects included
+    fetch_min_rate_kb: float = 16.0  # DEXTR_FETCH_MIN_RATE_KB: image downloads slower than this many kB/s are
+    # cut off once 2 s have passed (0 = off)
+    fetch_concurrency: int = 16  # DEXTR_FETCH_CONCURRENCY: image fetches at once per process
+    fetch_per_host: int = 4  # DEXTR_FETCH_PER_HOST: image fetches at once to one host, per process
+    max_url_chars: int = 8192  # DEXTR_MAX_URL_CHARS: longer image URLs (or /setup hostnames) are refused
+    max_string_kb: int = 1024  # DEXTR_MAX_STRING_KB: longer strings in a request body are refused
+    # (a data:image URI is an image: DEXTR_MAX_IMAGE_MB bounds it instead)
+    max_tasks: int = 100  # DEXTR_MAX_TASKS: tasks per /predict request
+    max_objects: int = 100  # DEXTR_MAX_OBJECTS: objects (point groups, boxes) per task
+    max_points: int = 64  # DEXTR_MAX_POINTS: clicks per object (4 extreme + corrections)
+    max_body_mb: int = 64  # DEXTR_MAX_BODY_MB: larger request bodies are refused
+    max_concurrent: int = 4  # DEXTR_MAX_CONCURRENT: /predict requests computing at once per process
+    threads: int = 0  # DEXTR_THREADS: torch CPU threads per process (0 = CPUs / processes)
+    weights_dir: str = ""  # DEXTR_WEIGHTS_DIR: trained and imported versions (default: ~/.cache/dextr-backend/weights)
+    weights_mirror: str = ""  # DEXTR_WEIGHTS_MIRROR: where official checkpoints are downloaded from
+    data_dir: str = ""  # DEXTR_DATA_DIR: exported Label Studio labels (default: the temp dir)
+    shared_data: str = ""  # DEXTR_SHARED_DATA: the benchmark images (default: ../shared/data)
+    flip: bool = False  # DEXTR_FLIP: average with a mirrored pass (2x the cost)
+    cpu_bf16: bool = False  # DEXTR_CPU_BF16: bfloat16 autocast on CPU
+    max_image_pixels: int = 80_000_000  # DEXTR_MAX_IMAGE_PIXELS: larger images are refused before decoding
+    log_level: str = "INFO"  # LOG_LEVEL
+    log_format: str = "json"  # LOG_FORMAT: json | text
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         env = os.environ
         output = env.get("DEXTR_OUTPUT", "auto").strip().lower() or "auto"
         if output not in OUTPUTS:

@@ -37,6 +37,6 @@ def configure_threads(requested: int | None = None, processes: int = 1) -> int:
     torch.set_num_threads(n)
     try:
         torch.set_num_interop_threads(max(1, min(n, 2)))
-    except RuntimeError:       # only settable before the first parallel work; later calls keep the old value
+    except RuntimeError:  # only settable before the first parallel work; later calls keep the old value
         pass
     return n

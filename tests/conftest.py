@@ -39,8 +39,7 @@ def random_store(weights_dir) -> Path:
     from dextr_backend.weights.store import WeightsStore
 
     torch.manual_seed(0)
-    WeightsStore(weights_dir).add_version(build_model("lite0").state_dict(), "lite0", name="served",
-                                          make_current=True)
+    WeightsStore(weights_dir).add_version(build_model("lite0").state_dict(), "lite0", name="served", make_current=True)
     return weights_dir
 
 

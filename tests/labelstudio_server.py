@@ -57,8 +57,9 @@ def ensure_installed() -> Path:
         if not marker.exists():
             shutil.rmtree(VENV, ignore_errors=True)
             subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-            proc = subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", f"label-studio=={VERSION}"],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [str(VENV / "bin" / "pip"), "install", "-q", f"label-studio=={VERSION}"], capture_output=True, text=True
+            )
             if proc.returncode != 0:
                 raise LabelStudioUnavailable(f"pip install label-studio=={VERSION} failed: {proc.stderr[-500:]}")
             marker.touch()
@@ -88,26 +89,56 @@ class LabelStudio:
             d.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO", "LABEL_STUDIO"))}
         env.update(
-            LABEL_STUDIO_BASE_DATA_DIR=str(self.data_dir / "ls"), SECRET_KEY=SECRET_KEY,
-            LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true", LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(files),
-            LATEST_VERSION_CHECK="false", COLLECT_ANALYTICS="false", SENTRY_DSN="", FRONTEND_SENTRY_DSN="",
-            ML_BLOCK_LOCAL_IP="false", SSRF_PROTECTION_ENABLED="false", HOME=str(home),
-            XDG_CONFIG_HOME=str(home / ".config"), XDG_DATA_HOME=str(home / ".local/share"),
-            XDG_CACHE_HOME=str(home / ".cache"), PYTHONUNBUFFERED="1")
+            LABEL_STUDIO_BASE_DATA_DIR=str(self.data_dir / "ls"),
+            SECRET_KEY=SECRET_KEY,
+            LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
+            LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(files),
+            LATEST_VERSION_CHECK="false",
+            COLLECT_ANALYTICS="false",
+            SENTRY_DSN="",
+            FRONTEND_SENTRY_DSN="",
+            ML_BLOCK_LOCAL_IP="false",
+            SSRF_PROTECTION_ENABLED="false",
+            HOME=str(home),
+            XDG_CONFIG_HOME=str(home / ".config"),
+            XDG_DATA_HOME=str(home / ".local/share"),
+            XDG_CACHE_HOME=str(home / ".cache"),
+            PYTHONUNBUFFERED="1",
+        )
         return env
 
-    def start(self, timeout: float = 240.0) -> "LabelStudio":
+    def start(self, timeout: float = 240.0) -> LabelStudio:
         exe = ensure_installed()
         log = open(self.data_dir / "label-studio.log", "ab")
         self.proc = subprocess.Popen(
-            [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(self.port),
-             "--username", USER, "--password", PASSWORD, "--enable-legacy-api-token", "--user-token", TOKEN],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir, start_new_session=True)
+            [
+                str(exe),
+                "start",
+                "--no-browser",
+                "--internal-host",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "--username",
+                USER,
+                "--password",
+                PASSWORD,
+                "--enable-legacy-api-token",
+                "--user-token",
+                TOKEN,
+            ],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.data_dir,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise LabelStudioUnavailable(f"label-studio exited ({self.proc.returncode}); see "
-                                             f"{self.data_dir / 'label-studio.log'}")
+                raise LabelStudioUnavailable(
+                    f"label-studio exited ({self.proc.returncode}); see {self.data_dir / 'label-studio.log'}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
                     if r.status == 200 and self._token_works():
@@ -142,9 +173,12 @@ class LabelStudio:
             boundary = "dextrboundary7d0a1c"
             parts = []
             for name, (filename, content) in files.items():
-                parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
-                             f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
-                             + content + b"\r\n")
+                parts.append(
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                    f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+                    + content
+                    + b"\r\n"
+                )
             data = b"".join(parts) + f"--{boundary}--\r\n".encode()
             headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
         elif payload is not None:
@@ -162,7 +196,7 @@ def start_label_studio(tmp_dir: Path) -> LabelStudio:
         if not (TEMPLATE / ".ready").exists():
             shutil.rmtree(TEMPLATE, ignore_errors=True)
             TEMPLATE.mkdir(parents=True)
-            first = LabelStudio(TEMPLATE).start()     # runs the migrations and creates the user
+            first = LabelStudio(TEMPLATE).start()  # runs the migrations and creates the user
             first.stop()
             (TEMPLATE / ".ready").touch()
     data = Path(tmp_dir) / "label-studio"

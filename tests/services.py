@@ -37,16 +37,30 @@ class RedisServer:
         self.proc: subprocess.Popen | None = None
 
     @classmethod
-    def external(cls, url: str) -> "RedisServer":
+    def external(cls, url: str) -> RedisServer:
         server = cls(None, port=0)
         server.url = url
         return server
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -105,11 +119,14 @@ class Worker(_Process):
         self.redis_url, self.env, self.queues, self.log = redis_url, env, queues, log
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait: float = 60.0) -> "Worker":
+    def start(self, wait: float = 60.0) -> Worker:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, "-m", "dextr_backend", "worker", "--queues", self.queues,
-                                      "--redis-url", self.redis_url],
-                                     env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dextr_backend", "worker", "--queues", self.queues, "--redis-url", self.redis_url],
+            env={**os.environ, **self.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         conn = redis.Redis.from_url(self.redis_url)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
@@ -131,13 +148,16 @@ class Backend(_Process):
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait: float = 60.0) -> "Backend":
+    def start(self, wait: float = 60.0) -> Backend:
         import urllib.request
 
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, "-m", "dextr_backend", "serve", "--host", "127.0.0.1",
-                                      "--port", str(self.port)], env={**os.environ, **self.env},
-                                     stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dextr_backend", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env={**os.environ, **self.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -164,6 +184,24 @@ def served_in_mode(mode: str, env: dict, tmp_path: Path, redis_url: str | None =
         server.stop()
         if worker:
             worker.stop()
+
+
+def press_start_training(client, project) -> dict:
+    """*Start Training* for ``project`` as the server presses it (``server.training``): dead training
+    workers' jobs handed on, then a run requested from the project's training runs."""
+    from dextr_backend.labelstudio import jobs
+    from dextr_backend.training_runs import TrainingRuns
+
+    client.reap_dead_workers()
+    return TrainingRuns(client.redis).request(client.train_queue, jobs.train_project, project)
+
+
+def training_status(client) -> list[dict]:
+    """``GET /train/status``'s jobs, read from Redis as the server reads them."""
+    from dextr_backend.queue.liveness import heartbeat
+    from dextr_backend.training_runs import TrainingRuns
+
+    return TrainingRuns(client.redis).status(heartbeat)
 
 
 def env_settings(**fields):

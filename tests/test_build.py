@@ -43,8 +43,15 @@ def test_the_settings_store_is_the_default(tmp_path, store):
 def test_predictor_for_and_make_predictor_agree(store):
     loaded = store.load("trimmed")
     a = predictor_for(loaded, device="cpu")
-    b = make_predictor(model_from(loaded.arch, loaded.state_dict), loaded.arch, loaded.input_size,
-                       loaded.threshold, loaded.meta.trim, version=loaded.version, device="cpu")
+    b = make_predictor(
+        model_from(loaded.arch, loaded.state_dict),
+        loaded.arch,
+        loaded.input_size,
+        loaded.threshold,
+        loaded.meta.trim,
+        version=loaded.version,
+        device="cpu",
+    )
     for p in (a, b):
         assert (p.version, p.threshold, p.postprocess.trim, p.corrections) == ("trimmed", 0.65, 1, False)
     assert make_predictor(build_model("lite0c"), "lite0c", 64, 0.5, device="cpu").corrections is True

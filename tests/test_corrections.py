@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from dextr_backend import geometry
-from dextr_backend.errors import InputError, WeightsError
 from dextr_backend.data.benchmarks import EvalObject
+from dextr_backend.errors import InputError, WeightsError
 from dextr_backend.evaluation import evaluate_objects, grabcut_baseline, iou, write_report
 from dextr_backend.evaluation.clicks import Click, next_click
 from dextr_backend.evaluation.metrics import clicks_to_reach
@@ -58,13 +58,14 @@ def scene():
 
 # ------------------------------------------------------------------------------------- network
 
+
 def test_grown_lite0c_answers_both_passes_exactly_as_its_parent(parent, grown):
     x = torch.rand(2, 4, 96, 96) * 255
     corrections = torch.rand(2, 3, 96, 96) * 255
     with torch.inference_mode():
         expected = parent(x)
-        assert torch.equal(grown(x), expected)                                  # pass 1: the base
-        assert torch.equal(grown(torch.cat([x, corrections], 1)), expected)    # pass 2: zero new filters
+        assert torch.equal(grown(x), expected)  # pass 1: the base
+        assert torch.equal(grown(torch.cat([x, corrections], 1)), expected)  # pass 2: zero new filters
     stem = grown.corrector.backbone.conv_stem.weight
     assert stem.shape[1] == 7 and torch.count_nonzero(stem[:, 4:]) == 0
     with pytest.raises(ValueError, match="4 or 7 input channels"):
@@ -90,6 +91,7 @@ def test_the_base_stays_in_eval_mode_and_frozen():
 
 # ------------------------------------------------------------------------------------- geometry
 
+
 def test_correction_channels_use_the_heatmap_mapping_and_drop_clicks_outside_the_crop(scene):
     image, points = scene
     x, crop = geometry.prepare_input(image, points, 64)
@@ -98,18 +100,18 @@ def test_correction_channels_use_the_heatmap_mapping_and_drop_clicks_outside_the
     extra, kept_pos, kept_neg = geometry.correction_channels(crop, pos, neg, previous)
     assert extra.shape == (64, 64, 3) and extra.dtype == np.float32
     # A positive click on an extreme point gives the same Gaussian the heatmap has there.
-    alone = geometry.heatmap(geometry.to_crop(np.array(pos, float), crop.box, 64), (64, 64),
-                             geometry.crop_sigma(64))
+    alone = geometry.heatmap(geometry.to_crop(np.array(pos, float), crop.box, 64), (64, 64), geometry.crop_sigma(64))
     np.testing.assert_allclose(extra[:, :, 0], alone, atol=1e-4)
     assert extra[:, :, 0].max() == pytest.approx(255.0) and extra[:, :, 1].max() == pytest.approx(255.0)
     np.testing.assert_allclose(extra[:, :, 2], previous * 255.0, rtol=1e-6)
     assert len(kept_pos) == 1 and len(kept_neg) == 2
-    far = [[crop.box[2] + 1, crop.box[1] + 5]]                   # one pixel right of the padded box
+    far = [[crop.box[2] + 1, crop.box[1] + 5]]  # one pixel right of the padded box
     extra, kept_pos, kept_neg = geometry.correction_channels(crop, [], far, previous)
-    assert len(kept_neg) == 0 and not extra[:, :, :2].any()      # no clicks: zero maps
+    assert len(kept_neg) == 0 and not extra[:, :, :2].any()  # no clicks: zero maps
 
 
 # ------------------------------------------------------------------------------------- predictor
+
 
 def test_a_version_without_corrections_ignores_them_and_says_so(parent, scene, caplog):
     image, points = scene
@@ -126,7 +128,7 @@ def test_a_version_without_corrections_ignores_them_and_says_so(parent, scene, c
 def test_lite0c_uses_corrections_in_one_second_pass(parent, scene):
     image, points = scene
     model = load_state(build_model("lite0c"), grow_state("lite0c", parent.state_dict())).eval()
-    with torch.no_grad():      # a corrector that has learned something from the new channels
+    with torch.no_grad():  # a corrector that has learned something from the new channels
         torch.manual_seed(1)
         model.corrector.backbone.conv_stem.weight[:, 4:].normal_(0, 0.5)
     seen = {"base": [], "corrector": []}
@@ -135,8 +137,9 @@ def test_lite0c_uses_corrections_in_one_second_pass(parent, scene):
     predictor = DextrPredictor(model, 64, threshold=0.5, device="cpu", batch_size=8)
     assert predictor.corrections
     pos, neg = [[70, 60]], [[40, 30], [100, 90]]
-    plain, fixed, other = predictor.predict_batch([(image, points), (image, points, pos, neg),
-                                                   (image, points, [], [[60, 40]])])
+    plain, fixed, other = predictor.predict_batch(
+        [(image, points), (image, points, pos, neg), (image, points, [], [[60, 40]])]
+    )
     assert seen["base"] == [3] and len(seen["corrector"]) == 1 and seen["corrector"][0].shape[0] == 2
     assert plain.corrections == 0 and fixed.corrections == 3 and other.corrections == 1
     assert not np.array_equal(fixed.probabilities, plain.probabilities)
@@ -157,11 +160,12 @@ def test_lite0c_uses_corrections_in_one_second_pass(parent, scene):
 
 # ------------------------------------------------------------------------------------- protocol
 
+
 def test_a_missed_part_gets_a_positive_click_at_its_centre():
     gt = np.zeros((60, 80), bool)
     gt[10:50, 10:70] = True
     pred = gt.copy()
-    pred[20:41, 40:61] = False                  # a 21x21 hole in the mask
+    pred[20:41, 40:61] = False  # a 21x21 hole in the mask
     assert next_click(pred, gt) == Click(50, 30, True)
 
 
@@ -169,8 +173,8 @@ def test_false_object_gets_a_negative_click_and_the_largest_region_wins():
     gt = np.zeros((60, 80), bool)
     gt[20:40, 20:40] = True
     pred = gt.copy()
-    pred[45:56, 50:75] = True                   # false object, 11 x 25
-    pred[20:25, 20:25] = False                  # small miss
+    pred[45:56, 50:75] = True  # false object, 11 x 25
+    pred[20:25, 20:25] = False  # small miss
     click = next_click(pred, gt)
     assert click == Click(click.x, 50, False) and 55 <= click.x <= 69
     assert next_click(gt, gt) is None
@@ -179,11 +183,11 @@ def test_false_object_gets_a_negative_click_and_the_largest_region_wins():
 def test_the_image_border_and_the_ignore_band_count_as_boundary():
     gt = np.zeros((40, 40), bool)
     pred = np.zeros((40, 40), bool)
-    pred[0:9, 0:40] = True                      # false strip along the top border
+    pred[0:9, 0:40] = True  # false strip along the top border
     click = next_click(pred, gt)
     assert not click.positive and click.y == 4  # mid-strip, not on the border row
     ignore = np.zeros((40, 40), bool)
-    ignore[0:9, 0:20] = True                    # the band covers the strip's left half
+    ignore[0:9, 0:20] = True  # the band covers the strip's left half
     click = next_click(pred, gt, ignore)
     assert click.x >= 24 and not ignore[click.y, click.x]
     assert next_click(pred, gt, ignore=np.ones((40, 40), bool)) is None
@@ -202,13 +206,17 @@ def test_random_interior_clicks_stay_deep_inside_the_region():
 # ------------------------------------------------------------------------------------- evaluate
 
 # IoU after 4, 5, 6, 7 clicks for each object of the stub below.
-SCRIPT = {0: [0.8, 0.875, 0.925, 0.95], 1: [0.5, 0.5, 0.5, 0.5], 2: [0.95, 0.95, 0.95, 0.95],
-          3: [0.9, 0.85, 0.85, 0.875]}
+SCRIPT = {
+    0: [0.8, 0.875, 0.925, 0.95],
+    1: [0.5, 0.5, 0.5, 0.5],
+    2: [0.95, 0.95, 0.95, 0.95],
+    3: [0.9, 0.85, 0.85, 0.875],
+}
 
 
 def stub_objects():
     gt = np.zeros((64, 64), bool)
-    gt[10:50, 10:50] = True                     # 40 x 40
+    gt[10:50, 10:50] = True  # 40 x 40
     objects = []
     for k in SCRIPT:
         image = np.full((64, 64, 3), k, np.uint8)
@@ -221,7 +229,7 @@ def stub(image, points, positives=(), negatives=()):
     target = SCRIPT[int(image[0, 0, 0])][len(positives) + len(negatives)]
     mask = np.zeros((64, 64), bool)
     rows = int(round((1 - target) * 40))
-    mask[10 + rows:50, 10:50] = True
+    mask[10 + rows : 50, 10:50] = True
     return mask
 
 
@@ -233,12 +241,12 @@ def test_noc_and_nof_bookkeeping_on_a_scripted_method():
     assert [r.noc(0.85) for r in result.rows] == [5, 7, 4, 4]
     assert [r.noc(0.90) for r in result.rows] == [6, 7, 4, 4]
     assert result.noc(0.85) == pytest.approx(5.0) and result.noc(0.90) == pytest.approx(5.25)
-    assert result.nof(0.90) == 2                # still under 90 % after 7 clicks: objects 1 and 3
+    assert result.nof(0.90) == 2  # still under 90 % after 7 clicks: objects 1 and 3
     s = result.summary()
     assert s["noc85"] == 5.0 and s["noc90"] == 5.25 and s["nof90"] == 2 and s["max_clicks"] == 7
     assert list(s["miou_by_clicks"]) == ["4", "5", "6", "7"]
     assert s["miou_by_clicks"]["4"] == pytest.approx(100 * np.mean([v[0] for v in SCRIPT.values()]), abs=1e-3)
-    assert "noc85" not in evaluate_objects(stub, objects, progress=False).summary()   # 4 clicks: as before
+    assert "noc85" not in evaluate_objects(stub, objects, progress=False).summary()  # 4 clicks: as before
     assert clicks_to_reach([0.5, 0.6], 0.9) == 5 and clicks_to_reach([0.95], 0.9) == 4
     with pytest.raises(InputError, match="4 or more"):
         evaluate_objects(stub, objects, max_clicks=3, progress=False)
@@ -286,14 +294,31 @@ def test_grabcut_seeds_fix_its_mask():
 
 
 def test_evaluate_command_with_max_clicks(tmp_path, capsys, weights_dir):
-    from dextr_backend.cli import main
     from test_evaluation import make_grabcut
+
+    from dextr_backend.cli import main
 
     make_grabcut(tmp_path / "data")
     weights = tmp_path / "lite0c.pt"
     torch.save(grow_state("lite0c", trained_looking_lite0().state_dict()), weights)
-    code = main(["evaluate", str(tmp_path / "data"), "--weights", str(weights), "--device", "cpu", "--limit", "2",
-                 "--max-clicks", "6", "--json", "--no-progress", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "evaluate",
+            str(tmp_path / "data"),
+            "--weights",
+            str(weights),
+            "--device",
+            "cpu",
+            "--limit",
+            "2",
+            "--max-clicks",
+            "6",
+            "--json",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "NoC@85" in out
     line = json.loads(out.strip().splitlines()[-1])
@@ -307,6 +332,7 @@ def test_evaluate_command_with_max_clicks(tmp_path, capsys, weights_dir):
 
 # ------------------------------------------------------------------------------------- training
 
+
 def test_simulated_corrections_give_every_sample_at_least_one_click():
     from dextr_backend.training.corrections import simulate
 
@@ -314,10 +340,10 @@ def test_simulated_corrections_give_every_sample_at_least_one_click():
     y[:, :, 8:24, 8:24] = 1
     x = torch.rand(3, 4, 32, 32) * 255
 
-    def perfect(inputs):            # no error at all: the random fallback click
+    def perfect(inputs):  # no error at all: the random fallback click
         return y[: len(inputs), 0].clone()
 
-    def empty(inputs):              # everything missed: protocol clicks, one per round
+    def empty(inputs):  # everything missed: protocol clicks, one per round
         return torch.zeros(len(inputs), 32, 32)
 
     for forward in (perfect, empty):
@@ -335,8 +361,13 @@ def test_lite0c_training_moves_only_the_corrector(tmp_path):
     refs = folder_objects(make_shapes(tmp_path / "shapes"))
     train, val = split(refs)
     parent = build_model("lite0").state_dict()
-    trainer = Trainer(small_config(arch="lite0c", samples_per_epoch=8, lr=1e-2, val_objects=2), train, val,
-                      tmp_path / "run", init_state=grow_state("lite0c", parent))
+    trainer = Trainer(
+        small_config(arch="lite0c", samples_per_epoch=8, lr=1e-2, val_objects=2),
+        train,
+        val,
+        tmp_path / "run",
+        init_state=grow_state("lite0c", parent),
+    )
     backbone_lr = {id(p) for p in trainer.optimizer.param_groups[0]["params"]}
     assert id(trainer.model.corrector.backbone.conv_stem.weight) in backbone_lr
     assert id(trainer.model.corrector.decoder.head[1].weight) not in backbone_lr
@@ -355,11 +386,33 @@ def test_train_command_grows_lite0c_and_records_the_corrected_scores(tmp_path, w
     from dextr_backend.weights.store import WeightsStore
 
     shapes = make_shapes(tmp_path / "shapes")
-    WeightsStore(weights_dir).add_version(build_model("lite0").state_dict(), "lite0", name="base", input_size=64,
-                                          threshold=0.6, trim=1, make_current=True)
-    code = main(["train", "--dataset", str(shapes), "--init", "base", "--arch", "lite0c", "--epochs", "1",
-                 "--samples-per-epoch", "8", "--batch-size", "4", "--val-objects", "2", "--corrections", "2",
-                 "--name", "fixer", "--force"])
+    WeightsStore(weights_dir).add_version(
+        build_model("lite0").state_dict(), "lite0", name="base", input_size=64, threshold=0.6, trim=1, make_current=True
+    )
+    code = main(
+        [
+            "train",
+            "--dataset",
+            str(shapes),
+            "--init",
+            "base",
+            "--arch",
+            "lite0c",
+            "--epochs",
+            "1",
+            "--samples-per-epoch",
+            "8",
+            "--batch-size",
+            "4",
+            "--val-objects",
+            "2",
+            "--corrections",
+            "2",
+            "--name",
+            "fixer",
+            "--force",
+        ]
+    )
     assert code == 0
     assert "val_miou_6" in capsys.readouterr().out
     version = WeightsStore(weights_dir).get("fixer")
@@ -380,8 +433,13 @@ def test_grown_default_model_reproduces_its_parent_on_real_objects(shared_data, 
     loaded = WeightsStore(weights_dir).load("bsds-lite0-v3.2")
     parent = predictor_for(loaded, device="cpu")
     model = load_state(build_model("lite0c"), grow_state("lite0c", loaded.state_dict))
-    child = DextrPredictor(model, loaded.input_size, threshold=loaded.threshold, device="cpu",
-                           postprocess=PostProcess(trim=loaded.meta.trim))
+    child = DextrPredictor(
+        model,
+        loaded.input_size,
+        threshold=loaded.threshold,
+        device="cpu",
+        postprocess=PostProcess(trim=loaded.meta.trim),
+    )
     for obj in list(load_dataset(shared_data / "GrabCut", limit=2)):
         image = cv2.cvtColor(cv2.imread(str(obj.image_path)), cv2.COLOR_BGR2RGB)
         points = geometry.extreme_points(obj.mask)
@@ -396,6 +454,7 @@ def test_grown_default_model_reproduces_its_parent_on_real_objects(shared_data, 
 
 
 # ------------------------------------------------------------------------------------- lite0h
+
 
 def clicked(x: torch.Tensor, positives=(), negatives=()) -> torch.Tensor:
     """``(N, 4, S, S)`` -> 7 channels with the same clicks on every sample (and a pass-1 map)."""
@@ -461,14 +520,14 @@ def test_reusing_the_parents_pass_changes_nothing(parent):
     with torch.no_grad():
         expected = model(inputs)
         model.reuse_base = True
-        assert torch.equal(model(x), parent(x))                # fills the cache
-        assert torch.equal(model(inputs), expected)             # the same rows
-        assert torch.equal(model(inputs[[2, 0]]), expected[[2, 0]])   # some of them, reordered
+        assert torch.equal(model(x), parent(x))  # fills the cache
+        assert torch.equal(model(inputs), expected)  # the same rows
+        assert torch.equal(model(inputs[[2, 0]]), expected[[2, 0]])  # some of them, reordered
         other = clicked(torch.rand(1, 4, 64, 64) * 255, [(20, 30)])
         model.reuse_base = False
         fresh = model(other)
         model.reuse_base = True
-        assert torch.equal(model(other), fresh)                 # a new crop is computed, not reused
+        assert torch.equal(model(other), fresh)  # a new crop is computed, not reused
 
 
 def test_correction_loss_weighs_pass_one_errors():
@@ -476,13 +535,13 @@ def test_correction_loss_weighs_pass_one_errors():
 
     target = torch.tensor([[[[1.0, 1.0, 0.0, 0.0]]]])
     logits = torch.tensor([[[[2.0, -1.0, -2.0, -2.0]]]])
-    previous = torch.tensor([[[True, False, False, False]]])        # pass 1 missed pixel 1
+    previous = torch.tensor([[[True, False, False, False]]])  # pass 1 missed pixel 1
     assert torch.allclose(correction_bce(logits, target, previous, 1.0), balanced_bce(logits, target))
     # Weight 4: emphasis (1, 4, 1, 1), mean 7/4, times the balanced 1/2 each.
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits.flatten(), target.flatten(), reduction="none")
     expected = (0.5 * torch.tensor([1.0, 4.0, 1.0, 1.0]) / 1.75 * bce).mean()
     assert torch.allclose(correction_bce(logits, target, previous, 4.0), expected)
-    assert correction_bce(logits, target, previous, 4.0) > balanced_bce(logits, target)   # the missed pixel is the worst
+    assert correction_bce(logits, target, previous, 4.0) > balanced_bce(logits, target)  # the missed pixel is the worst
 
 
 def test_lite0h_training_moves_only_the_head(tmp_path):
@@ -493,8 +552,13 @@ def test_lite0h_training_moves_only_the_head(tmp_path):
     refs = folder_objects(make_shapes(tmp_path / "shapes"))
     train, val = split(refs)
     parent = build_model("lite0").state_dict()
-    trainer = Trainer(small_config(arch="lite0h", samples_per_epoch=8, lr=1e-2, val_objects=2, error_weight=4.0),
-                      train, val, tmp_path / "run", init_state=grow_state("lite0h", parent))
+    trainer = Trainer(
+        small_config(arch="lite0h", samples_per_epoch=8, lr=1e-2, val_objects=2, error_weight=4.0),
+        train,
+        val,
+        tmp_path / "run",
+        init_state=grow_state("lite0h", parent),
+    )
     assert trainer.model.reuse_base
     trained = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert trained == {id(p) for p in trainer.model.head.parameters()}
@@ -515,19 +579,31 @@ def test_retraining_a_trained_lite0h_fine_tunes_its_parent_and_keeps_its_head(tm
     refs = folder_objects(make_shapes(tmp_path / "shapes"))
     train, val = split(refs)
     state = grow_state("lite0h", build_model("lite0").state_dict())
-    state["head.out.weight"] = torch.full_like(state["head.out.weight"], 0.01)        # a trained head
-    trainer = Trainer(small_config(arch="lite0h", samples_per_epoch=8, lr=1e-2, val_objects=2), train, val,
-                      tmp_path / "run", init_state=state)
+    state["head.out.weight"] = torch.full_like(state["head.out.weight"], 0.01)  # a trained head
+    trainer = Trainer(
+        small_config(arch="lite0h", samples_per_epoch=8, lr=1e-2, val_objects=2),
+        train,
+        val,
+        tmp_path / "run",
+        init_state=state,
+    )
     assert trainer.part == "parent" and not trainer.model.reuse_base
     trained = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert trained and trained <= {id(p) for p in trainer.model.base.parameters()}
     result = trainer.run()
     after = trainer.model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in state.items() if k.startswith("head."))
-    assert any(not torch.equal(after[k], v) for k, v in state.items() if k.startswith("base.") and v.is_floating_point())
-    assert "val_miou_6" in result.history[0]           # still scored with its corrections
-    grown = Trainer(small_config(arch="lite0h", samples_per_epoch=8, val_objects=2), train, val, tmp_path / "run2",
-                    init_state=grow_state("lite0h", build_model("lite0").state_dict()))
+    assert any(
+        not torch.equal(after[k], v) for k, v in state.items() if k.startswith("base.") and v.is_floating_point()
+    )
+    assert "val_miou_6" in result.history[0]  # still scored with its corrections
+    grown = Trainer(
+        small_config(arch="lite0h", samples_per_epoch=8, val_objects=2),
+        train,
+        val,
+        tmp_path / "run2",
+        init_state=grow_state("lite0h", build_model("lite0").state_dict()),
+    )
     assert grown.part == "head"
     with pytest.raises(InputError, match="head or parent"):
         Trainer(small_config(arch="lite0h", train_part="both"), train, val, tmp_path / "run3", init_state=state)
@@ -544,14 +620,17 @@ def test_lite0h_predictor_runs_the_backbone_once_per_crop(parent, scene):
     first = predictor.predict(image, points)
     fixed = predictor.predict(image, points, positives=[(70, 60)], negatives=[(40, 40)])
     again = predictor.correct(image, first, positives=[(70, 60)], negatives=[(40, 40)])
-    assert calls == [1] and fixed.corrections == 2          # one backbone pass for the crop, 3 requests
+    assert calls == [1] and fixed.corrections == 2  # one backbone pass for the crop, 3 requests
     np.testing.assert_array_equal(again.probabilities, fixed.probabilities)
     model.reuse_base = False
     plain = DextrPredictor.__new__(DextrPredictor)
     plain.__dict__.update(predictor.__dict__)
-    np.testing.assert_allclose(plain.correct(image, first, positives=[(70, 60)], negatives=[(40, 40)]).probabilities,
-                               fixed.probabilities, atol=1e-6)
+    np.testing.assert_allclose(
+        plain.correct(image, first, positives=[(70, 60)], negatives=[(40, 40)]).probabilities,
+        fixed.probabilities,
+        atol=1e-6,
+    )
     assert not np.array_equal(fixed.probabilities, first.probabilities)
     model.reuse_base = True
     predictor.predict(image, points + 3, positives=[(70, 60)])
-    assert calls == [1, 1, 1]                                   # a new crop: computed (plain: once more)
+    assert calls == [1, 1, 1]  # a new crop: computed (plain: once more)

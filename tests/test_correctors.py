@@ -19,7 +19,7 @@ DISC_CENTRE, DISC_RADIUS = (130, 120), 60
 
 def disc_scene(seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    image = (np.full((240, 320, 3), 200, np.uint8) + rng.integers(0, 20, (240, 320, 3)).astype(np.uint8))
+    image = np.full((240, 320, 3), 200, np.uint8) + rng.integers(0, 20, (240, 320, 3)).astype(np.uint8)
     cv2.circle(image, DISC_CENTRE, DISC_RADIUS, (200, 30, 30), -1)
     return image
 
@@ -43,8 +43,8 @@ def predictor(request):
 
 def test_a_negative_click_removes_a_wrongly_included_block(predictor):
     image = disc_scene()
-    cv2.rectangle(image, (185, 95), (260, 145), (30, 30, 200), -1)          # a blue block touching the disc
-    points = [[70, 120], [260, 120], [130, 60], [130, 180]]                 # the union's extreme points
+    cv2.rectangle(image, (185, 95), (260, 145), (30, 30, 200), -1)  # a blue block touching the disc
+    points = [[70, 120], [260, 120], [130, 60], [130, 180]]  # the union's extreme points
     block = region(100, 141, 200, 256)
     before = predictor.predict(image, points)
     after = predictor.predict(image, points, negatives=[[225, 120]])
@@ -57,7 +57,7 @@ def test_a_negative_click_removes_a_wrongly_included_block(predictor):
 
 def test_a_positive_click_adds_a_missed_tail(predictor):
     image = disc_scene()
-    cv2.rectangle(image, (185, 113), (280, 127), (30, 30, 200), -1)         # a thin blue tail
+    cv2.rectangle(image, (185, 113), (280, 127), (30, 30, 200), -1)  # a thin blue tail
     points = [[70, 120], [280, 120], [130, 60], [130, 180]]
     tail = region(114, 127, 200, 270)
     before = predictor.predict(image, points)
@@ -79,8 +79,12 @@ def test_the_same_clicks_give_the_same_mask(predictor):
 def test_click_consistency_puts_every_clicked_pixel_on_its_side():
     previous = np.zeros((64, 64), np.float32)
     previous[10:40, 10:40] = 0.95
-    job = CorrectionJob(np.zeros((64, 64, 4), np.float32), previous,
-                        positives=np.array([[50.0, 50.0]]), negatives=np.array([[20.0, 20.0]]))
+    job = CorrectionJob(
+        np.zeros((64, 64, 4), np.float32),
+        previous,
+        positives=np.array([[50.0, 50.0]]),
+        negatives=np.array([[20.0, 20.0]]),
+    )
     out = make_consistent(previous, job, threshold=0.7)
     assert out[50, 50] > 0.7 and out[20, 20] <= 0.7
     assert out[30, 30] == previous[30, 30] and out[5, 60] == previous[5, 60], "only the clicks' discs change"

@@ -23,7 +23,7 @@ import PIL.Image  # noqa: E402
 from cvat_sdk.masks import decode_mask  # noqa: E402
 
 from dextr_backend.cvat import native, nuclio  # noqa: E402
-from dextr_backend.cvat.prompts import extreme_clicks  # noqa: E402
+from dextr_backend.cvat.prompts import cvat_prompt  # noqa: E402
 from dextr_backend.errors import InputError  # noqa: E402
 from dextr_backend.evaluation.metrics import iou  # noqa: E402
 from dextr_backend.geometry import extreme_points  # noqa: E402
@@ -33,7 +33,7 @@ from dextr_backend.service import resident  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 NATIVE_FILE = REPO / "dextr_backend" / "cvat" / "native.py"
 NUCLIO_MAIN = REPO / "docker" / "nuclio" / "dextr" / "main.py"
-STEMS = ("106024", "227092", "21077")        # three GrabCut objects, as in test_e2e_labelstudio
+STEMS = ("106024", "227092", "21077")  # three GrabCut objects, as in test_e2e_labelstudio
 
 
 # --------------------------------------------------------------------------- helpers
@@ -73,11 +73,15 @@ class FakePredictor:
     def predict(self, image, points, positives=(), negatives=()):
         points = np.asarray(points, dtype=np.float64)
         self.calls.append(points)
-        self.corrections.append((np.asarray(positives, dtype=np.float64).reshape(-1, 2).tolist(),
-                                 np.asarray(negatives, dtype=np.float64).reshape(-1, 2).tolist()))
+        self.corrections.append(
+            (
+                np.asarray(positives, dtype=np.float64).reshape(-1, 2).tolist(),
+                np.asarray(negatives, dtype=np.float64).reshape(-1, 2).tolist(),
+            )
+        )
         mask = np.zeros(image.shape[:2], bool)
         (x0, y0), (x1, y1) = points.min(0).astype(int), points.max(0).astype(int)
-        mask[y0:y1 + 1, x0:x1 + 1] = True
+        mask[y0 : y1 + 1, x0 : x1 + 1] = True
         return Prediction(mask=mask, probabilities=mask.astype(np.float32), score=0.75, points=points)
 
 
@@ -85,7 +89,7 @@ def grabcut(shared_data, stem):
     root = shared_data / "GrabCut"
     image = cv2.cvtColor(cv2.imread(str(root / "data_GT" / f"{stem}.jpg")), cv2.COLOR_BGR2RGB)
     raw = cv2.imread(str(root / "boundary_GT" / f"{stem}.bmp"), cv2.IMREAD_GRAYSCALE)
-    return image, raw > 128, (raw > 0) & (raw < 255)      # picture, object, unknown band
+    return image, raw > 128, (raw > 0) & (raw < 255)  # picture, object, unknown band
 
 
 def box_of(mask):
@@ -106,8 +110,10 @@ def predictor(tmp_path_factory):
 
     store = WeightsStore(tmp_path_factory.mktemp("cvat-weights"))
     if store.current_name() is None:
-        pytest.skip("no shipped default weights yet (weights/index.json has no 'default'): "
-                    "the quality checks need the trained model")
+        pytest.skip(
+            "no shipped default weights yet (weights/index.json has no 'default'): "
+            "the quality checks need the trained model"
+        )
     return build_predictor(store=store, device="cpu")
 
 
@@ -144,9 +150,9 @@ def test_native_module_loads_through_cvat_cli():
 
 
 def test_native_spec():
-    assert native.spec.min_neg_points == 0             # CVAT's UI offers negative clicks
-    assert native.spec.min_bounding_boxes == 0         # a box is optional
-    assert native.spec.min_pos_points == 0             # so that a box alone reaches detect
+    assert native.spec.min_neg_points == 0  # CVAT's UI offers negative clicks
+    assert native.spec.min_bounding_boxes == 0  # a box is optional
+    assert native.spec.min_pos_points == 0  # so that a box alone reaches detect
 
 
 def test_native_corrections_reach_the_predictor(fake_native):
@@ -186,9 +192,11 @@ def test_native_prompt_rules(fake_native):
     # a box alone: its side midpoints (left, right, top, bottom)
     native.detect(ctx, image, Prompts(box=[(10, 20), (50, 40)]))
     np.testing.assert_array_equal(fake_native.calls[-1], [[10, 30], [50, 30], [30, 20], [30, 40]])
-    # a box and a click: the click replaces the midpoint of the nearest side (here: top)
+    # a box and a click: the box's midpoints stay the extreme points, the click corrects (as in
+    # Label Studio: one rule for every tool)
     native.detect(ctx, image, Prompts(pos=[(22, 21)], box=[(10, 20), (50, 40)]))
-    np.testing.assert_array_equal(fake_native.calls[-1], [[10, 30], [50, 30], [22, 21], [30, 40]])
+    np.testing.assert_array_equal(fake_native.calls[-1], [[10, 30], [50, 30], [30, 20], [30, 40]])
+    assert fake_native.corrections[-1] == ([[22, 21]], [])
     # a PIL image works without preprocess_image too
     native.detect(ctx, PIL.Image.fromarray(image), Prompts(pos=clicks))
     with pytest.raises(InputError, match="outside"):
@@ -240,8 +248,12 @@ def test_native_negative_point_corrects_the_default_on_grabcut(shared_data, real
 
 def test_native_box_only_on_grabcut(shared_data, real_native):
     image, gt, unknown = grabcut(shared_data, STEMS[0])
-    mask = decoded(native.detect(Context(), native.preprocess_image(Context(), PIL.Image.fromarray(image)),
-                                 Prompts(box=box_of(gt))), image)
+    mask = decoded(
+        native.detect(
+            Context(), native.preprocess_image(Context(), PIL.Image.fromarray(image)), Prompts(box=box_of(gt))
+        ),
+        image,
+    )
     assert mask.sum() > 0.2 * gt.sum()
     assert iou(mask, gt, unknown) > 0.5
 
@@ -314,8 +326,13 @@ def test_nuclio_main_is_a_shim():
 def test_nuclio_answers_with_a_full_frame_mask(monkeypatch):
     image = np.full((40, 60, 3), 90, np.uint8)
     context = nuclio_context(FakePredictor())
-    body = {"image": encoded(image, ".png"), "pos_points": [[10, 20], [50, 21], [30, 5], [31, 35]],
-            "neg_points": [[1, 1]], "obj_bbox": None, "threshold": 0.5}
+    body = {
+        "image": encoded(image, ".png"),
+        "pos_points": [[10, 20], [50, 21], [30, 5], [31, 35]],
+        "neg_points": [[1, 1]],
+        "obj_bbox": None,
+        "threshold": 0.5,
+    }
     status, answer = call(context, body)
     assert status == 200
     mask = np.array(answer["mask"])
@@ -336,8 +353,14 @@ def test_nuclio_corrections_reach_the_predictor():
     image = np.full((40, 60, 3), 90, np.uint8)
     fake = FakePredictor()
     context = nuclio_context(fake)
-    status, _ = call(context, {"image": encoded(image, ".png"), "neg_points": [[3, 4]],
-                               "pos_points": [[10, 20], [50, 21], [30, 5], [31, 35], [20, 20]]})
+    status, _ = call(
+        context,
+        {
+            "image": encoded(image, ".png"),
+            "neg_points": [[3, 4]],
+            "pos_points": [[10, 20], [50, 21], [30, 5], [31, 35], [20, 20]],
+        },
+    )
     assert status == 200
     np.testing.assert_array_equal(fake.calls[-1], [[10, 20], [50, 21], [30, 5], [31, 35]])
     assert fake.corrections[-1] == ([[20, 20]], [[3, 4]])
@@ -349,25 +372,31 @@ def test_nuclio_mask_json_is_json():
     assert json.loads(nuclio.mask_json(np.ones((1, 1), bool))) == [[1]]
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"not json at all", "not JSON"),
-    (b"", "empty"),
-    (b"\xff\xfe\x00", "not JSON"),
-    (b"[1, 2, 3]", "JSON object"),
-    ({"pos_points": [[1, 1], [2, 2], [3, 3], [4, 4]]}, "'image' is missing"),
-    ({"image": 42, "pos_points": []}, "'image' is missing"),
-    ({"image": "%%% not base64 %%%", "pos_points": []}, "not valid base64"),
-    ({"image": base64.b64encode(b"GIF89a but not really").decode(), "pos_points": []}, "not a readable image"),
-    ({"image": "PNG", "pos_points": [[1, 1], [5, 5], [2, 9]]}, "at least 4 positive points"),
-    ({"image": "PNG", "pos_points": [[1, 1], [5, 5], [2, 9], [200, 3]]}, "outside the 60x40 image"),
-    ({"image": "PNG", "pos_points": [[1, 1], [5, 5], [2, 9], [3, -7]]}, "outside"),
-    ({"image": "PNG", "pos_points": "1,2 3,4"}, "list of"),
-    ({"image": "PNG", "pos_points": [[1, 2, 3]]}, "pairs"),
-    ({"image": "PNG", "pos_points": [[1, "a"], [1, 2], [3, 4], [5, 6]]}, "pairs"),
-    ({"image": "PNG", "pos_points": [], "obj_bbox": [[1, 2]]}, "box"),
-    ({"image": "PNG", "pos_points": [], "obj_bbox": [[300, 300], [400, 400]]}, "outside"),
-    ({"image": "PNG", "pos_points": [], "neg_points": [[500, 1]], "obj_bbox": [[1, 1], [9, 9]]}, "outside"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"not json at all", "not valid JSON"),
+        (b"", "empty"),
+        (b"\xff\xfe\x00", "not valid JSON"),
+        (b'{"image": "PNG", "pos_points": [[NaN, 1], [1, 2], [3, 4], [5, 6]]}', "NaN is not JSON"),
+        (b'{"image": "PNG", "pos_points": ' + b"[" * 100 + b"]" * 100 + b"}", "deeper than 64 levels"),
+        ({"image": "PNG", "pos_points": [], "note": "x" * (1024 * 1024 + 1)}, "DEXTR_MAX_STRING_KB"),
+        (b"[1, 2, 3]", "JSON object"),
+        ({"pos_points": [[1, 1], [2, 2], [3, 3], [4, 4]]}, "'image' is missing"),
+        ({"image": 42, "pos_points": []}, "'image' is missing"),
+        ({"image": "%%% not base64 %%%", "pos_points": []}, "not valid base64"),
+        ({"image": base64.b64encode(b"GIF89a but not really").decode(), "pos_points": []}, "not a readable image"),
+        ({"image": "PNG", "pos_points": [[1, 1], [5, 5], [2, 9]]}, "at least 4 positive points"),
+        ({"image": "PNG", "pos_points": [[1, 1], [5, 5], [2, 9], [200, 3]]}, "outside the 60x40 image"),
+        ({"image": "PNG", "pos_points": [[1, 1], [5, 5], [2, 9], [3, -7]]}, "outside"),
+        ({"image": "PNG", "pos_points": "1,2 3,4"}, "list of"),
+        ({"image": "PNG", "pos_points": [[1, 2, 3]]}, "pairs"),
+        ({"image": "PNG", "pos_points": [[1, "a"], [1, 2], [3, 4], [5, 6]]}, "pairs"),
+        ({"image": "PNG", "pos_points": [], "obj_bbox": [[1, 2]]}, "box"),
+        ({"image": "PNG", "pos_points": [], "obj_bbox": [[300, 300], [400, 400]]}, "outside"),
+        ({"image": "PNG", "pos_points": [], "neg_points": [[500, 1]], "obj_bbox": [[1, 1], [9, 9]]}, "outside"),
+    ],
+)
 def test_nuclio_bad_input_is_4xx(body, message):
     """400 for a body that is not a JSON object, 422 for bad content: the server's table."""
     fake = FakePredictor()
@@ -375,7 +404,11 @@ def test_nuclio_bad_input_is_4xx(body, message):
     if isinstance(body, dict) and body.get("image") == "PNG":
         body = {**body, "image": encoded(np.zeros((40, 60, 3), np.uint8), ".png")}
     status, answer = call(context, body)
-    assert status == (400 if message in ("not JSON", "empty", "JSON object") else 422), answer
+    assert status == (
+        400
+        if message in ("not valid JSON", "NaN is not JSON", "deeper than 64 levels", "empty", "JSON object")
+        else 422
+    ), answer
     assert message in answer["error"]
     assert fake.calls == []
 
@@ -386,8 +419,10 @@ def test_nuclio_bug_is_500_not_a_crash():
             raise RuntimeError("boom")
 
     context = nuclio_context(Broken())
-    status, answer = call(context, {"image": encoded(np.zeros((20, 20, 3), np.uint8), ".png"),
-                                    "pos_points": [[1, 1], [18, 2], [9, 0], [9, 19]]})
+    status, answer = call(
+        context,
+        {"image": encoded(np.zeros((20, 20, 3), np.uint8), ".png"), "pos_points": [[1, 1], [18, 2], [9, 0], [9, 19]]},
+    )
     assert status == 500 and "boom" not in answer["error"]
     assert any(level == "error" and "boom" in line for level, line in context.logger.lines)
 
@@ -396,11 +431,14 @@ def test_nuclio_on_grabcut(shared_data, predictor):
     context = nuclio_context(predictor)
     for stem, ext in zip(STEMS, (".jpg", ".png", ".jpg")):
         image, gt, unknown = grabcut(shared_data, stem)
-        sent = cv2.cvtColor(cv2.imdecode(np.frombuffer(base64.b64decode(encoded(image, ext)), np.uint8),
-                                         cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        sent = cv2.cvtColor(
+            cv2.imdecode(np.frombuffer(base64.b64decode(encoded(image, ext)), np.uint8), cv2.IMREAD_COLOR),
+            cv2.COLOR_BGR2RGB,
+        )
         points = extreme_points(gt)
-        status, answer = call(context, {"image": encoded(image, ext), "pos_points": points.tolist(),
-                                        "neg_points": [], "obj_bbox": None})
+        status, answer = call(
+            context, {"image": encoded(image, ext), "pos_points": points.tolist(), "neg_points": [], "obj_bbox": None}
+        )
         assert status == 200
         mask = np.array(answer["mask"], dtype=bool)
         assert mask.shape == gt.shape
@@ -409,17 +447,25 @@ def test_nuclio_on_grabcut(shared_data, predictor):
     # the same photo, as CVAT sends it for each further click, with a box alone
     image, gt, unknown = grabcut(shared_data, STEMS[0])
     (x0, y0), (x1, y1) = box_of(gt)
-    status, answer = call(context, {"image": encoded(image), "pos_points": [], "neg_points": [],
-                                    "obj_bbox": [[int(x0), int(y0)], [int(x1), int(y1)]]})
+    status, answer = call(
+        context,
+        {
+            "image": encoded(image),
+            "pos_points": [],
+            "neg_points": [],
+            "obj_bbox": [[int(x0), int(y0)], [int(x1), int(y1)]],
+        },
+    )
     assert status == 200 and np.array(answer["mask"]).sum() > 0.2 * gt.sum()
 
 
 def test_prompt_rule_helpers():
-    assert extreme_clicks([], None, 10, 10) is None
-    assert extreme_clicks(None, [], 10, 10) is None
-    np.testing.assert_array_equal(extreme_clicks([], [8, 8, 2, 2], 10, 10),
-                                  [[2, 5], [8, 5], [5, 2], [5, 8]])       # corners in any order
+    assert cvat_prompt([], [], None, 10, 10) is None
+    assert cvat_prompt(None, None, [], 10, 10) is None
+    np.testing.assert_array_equal(
+        cvat_prompt([], [], [8, 8, 2, 2], 10, 10).extreme_points, [[2, 5], [8, 5], [5, 2], [5, 8]]
+    )  # corners in any order
     with pytest.raises(InputError, match="width and height"):
-        extreme_clicks([], [[2, 2], [2, 8]], 10, 10)
+        cvat_prompt([], [], [[2, 2], [2, 8]], 10, 10)
     with pytest.raises(InputError, match="finite"):
-        extreme_clicks([[1, float("nan")]] * 4, None, 10, 10)
+        cvat_prompt([[1, float("nan")]] * 4, [], None, 10, 10)

@@ -13,7 +13,7 @@ def write_folder(root, value: int):
     (root / "masks").mkdir(exist_ok=True)
     image = np.full((40, 50, 3), value, np.uint8)
     mask = np.zeros((40, 50), np.uint8)
-    mask[10:30, 10:20 + value // 20] = 255
+    mask[10:30, 10 : 20 + value // 20] = 255
     cv2.imwrite(str(root / "images" / "1.png"), image)
     cv2.imwrite(str(root / "masks" / "0_1.png"), mask)
 
@@ -23,7 +23,7 @@ def test_a_re_export_under_the_same_paths_is_read_afresh(tmp_path):
     (ref,) = folder_objects(tmp_path, min_area=1)
     image, mask = load_object(ref)
     assert image[0, 0, 0] == 40 and mask.sum() == 20 * 12
-    write_folder(tmp_path, 200)                       # the project was exported again: same file names
+    write_folder(tmp_path, 200)  # the project was exported again: same file names
     (ref,) = folder_objects(tmp_path, min_area=1)
     image, mask = load_object(ref)
     assert image[0, 0, 0] == 200 and mask.sum() == 20 * 20

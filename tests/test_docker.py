@@ -29,7 +29,7 @@ COMPOSE_CPU = DOCKER / "docker-compose.cpu.yml"
 ENV_EXAMPLE = DOCKER / ".env.example"
 DOCKERFILES = (DOCKER / "Dockerfile.cpu", DOCKER / "Dockerfile.gpu")
 NUCLIO = DOCKER / "nuclio" / "dextr"
-OURS = ("api", "worker", "trainer")                     # services running dextr-backend
+OURS = ("api", "worker", "trainer")  # services running dextr-backend
 README = (REPO / "README.md").read_text(encoding="utf-8")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -125,7 +125,7 @@ def test_healthchecks(compose):
     api_test = " ".join(services["api"]["healthcheck"]["test"])
     assert "/health" in api_test and "9090" in api_test
     for name in ("worker", "trainer"):
-        assert "dextr:alive:" in " ".join(services[name]["healthcheck"]["test"])   # queue/worker.py's heartbeat
+        assert "dextr:alive:" in " ".join(services[name]["healthcheck"]["test"])  # queue/worker.py's heartbeat
     for name in OURS:
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
@@ -149,15 +149,16 @@ def test_gpu_reservation(compose):
     for name in ("worker", "trainer"):
         devices = compose["services"][name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices and devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    assert "deploy" not in compose["services"]["api"]       # the API only queues work
+    assert "deploy" not in compose["services"]["api"]  # the API only queues work
 
 
 def test_images_and_builds(compose):
     for name in OURS:
         service = compose["services"][name]
         assert service["image"] == "dextr-backend:gpu"
-        assert (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == \
-            (DOCKER / "Dockerfile.gpu").resolve()
+        assert (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == (
+            DOCKER / "Dockerfile.gpu"
+        ).resolve()
 
 
 def test_label_studio_is_prewired(compose):
@@ -169,7 +170,7 @@ def test_label_studio_is_prewired(compose):
     assert any(str(m).endswith(":/label-studio/data") for m in ls["volumes"])
     api_env = compose["services"]["api"]["environment"]
     assert "http://label-studio:8080" in api_env["LABEL_STUDIO_URL"]
-    assert "LABEL_STUDIO_USER_TOKEN" in api_env["LABEL_STUDIO_API_KEY"]     # the same token by default
+    assert "LABEL_STUDIO_USER_TOKEN" in api_env["LABEL_STUDIO_API_KEY"]  # the same token by default
     assert env_example()["LABEL_STUDIO_URL"] == "http://label-studio:8080"
 
 
@@ -190,7 +191,7 @@ def test_dockerfile_entrypoint_and_default_command():
     for dockerfile in DOCKERFILES:
         text = dockerfile.read_text(encoding="utf-8")
         assert 'ENTRYPOINT ["dextr-backend"]' in text, dockerfile.name
-        cmd = re.search(r'^CMD (\[.*\])$', text, flags=re.M)
+        cmd = re.search(r"^CMD (\[.*\])$", text, flags=re.M)
         assert cmd, f"{dockerfile.name} has no exec-form CMD"
         assert parse_cli(yaml.safe_load(cmd.group(1))).command == "serve"
         assert "EXPOSE 9090" in text
@@ -203,7 +204,7 @@ def test_cpu_override(compose, compose_cpu):
     for name in OURS:
         assert services[name]["image"] == "dextr-backend:cpu"
         assert services[name]["build"]["dockerfile"] == "docker/Dockerfile.cpu"
-        assert "command" not in services[name]          # same commands as the base file
+        assert "command" not in services[name]  # same commands as the base file
     for name in ("worker", "trainer"):
         reset = services[name]["deploy"]
         assert isinstance(reset, Tagged) and reset.tag == "!reset", "the GPU reservation must be removed"
@@ -232,13 +233,27 @@ def test_docker_compose_config_validates(tmp_path):
     """The real Compose parser accepts both files, interpolates docker/.env and honours ``!reset``."""
     found = compose_command()
     if found is None:
-        pytest.skip("no Docker Compose v2 (docker compose plugin or docker-compose binary) and no podman-compose >= 1.3")
+        pytest.skip(
+            "no Docker Compose v2 (docker compose plugin or docker-compose binary) and no podman-compose >= 1.3"
+        )
     argv, fmt = found
     env = tmp_path / ".env"
     env.write_text(ENV_EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
     for files, gpu in ((["-f", str(COMPOSE)], True), (["-f", str(COMPOSE), "-f", str(COMPOSE_CPU)], False)):
-        proc = subprocess.run([*argv, "--env-file", str(env), *files, "--profile", "label-studio", "config",
-                               *(["--format", "json"] if fmt == "json" else [])], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                *argv,
+                "--env-file",
+                str(env),
+                *files,
+                "--profile",
+                "label-studio",
+                "config",
+                *(["--format", "json"] if fmt == "json" else []),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stderr
         services = (json.loads(proc.stdout) if fmt == "json" else yaml.safe_load(proc.stdout))["services"]
         assert {"redis", "api", "worker", "trainer", "label-studio"} <= set(services)
@@ -300,31 +315,35 @@ def test_dockerfiles_install_like_the_readme():
     """A wheel of the package (what `pip install .` installs) built and installed in a `build` stage;
     the image copies in only what was installed: the source and the weights are not stored twice."""
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
-    assert "make demo" in README                                               # the README's quick start
-    assert re.search(r"pip install (-q )?-e '\.\[test\]'", makefile)           # ... is what make installs
-    assert "pip install ." in README                                           # the Docker section says how images do it
+    assert "make demo" in README  # the README's quick start
+    assert re.search(r"pip install (-q )?-e '\.\[test\]'", makefile)  # ... is what make installs
+    assert "pip install ." in README  # the Docker section says how images do it
     setup = (REPO / "setup.py").read_text(encoding="utf-8")
     needs = ["setup.py", "dextr_backend"]
     if "README.md" in setup:
-        needs.append("README.md")                    # long_description is read at install time
+        needs.append("README.md")  # long_description is read at install time
     if '"weights"' in setup:
-        needs.append("weights")                      # shipped weights: package_dir of shipped_weights
+        needs.append("weights")  # shipped weights: package_dir of shipped_weights
     for dockerfile in DOCKERFILES:
         text = dockerfile.read_text(encoding="utf-8")
         (torch_from, torch), (build_from, build), (final_from, final) = stages(text)
         assert torch_from == "FROM python:3.11-slim AS torch", dockerfile.name
         assert build_from == "FROM torch AS build" and final_from == "FROM torch", dockerfile.name
         assert "COPY" not in torch
-        assert re.search(r"pip wheel --use-pep517 --no-deps -w /wheel \.(\s|$)", build), f"{dockerfile.name}: no wheel of ."
+        assert re.search(r"pip wheel --use-pep517 --no-deps -w /wheel \.(\s|$)", build), (
+            f"{dockerfile.name}: no wheel of ."
+        )
         assert "pip install --prefix /install /wheel/*.whl" in build
         copied = " ".join(re.findall(r"^COPY (.+)$", build, flags=re.M))
         for path in needs:
             assert re.search(rf"(^|\s){re.escape(path)}(\s|$)", copied), f"{dockerfile.name} does not COPY {path}"
-        assert re.findall(r"^(?:COPY|ADD) .*$", final, flags=re.M) == ["COPY --from=build /install/ /opt/venv/"], \
+        assert re.findall(r"^(?:COPY|ADD) .*$", final, flags=re.M) == ["COPY --from=build /install/ /opt/venv/"], (
             f"{dockerfile.name}: the image may copy in only what the build stage installed"
+        )
         assert "pip check" in final
-        assert "pip install -e" not in text and not re.search(r"pip install \.(\s|$)", torch + build + final), \
+        assert "pip install -e" not in text and not re.search(r"pip install \.(\s|$)", torch + build + final), (
             f"{dockerfile.name}: install the wheel, not the source tree"
+        )
         ignore = dockerfile.with_name(dockerfile.name + ".dockerignore").read_text(encoding="utf-8")
         for path in needs:
             assert f"!{path}" in ignore, f"{dockerfile.name}.dockerignore leaves out {path}"
@@ -335,10 +354,14 @@ def test_dockerfiles_build_arguments():
     cpu, gpu = (global_args(d.read_text(encoding="utf-8")) for d in DOCKERFILES)
     for args in (cpu, gpu):
         assert set(BUILD_ARGS) <= set(args)
-        assert args["INDEX_URL"] == "https://pypi.org/simple" and args["EXTRA_INDEX_URL"] == "" and args["CONSTRAINTS"] == ""
+        assert (
+            args["INDEX_URL"] == "https://pypi.org/simple"
+            and args["EXTRA_INDEX_URL"] == ""
+            and args["CONSTRAINTS"] == ""
+        )
         assert re.fullmatch(r"\d+\.\d+\.\d+", args["TORCH_VERSION"])
     assert cpu["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-    assert gpu["TORCH_INDEX_URL"] == "https://pypi.org/simple"       # Linux wheels with their own CUDA runtime
+    assert gpu["TORCH_INDEX_URL"] == "https://pypi.org/simple"  # Linux wheels with their own CUDA runtime
     assert cpu["TORCH_VERSION"] == gpu["TORCH_VERSION"]
     for dockerfile in DOCKERFILES:
         for head, body in stages(dockerfile.read_text(encoding="utf-8")):
@@ -356,19 +379,25 @@ def test_torch_is_pinned_when_the_package_is_installed():
         assert 'PIP_INDEX_URL="$TORCH_INDEX_URL" PIP_EXTRA_INDEX_URL= ' in torch and '"torch==$TORCH_VERSION"' in torch
         steps = re.split(r"\n(?=[A-Z]+ )", build)
         package = next(s for s in steps if "/wheel/*.whl" in s)
-        assert package.startswith("RUN python3 -c 'from importlib.metadata import version; "
-                                  """print("torch==" + version("torch"))' > /tmp/constraints.txt""")
-        assert 'PIP_INDEX_URL="$INDEX_URL" PIP_EXTRA_INDEX_URL="$EXTRA_INDEX_URL" PIP_CONSTRAINT=/tmp/constraints.txt' \
+        assert package.startswith(
+            "RUN python3 -c 'from importlib.metadata import version; "
+            """print("torch==" + version("torch"))' > /tmp/constraints.txt"""
+        )
+        assert (
+            'PIP_INDEX_URL="$INDEX_URL" PIP_EXTRA_INDEX_URL="$EXTRA_INDEX_URL" PIP_CONSTRAINT=/tmp/constraints.txt'
             in package
+        )
         assert "torchvision" not in text
 
 
 def test_dockerfiles_in_step():
     """Dockerfile.gpu is Dockerfile.cpu but for TORCH_INDEX_URL's default and NVIDIA_DRIVER_CAPABILITIES."""
+
     def body(path):
         text = "\n".join(ln for ln in path.read_text(encoding="utf-8").splitlines() if not ln.startswith("#"))
         text = re.sub(r"^ARG TORCH_INDEX_URL=.*$", "ARG TORCH_INDEX_URL=", text, flags=re.M)
         return re.sub(r"^ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility\n", "", text, flags=re.M)
+
     cpu, gpu = DOCKERFILES
     assert body(cpu) == body(gpu)
     assert "ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility" in gpu.read_text(encoding="utf-8")
@@ -389,8 +418,8 @@ def test_nuclio_function(name):
     notes = function["metadata"]["annotations"]
     assert notes["type"] == "interactor" and notes["version"] == 2
     assert notes["min_pos_points"] == 4 and notes["spec"] == "" and notes["help_message"]
-    assert notes["min_neg_points"] == 0                   # CVAT offers negative clicks: they correct
-    assert not any(k.startswith("startswith_box") for k in notes)   # CVAT reads any value as True
+    assert notes["min_neg_points"] == 0  # CVAT offers negative clicks: they correct
+    assert not any(k.startswith("startswith_box") for k in notes)  # CVAT reads any value as True
     spec = function["spec"]
     assert spec["handler"] == "main:handler" and spec["eventTimeout"] == "30s"
     assert spec["runtime"].startswith("python:3.")
@@ -398,7 +427,7 @@ def test_nuclio_function(name):
     directives = spec["build"]["directives"]
     runs = " ".join(d["value"] for d in directives["preCopy"] + directives["postCopy"] if d["kind"] == "RUN")
     assert "pip3 install --no-cache-dir -c /tmp/torch-pin.txt /opt/nuclio/dist/dextr_backend-" in runs
-    assert """print("torch==" + version("torch"))' > /tmp/torch-pin.txt""" in runs      # torch stays as installed
+    assert """print("torch==" + version("torch"))' > /tmp/torch-pin.txt""" in runs  # torch stays as installed
     version = global_args(DOCKERFILES[0].read_text(encoding="utf-8"))["TORCH_VERSION"]
     assert f'"torch=={version}"' in runs, "the nuclio functions install the images' torch release"
     assert "pip wheel --no-deps -w docker/nuclio/dextr/dist ." in README
@@ -434,7 +463,7 @@ def full_name(image: str) -> str:
 def test_readme_self_hosting_requirements():
     """The versions the section promises are those the files need and the tests use."""
     section = words(self_hosting())
-    assert "Docker Compose 2.24.4 or later" in section                       # !reset in the CPU override
+    assert "Docker Compose 2.24.4 or later" in section  # !reset in the CPU override
     assert "!reset" in COMPOSE_CPU.read_text(encoding="utf-8")
     assert "podman-compose 1.3 or later" in section and "'podman-compose>=1.3'" in section
     assert "'podman-compose>=1.3'" in CI.read_text(encoding="utf-8")
@@ -445,7 +474,7 @@ def test_readme_self_hosting_requirements():
     assert f"torch ({version}, as in the CPU image)" in section
     for arg in BUILD_ARGS:
         assert f"`{arg}`" in section, f"README does not describe the build argument {arg}"
-    assert "torchvision" in section                                          # says why there is none
+    assert "torchvision" in section  # says why there is none
 
 
 def test_readme_self_hosting_commands():
@@ -459,7 +488,9 @@ def test_readme_self_hosting_commands():
         for profile in re.findall(r"--profile (\S+)", command):
             assert profile == "label-studio"
     assert "cp docker/.env.example docker/.env" in section
-    assert any(c.startswith("podman-compose -f docker/docker-compose.yml -f docker/docker-compose.cpu.yml") for c in commands)
+    assert any(
+        c.startswith("podman-compose -f docker/docker-compose.yml -f docker/docker-compose.cpu.yml") for c in commands
+    )
 
 
 def test_readme_image_sizes_are_measured():

@@ -13,9 +13,8 @@ import json
 import cv2
 import numpy as np
 import pytest
-
 from labelstudio_server import SMART_KEYPOINTS_CONFIG
-from security.hostile import Server   # tests/security is a namespace package here
+from security.hostile import Server  # tests/security is a namespace package here
 from services import poll
 
 pytestmark = pytest.mark.labelstudio
@@ -39,21 +38,35 @@ def test_label_studio_posts_json_to_every_route_the_backend_checks(label_studio)
     ls = label_studio
     recorder = ml_backend(Server("127.0.0.1"))
     try:
-        project = ls.api("POST", "/api/projects", {"title": "content-type", "label_config": SMART_KEYPOINTS_CONFIG})["id"]
+        project = ls.api("POST", "/api/projects", {"title": "content-type", "label_config": SMART_KEYPOINTS_CONFIG})[
+            "id"
+        ]
         ok, jpg = cv2.imencode(".jpg", np.full((40, 60, 3), 128, np.uint8))
         ls.api("POST", f"/api/projects/{project}/import", files={"file": ("grey.jpg", jpg.tobytes())})
         task = ls.api("GET", f"/api/tasks?project={project}")["tasks"][0]
-        ml = ls.api("POST", "/api/ml", {"project": project, "url": recorder.url, "is_interactive": True,
-                                        "title": "recorder"})
-        click = {"original_width": 60, "original_height": 40, "image_rotation": 0, "id": "kp0",
-                 "from_name": "tag2", "to_name": "image", "type": "keypointlabels", "is_positive": True,
-                 "value": {"x": 50, "y": 50, "width": 0.5, "keypointlabels": ["Object"]}}
-        ls.api("POST", f"/api/ml/{ml['id']}/interactive-annotating", {"task": task["id"], "context": {"result": [click]}})
+        ml = ls.api(
+            "POST", "/api/ml", {"project": project, "url": recorder.url, "is_interactive": True, "title": "recorder"}
+        )
+        click = {
+            "original_width": 60,
+            "original_height": 40,
+            "image_rotation": 0,
+            "id": "kp0",
+            "from_name": "tag2",
+            "to_name": "image",
+            "type": "keypointlabels",
+            "is_positive": True,
+            "value": {"x": 50, "y": 50, "width": 0.5, "keypointlabels": ["Object"]},
+        }
+        ls.api(
+            "POST", f"/api/ml/{ml['id']}/interactive-annotating", {"task": task["id"], "context": {"result": [click]}}
+        )
         ls.api("POST", f"/api/tasks/{task['id']}/annotations", {"result": []})
         ls.api("POST", f"/api/ml/{ml['id']}/train", {})
-        seen = lambda path: [r for r in recorder.log if r["line"].startswith(f"POST {path} ")]   # noqa: E731
-        assert poll(lambda: seen("/setup") and seen("/predict") and len(seen("/webhook")) >= 2, 60), \
-            [r["line"] for r in recorder.log]
+        seen = lambda path: [r for r in recorder.log if r["line"].startswith(f"POST {path} ")]  # noqa: E731
+        assert poll(lambda: seen("/setup") and seen("/predict") and len(seen("/webhook")) >= 2, 60), [
+            r["line"] for r in recorder.log
+        ]
     finally:
         recorder.stop()
     posts = [r for r in recorder.log if r["line"].startswith("POST ")]

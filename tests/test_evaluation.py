@@ -26,6 +26,7 @@ S = 64
 
 # --------------------------------------------------------------------------- synthetic data
 
+
 def _scene(seed: int, center=(32, 32), radius=14, size=S) -> tuple[np.ndarray, np.ndarray]:
     """A noisy green-gray picture with a red disc; returns RGB image and the disc's bool mask."""
     rng = np.random.default_rng(seed)
@@ -96,6 +97,7 @@ def make_mval(root: Path) -> None:
 
 # --------------------------------------------------------------------------- datasets
 
+
 def test_grabcut_layout_reads_band_as_ignore(tmp_path):
     truth = make_grabcut(tmp_path)
     ds = load_dataset(tmp_path)
@@ -133,8 +135,10 @@ def test_davis_layout_counts_any_nonzero_value(tmp_path):
 def test_coco_mval_layout_gives_several_objects_per_picture(tmp_path):
     make_mval(tmp_path)
     objs = list(load_dataset(tmp_path))
-    assert [(o.image_path.name, o.object_id) for o in objs] == [("000042.jpg", "cat1_000042"),
-                                                                 ("000042.jpg", "dog2_000042")]
+    assert [(o.image_path.name, o.object_id) for o in objs] == [
+        ("000042.jpg", "cat1_000042"),
+        ("000042.jpg", "dog2_000042"),
+    ]
     assert objs[0].mask.sum() == _scene(30, center=(18, 32), radius=10)[1].sum()
     assert objs[1].mask[20:45, 38:57].all() and objs[1].mask.sum() == 19 * 25
 
@@ -161,18 +165,21 @@ def test_limit_and_mask_format_override(tmp_path):
 
 def test_decode_objects_rules():
     raw = np.array([[0, 1, 128, 200, 255]], np.uint8)
-    (_, obj, ign), = decode_objects(raw, "grabcut")
+    ((_, obj, ign),) = decode_objects(raw, "grabcut")
     assert obj.tolist() == [[False, False, False, True, True]]
     assert ign.tolist() == [[False, False, True, False, False]]
     assert decode_objects(raw, "half")[0][1].tolist() == [[False, False, True, True, True]]
     assert decode_objects(raw, "nonzero")[0][1].tolist() == [[False, True, True, True, True]]
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda root: None, "does not exist"),
-    (lambda root: (root / "images").mkdir(parents=True), "no mask folder"),
-    (lambda root: (root / "masks").mkdir(parents=True), "no picture folder"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda root: None, "does not exist"),
+        (lambda root: (root / "images").mkdir(parents=True), "no mask folder"),
+        (lambda root: (root / "masks").mkdir(parents=True), "no picture folder"),
+    ],
+)
 def test_missing_folders_are_input_errors(tmp_path, setup, message):
     root = tmp_path / "bench"
     setup(root)
@@ -197,16 +204,17 @@ def test_unmatched_and_unreadable_files_are_input_errors(tmp_path):
 
 # --------------------------------------------------------------------------- metrics
 
+
 def test_iou_by_hand_with_ignore_band():
     gt = np.zeros((4, 4), bool)
-    gt[0:2, 0:2] = True                      # 4 object pixels
+    gt[0:2, 0:2] = True  # 4 object pixels
     pred = np.zeros((4, 4), bool)
-    pred[0:2, 1:3] = True                    # 4 predicted, 2 shared
+    pred[0:2, 1:3] = True  # 4 predicted, 2 shared
     assert iou(pred, gt) == pytest.approx(2 / 6)
     ignore = np.zeros((4, 4), bool)
-    ignore[:, 2] = True                      # drops the 2 false positives in column 2
+    ignore[:, 2] = True  # drops the 2 false positives in column 2
     assert iou(pred, gt, ignore) == pytest.approx(2 / 4)
-    ignore[:, 0] = True                      # also drops the 2 misses in column 0
+    ignore[:, 0] = True  # also drops the 2 misses in column 0
     assert iou(pred, gt, ignore) == pytest.approx(1.0)
     assert iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
     assert mean_iou([0.5, 1.0, None]) == pytest.approx(75.0)
@@ -216,6 +224,7 @@ def test_iou_by_hand_with_ignore_band():
 
 
 # --------------------------------------------------------------------------- GrabCut baseline
+
 
 def test_grabcut_baseline_finds_a_clear_object():
     img, mask = _scene(5, radius=16)
@@ -229,15 +238,16 @@ def test_grabcut_baseline_finds_a_clear_object():
 
 def test_grabcut_baseline_degenerate_boxes_do_not_crash():
     img = np.full((12, 12, 3), 100, np.uint8)
-    whole = grabcut_baseline(img, [[5, 5]] * 4)          # box + margin covers the whole image
+    whole = grabcut_baseline(img, [[5, 5]] * 4)  # box + margin covers the whole image
     assert whole.all()
     line = grabcut_baseline(np.full((1, 30, 3), 9, np.uint8), [[2, 0], [20, 0]], margin=0)
     assert line.shape == (1, 30) and line[0, 2:21].all() and not line[0, 21:].any()
     flat = grabcut_baseline(np.full((40, 40, 3), 100, np.uint8), [[15, 15], [25, 25]])
-    assert flat.shape == (40, 40)                        # uniform image: any answer, no crash
+    assert flat.shape == (40, 40)  # uniform image: any answer, no crash
 
 
 # --------------------------------------------------------------------------- runner
+
 
 @pytest.fixture(scope="module")
 def predictor():
@@ -268,8 +278,7 @@ def test_evaluate_objects_with_baseline_and_in_memory_images(predictor):
     img, mask = _scene(3, radius=16)
     none = np.zeros_like(mask)
     objects = [EvalObject(Path("mem.png"), str(k), mask, none, image=img) for k in range(2)]
-    perfect = evaluate_objects(lambda image, pts: mask, objects, baseline="grabcut", progress=False,
-                               keep_worst=1)
+    perfect = evaluate_objects(lambda image, pts: mask, objects, baseline="grabcut", progress=False, keep_worst=1)
     assert perfect.miou == pytest.approx(100.0)
     assert perfect.baseline_miou > 80.0 and perfect.baseline_ms_per_object > 0
     assert len(perfect.worst) == 1
@@ -287,8 +296,9 @@ def test_evaluate_objects_with_baseline_and_in_memory_images(predictor):
 
 def test_report_artefacts(tmp_path, predictor):
     make_grabcut(tmp_path / "data")
-    result = evaluate_objects(predictor, load_dataset(tmp_path / "data"), baseline="grabcut",
-                              progress=False, keep_worst=8)
+    result = evaluate_objects(
+        predictor, load_dataset(tmp_path / "data"), baseline="grabcut", progress=False, keep_worst=8
+    )
     out = write_report(result, tmp_path / "out", {"weights": "random"})
     rows = list(csv.DictReader(open(out / "objects.csv", encoding="utf-8")))
     assert [r["object"] for r in rows] == ["a1", "b2", "c3"]
@@ -304,6 +314,7 @@ def test_report_artefacts(tmp_path, predictor):
 
 # --------------------------------------------------------------------------- CLI
 
+
 def test_cli_prints_a_final_json_line(tmp_path, capsys, weights_dir):
     pytest.importorskip("dextr_backend.weights.store", reason="the weights store is not written yet")
     pytest.importorskip("dextr_backend.cli.weights", reason="the weights CLI is not written yet")
@@ -313,8 +324,24 @@ def test_cli_prints_a_final_json_line(tmp_path, capsys, weights_dir):
     torch.manual_seed(0)
     weights = tmp_path / "random-lite0.pth"
     torch.save(build_model("lite0").state_dict(), weights)
-    code = main(["evaluate", str(tmp_path / "data"), "--weights", str(weights), "--device", "cpu",
-                 "--limit", "2", "--jitter", "2", "--json", "--no-progress", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "evaluate",
+            str(tmp_path / "data"),
+            "--weights",
+            str(weights),
+            "--device",
+            "cpu",
+            "--limit",
+            "2",
+            "--jitter",
+            "2",
+            "--json",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     line = json.loads(out.strip().splitlines()[-1])
@@ -334,8 +361,18 @@ def test_cli_help_and_bad_dataset(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "--help"])
     text = capsys.readouterr().out
-    for option in ("--weights", "--baseline", "--jitter", "--limit", "--out", "--json", "--seed",
-                   "--device", "--mask-format", "boundary_GT"):
+    for option in (
+        "--weights",
+        "--baseline",
+        "--jitter",
+        "--limit",
+        "--out",
+        "--json",
+        "--seed",
+        "--device",
+        "--mask-format",
+        "boundary_GT",
+    ):
         assert option in text
     args = parser.parse_args(["evaluate", str(tmp_path / "absent")])
     with pytest.raises(InputError, match="does not exist"):
@@ -345,6 +382,7 @@ def test_cli_help_and_bad_dataset(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- real data
+
 
 def test_real_grabcut_reader_and_baseline(shared_data):
     ds = load_dataset(shared_data / "GrabCut", limit=2)

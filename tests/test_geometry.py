@@ -32,11 +32,12 @@ def image_and_box(draw):
 
 def inside_box(shape, box) -> np.ndarray:
     x0, y0, x1, y1 = box
-    ys, xs = np.mgrid[:shape[0], :shape[1]]
+    ys, xs = np.mgrid[: shape[0], : shape[1]]
     return (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
 
 
 # ---------------------------------------------------------------- crop / paste
+
 
 @FAST
 @given(image_and_box())
@@ -57,13 +58,14 @@ def test_crop_has_box_size_and_zeros_outside_the_image(data):
     crop = geometry.crop_padded(img, box)
     assert crop.shape == (y1 - y0 + 1, x1 - x0 + 1) + img.shape[2:]
     h, w = img.shape[:2]
-    ys, xs = np.mgrid[y0:y1 + 1, x0:x1 + 1]
+    ys, xs = np.mgrid[y0 : y1 + 1, x0 : x1 + 1]
     inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
     assert not crop[~inside].any()
     assert np.array_equal(crop[inside], img[ys[inside], xs[inside]])
 
 
 # ---------------------------------------------------------------- heatmap
+
 
 @FAST
 @given(st.integers(8, 64), st.integers(8, 64), st.data())
@@ -96,6 +98,7 @@ def test_heatmap_sigma_is_the_full_width_at_half_maximum(half):
 
 # ---------------------------------------------------------------- as_points
 
+
 @FAST
 @given(shapes, st.data())
 def test_points_on_the_border_are_accepted(shape, data):
@@ -109,8 +112,7 @@ def test_points_on_the_border_are_accepted(shape, data):
 
 
 @FAST
-@given(shapes, st.integers(0, 3), st.sampled_from(["left", "right", "top", "bottom"]),
-       st.floats(1e-6, 100.0))
+@given(shapes, st.integers(0, 3), st.sampled_from(["left", "right", "top", "bottom"]), st.floats(1e-6, 100.0))
 def test_points_beyond_the_border_are_rejected(shape, which, side, by):
     h, w = shape
     pts = np.array([[0.0, 0.0], [w - 1.0, 0.0], [0.0, h - 1.0], [w - 1.0, h - 1.0]])
@@ -126,11 +128,14 @@ def test_points_beyond_the_border_are_rejected(shape, which, side, by):
         geometry.as_points(pts, (h, w))
 
 
-@pytest.mark.parametrize("pts", [
-    [],
-    [[1, 1]],
-    [[1, 1], [2, 2], [3, 3]],
-])
+@pytest.mark.parametrize(
+    "pts",
+    [
+        [],
+        [[1, 1]],
+        [[1, 1], [2, 2], [3, 3]],
+    ],
+)
 def test_fewer_than_four_points_rejected(pts):
     with pytest.raises(InputError):
         geometry.as_points(pts, (10, 10))
@@ -142,14 +147,17 @@ def test_non_finite_points_rejected(bad):
         geometry.as_points([[1, 1], [2, bad], [3, 3], [4, 4]], (10, 10))
 
 
-@pytest.mark.parametrize("pts", [
-    [1, 2, 3, 4],
-    [[1, 2, 3]] * 4,
-    [[[1, 2]] * 4],
-    [["a", "b"]] * 4,
-    [[1, 2], [3, 4], [5], [6, 7]],
-    None,
-])
+@pytest.mark.parametrize(
+    "pts",
+    [
+        [1, 2, 3, 4],
+        [[1, 2, 3]] * 4,
+        [[[1, 2]] * 4],
+        [["a", "b"]] * 4,
+        [[1, 2], [3, 4], [5], [6, 7]],
+        None,
+    ],
+)
 def test_wrong_shapes_rejected(pts):
     with pytest.raises(InputError):
         geometry.as_points(pts, (10, 10))
@@ -161,6 +169,7 @@ def test_five_points_and_no_image_shape():
 
 
 # ---------------------------------------------------------------- degenerate points
+
 
 @st.composite
 def degenerate_case(draw):
@@ -203,6 +212,7 @@ def test_degenerate_points_give_finite_inputs_and_clean_paste_back(case, seed):
 
 
 # ---------------------------------------------------------------- extreme points
+
 
 @st.composite
 def random_mask(draw):
@@ -254,6 +264,7 @@ def test_empty_mask_has_no_extreme_points():
 
 # ---------------------------------------------------------------- prepare_input + paste_back
 
+
 @st.composite
 def shape_mask(draw):
     h, w = draw(st.integers(60, 220)), draw(st.integers(60, 220))
@@ -261,7 +272,7 @@ def shape_mask(draw):
     x0, y0 = draw(st.integers(0, w - bw)), draw(st.integers(0, h - bh))
     m = np.zeros((h, w), np.uint8)
     if draw(st.booleans()):
-        m[y0:y0 + bh, x0:x0 + bw] = 1
+        m[y0 : y0 + bh, x0 : x0 + bw] = 1
     else:
         centre = (x0 + bw // 2, y0 + bh // 2)
         cv2.ellipse(m, centre, (max(bw // 2 - 1, 1), max(bh // 2 - 1, 1)), 0, 0, 360, 1, -1)

@@ -6,8 +6,8 @@ own path (2-fold cross-validation on a small label set); the current version is 
 default; the guard folder holds GrabCut objects (never trained on). The candidate learns the
 shift (40 steps per training suffice: in a run of this test the new version lost 7.5 points on
 these 12 guard objects, 95 % interval -14.1 to -1.7, while the wrong labels called it 8.3 points
-better), so it cannot show the guard lost less than 2 points, and is kept out. /train/status, the ``train-status`` table and the model card
-show the gain, the interval and the rule.
+better), so it cannot show the guard lost less than 2 points, and is kept out. /train/status, the
+``train-status`` table and the model card show the gain, the interval and the rule.
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from dextr_backend.cli import main
-from dextr_backend.labelstudio import jobs
-from dextr_backend.queue.client import QueueClient
-from dextr_backend.weights.store import WeightsStore
-from services import Worker, env_settings
+from services import Worker, env_settings, press_start_training
 from test_training_jobs import PROJECT, TOKEN, FakeLabelStudio, project_status, wait_until
 
-FRAMES = (0, 40, 80, 120, 160, 199)        # DAVIS frames of different clips
-GUARD = 12                                 # GrabCut objects
+from dextr_backend.cli import main
+from dextr_backend.queue.client import QueueClient
+from dextr_backend.weights.store import WeightsStore
+
+pytestmark = pytest.mark.slow  # two real trainings through a worker: 9 to 13 minutes on 2 cores
+
+FRAMES = (0, 40, 80, 120, 160, 199)  # DAVIS frames of different clips
+GUARD = 12  # GrabCut objects
 
 
 def shifted(mask: np.ndarray) -> np.ndarray:
@@ -35,7 +36,7 @@ def shifted(mask: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     dx, dy = (xs.max() - xs.min() + 1) // 4, (ys.max() - ys.min() + 1) // 4
     out = np.zeros_like(mask)
-    out[dy:, dx:] = mask[:mask.shape[0] - dy, :mask.shape[1] - dx]
+    out[dy:, dx:] = mask[: mask.shape[0] - dy, : mask.shape[1] - dx]
     return out
 
 
@@ -69,21 +70,33 @@ def harmful_project(shared_data, tmp_path):
     ls.stop()
 
 
-def test_a_candidate_trained_on_shifted_masks_is_not_promoted(harmful_project, shared_data, private_redis,
-                                                              tmp_path, capsys):
+def test_a_candidate_trained_on_shifted_masks_is_not_promoted(
+    harmful_project, shared_data, private_redis, tmp_path, capsys
+):
     store_dir = tmp_path / "store"
-    current = WeightsStore(store_dir).current_name()          # the shipped default
-    env = {"REDIS_URL": private_redis.url, "LABEL_STUDIO_URL": harmful_project.url, "LABEL_STUDIO_API_KEY": TOKEN,
-           "DEXTR_WEIGHTS_DIR": str(store_dir), "DEXTR_DATA_DIR": str(tmp_path / "data"), "DEXTR_DEVICE": "cpu",
-           "DEXTR_THREADS": "2", "DEXTR_TRAIN_EPOCHS": "1", "DEXTR_TRAIN_SAMPLES": "320",
-           "DEXTR_TRAIN_GUARD_DIR": str(guard_folder(shared_data / "GrabCut", tmp_path / "guard")),
-           "LOG_LEVEL": "INFO"}
+    current = WeightsStore(store_dir).current_name()  # the shipped default
+    env = {
+        "REDIS_URL": private_redis.url,
+        "LABEL_STUDIO_URL": harmful_project.url,
+        "LABEL_STUDIO_API_KEY": TOKEN,
+        "DEXTR_WEIGHTS_DIR": str(store_dir),
+        "DEXTR_DATA_DIR": str(tmp_path / "data"),
+        "DEXTR_DEVICE": "cpu",
+        "DEXTR_THREADS": "2",
+        "DEXTR_TRAIN_EPOCHS": "1",
+        "DEXTR_TRAIN_SAMPLES": "320",
+        "DEXTR_TRAIN_GUARD_DIR": str(guard_folder(shared_data / "GrabCut", tmp_path / "guard")),
+        "LOG_LEVEL": "INFO",
+    }
     worker = Worker(private_redis.url, env, queues="dextr-train", log=tmp_path / "trainer.log").start()
     try:
         client = QueueClient(private_redis.url)
-        assert client.request_training(jobs.train_project, PROJECT)["status"] == "queued"
-        status = wait_until(lambda: (lambda s: s if s["state"] == "idle" and s["runs"] else None)(
-            project_status(client)), 1500, "the run to end")
+        assert press_start_training(client, PROJECT)["status"] == "queued"
+        status = wait_until(
+            lambda: (lambda s: s if s["state"] == "idle" and s["runs"] else None)(project_status(client)),
+            1500,
+            "the run to end",
+        )
     finally:
         worker.stop()
     run = status["runs"][0]
@@ -93,9 +106,9 @@ def test_a_candidate_trained_on_shifted_masks_is_not_promoted(harmful_project, s
     labels, guard = decision["exams"][0], decision["exams"][1]
     assert not result["promoted"] and decision["verdict"] in ("worse", "not shown within the margin"), result
     assert guard["name"] == "guard" and guard["verdict"] == decision["verdict"] and guard["low"] < -2.0
-    assert guard["high"] < 0                      # it did lose on objects it never saw: not a noise veto
+    assert guard["high"] < 0  # it did lose on objects it never saw: not a noise veto
     assert labels["objects"] == len(FRAMES) and labels["where"].endswith("(2-fold cross-validation)")
-    assert WeightsStore(store_dir).current_name() == current                  # the team's model stays
+    assert WeightsStore(store_dir).current_name() == current  # the team's model stays
     assert result["reason"].startswith(f"Not promoted: on the {GUARD} guard objects")
     assert f"{guard['low']:+.1f} to {guard['high']:+.1f}" in result["reason"]
 
@@ -119,4 +132,4 @@ def test_a_candidate_trained_on_shifted_masks_is_not_promoted(harmful_project, s
     card = WeightsStore(store_dir).get(result["version"]).card
     assert card["decision"] == result["reason"] and card["rule"] == shown["rule"]
     assert card["promotion"]["exams"][1]["high"] == guard["high"] and card["evaluation"]["folds"] == 2
-    assert card["data"]["train_objects"] == len(FRAMES)                        # the shipped model saw every label
+    assert card["data"]["train_objects"] == len(FRAMES)  # the shipped model saw every label

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from dextr_backend.errors import InputError
-from dextr_backend.labelstudio.backend import LabelStudioBackend
-from dextr_backend.labelstudio.requests import parse_request, stored_prompts
 from dextr_backend.geometry import box_points
+from dextr_backend.labelstudio.backend import LabelStudioBackend
 from dextr_backend.labelstudio.protocol import LabelConfig, prompts_from_results
 from dextr_backend.labelstudio.regions import brush_to_mask
+from dextr_backend.labelstudio.requests import parse_request, stored_prompts
 from dextr_backend.models import build_model
 from dextr_backend.service.cache import ImageCache
 from dextr_backend.service.resident import ResidentPredictor
@@ -29,16 +29,34 @@ W, H = 160, 120
 
 
 def kp(x, y, label="Object", positive=True, w=W, h=H):
-    return {"original_width": w, "original_height": h, "image_rotation": 0, "from_name": "tag2", "to_name": "image",
-            "type": "keypointlabels", "is_positive": positive,
-            "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": [label]}}
+    return {
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "from_name": "tag2",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "is_positive": positive,
+        "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": [label]},
+    }
 
 
 def rect(x0, y0, x1, y1, label="Object"):
-    return {"original_width": W, "original_height": H, "from_name": "box", "to_name": "image",
-            "type": "rectanglelabels", "value": {"x": 100 * x0 / W, "y": 100 * y0 / H, "width": 100 * (x1 - x0) / W,
-                                                 "height": 100 * (y1 - y0) / H, "rotation": 0,
-                                                 "rectanglelabels": [label]}}
+    return {
+        "original_width": W,
+        "original_height": H,
+        "from_name": "box",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "value": {
+            "x": 100 * x0 / W,
+            "y": 100 * y0 / H,
+            "width": 100 * (x1 - x0) / W,
+            "height": 100 * (y1 - y0) / H,
+            "rotation": 0,
+            "rectanglelabels": [label],
+        },
+    }
 
 
 CLICKS = [kp(30, 60), kp(130, 62), kp(80, 20), kp(82, 100)]
@@ -60,7 +78,7 @@ def test_context_points_in_pixels_grouped_by_label():
     prompts = prompts_from_results(CLICKS + [kp(5, 5, positive=False), kp(10, 10, label="Car")])
     assert [p.label for p in prompts] == ["Object", "Car"]
     obj = prompts[0]
-    np.testing.assert_allclose(obj.extreme_points(), [[30, 60], [130, 62], [80, 20], [82, 100]])
+    np.testing.assert_allclose(obj.prompt().extreme_points, [[30, 60], [130, 62], [80, 20], [82, 100]])
     np.testing.assert_allclose(obj.negatives, [(5.0, 5.0)])
     assert obj.ready and not prompts[1].ready
 
@@ -86,14 +104,17 @@ def test_box_midpoints():
     np.testing.assert_allclose(box_points((10, 20, 50, 60), 100, 100), [[10, 40], [50, 40], [30, 20], [30, 60]])
 
 
-@pytest.mark.parametrize("body, message", [
-    ([], "JSON object"),
-    ({}, "tasks"),
-    ({"tasks": []}, "tasks"),
-    ({"tasks": ["x"]}, "task must be an object"),
-    ({"tasks": [{}]}, "label_config"),
-    ({"tasks": [{}], "label_config": CONFIG, "params": {"context": "nope"}}, "context"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ([], "JSON object"),
+        ({}, "tasks"),
+        ({"tasks": []}, "tasks"),
+        ({"tasks": ["x"]}, "task must be an object"),
+        ({"tasks": [{}]}, "label_config"),
+        ({"tasks": [{}], "label_config": CONFIG, "params": {"context": "nope"}}, "context"),
+    ],
+)
 def test_malformed_requests(body, message):
     with pytest.raises(InputError, match=message):
         parse_request(body)
@@ -127,7 +148,7 @@ def test_interactive_four_clicks_give_a_brush_mask(backend, image_server, monkey
     assert mask[20:101, 30:131].all() and not mask[:20].any()
     assert len(backend.cache) == 1
     monkeypatch.setattr(images, "fetch_bytes", lambda *a, **kw: pytest.fail("fetched the image again"))
-    again = backend.predict(request(image_server, CLICKS))   # repeated clicks: no re-download
+    again = backend.predict(request(image_server, CLICKS))  # repeated clicks: no re-download
     assert again["results"][0]["result"][0]["value"] == brush[0]["value"]
 
 
@@ -150,17 +171,23 @@ def test_rectangle_and_polygon_output(backend, image_server):
 
 
 def test_batch_mode_converts_stored_clicks(backend, image_server):
-    task = {"id": 9, "data": {"image": f"http://{image_server}/ellipse.png"},
-            "annotations": [{"id": 1, "result": CLICKS + [kp(10, 10), kp(40, 12), kp(25, 2), kp(24, 30)]}]}
+    task = {
+        "id": 9,
+        "data": {"image": f"http://{image_server}/ellipse.png"},
+        "annotations": [{"id": 1, "result": CLICKS + [kp(10, 10), kp(40, 12), kp(25, 2), kp(24, 30)]}],
+    }
     out = backend.predict(request(image_server, task=task))
     assert len([r for r in out["results"][0]["result"] if r["type"] == "brushlabels"]) == 2
 
 
-@pytest.mark.parametrize("url, message", [
-    ("http://10.1.2.3/x.png", "not allowed"),
-    ("file:///etc/passwd", "scheme"),
-    ("/data/upload/1/x.png", "LABEL_STUDIO_URL"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("http://10.1.2.3/x.png", "not allowed"),
+        ("file:///etc/passwd", "scheme"),
+        ("/data/upload/1/x.png", "LABEL_STUDIO_URL"),
+    ],
+)
 def test_image_urls_outside_the_allowed_hosts_are_refused(backend, url, message):
     task = {"id": 1, "data": {"image": url}}
     with pytest.raises(InputError, match=message):
@@ -184,20 +211,22 @@ def test_a_newly_promoted_version_is_taken_up_without_restart(backend, image_ser
 
 # ---------------------------------------------------------------- corrective clicks (issue 20)
 
+
 def test_clicks_after_the_fourth_and_alt_clicks_are_corrections():
     (p,) = prompts_from_results(CLICKS + [kp(90, 60), kp(5, 5, positive=False)])
-    np.testing.assert_allclose(p.extreme_points(), [[30, 60], [130, 62], [80, 20], [82, 100]])
-    positives, negatives = p.corrections()
+    prompt = p.prompt()
+    np.testing.assert_allclose(prompt.extreme_points, [[30, 60], [130, 62], [80, 20], [82, 100]])
+    positives, negatives = prompt.positives, prompt.negatives
     np.testing.assert_allclose(positives, [[90, 60]])
     np.testing.assert_allclose(negatives, [[5, 5]])
 
 
 def test_a_smart_rectangle_followed_by_clicks_is_one_corrected_object():
     (p,) = prompts_from_results([rect(30, 20, 130, 100), kp(60, 60), kp(10, 10, positive=False)])
-    assert p.from_box
-    np.testing.assert_allclose(p.extreme_points(), box_points(p.box, W, H))
+    prompt = p.prompt()
+    np.testing.assert_allclose(prompt.extreme_points, box_points(p.box, W, H))
     np.testing.assert_allclose(p.box, (30, 20, 130, 100))
-    positives, negatives = p.corrections()
+    positives, negatives = prompt.positives, prompt.negatives
     np.testing.assert_allclose(positives, [[60, 60]])
     np.testing.assert_allclose(negatives, [[10, 10]])
     # four keypoints of their own stay their own object beside the box
@@ -210,8 +239,9 @@ def corrective_store(tmp_path) -> WeightsStore:
     so a correction changes the mask."""
     torch.manual_seed(1)
     store = WeightsStore(tmp_path / "corrective-store", shipped_dir=tmp_path / "none")
-    store.add_version(build_model("lite0c").state_dict(), "lite0c", name="corrective", make_current=True,
-                      threshold=0.52)
+    store.add_version(
+        build_model("lite0c").state_dict(), "lite0c", name="corrective", make_current=True, threshold=0.52
+    )
     return store
 
 
@@ -227,7 +257,7 @@ def test_a_negative_keypoint_changes_the_mask_of_a_version_that_takes_correction
     corrected = mask_of(backend.predict(request(image_server, CLICKS + [kp(80, 60, positive=False)])))
     assert (plain != corrected).any()
     again = mask_of(backend.predict(request(image_server, CLICKS + [kp(80, 60, positive=False)])))
-    assert (again == corrected).all()                   # stateless: the same clicks, the same mask
+    assert (again == corrected).all()  # stateless: the same clicks, the same mask
 
 
 def test_a_version_without_corrections_ignores_them_says_so_and_answers(backend, image_server, caplog):
@@ -236,3 +266,11 @@ def test_a_version_without_corrections_ignores_them_says_so_and_answers(backend,
         ignored = mask_of(backend.predict(request(image_server, CLICKS + [kp(80, 60, positive=False)])))
     assert (plain == ignored).all()
     assert any("take no corrective clicks" in r.getMessage() for r in caplog.records)
+
+
+def test_percent_of_a_whole_pixel_reads_back_as_that_pixel():
+    """100 * 251 / 321 percent used to read back as 250.99999999999997 px, and the crop edge floored
+    from it moved a pixel: Label Studio's clicks then differed from CVAT's same clicks."""
+    clicks = [kp(x, y, w=321, h=481) for x, y in [(40, 219), (251, 214), (148, 48), (148, 439)]]
+    (p,) = prompts_from_results(clicks)
+    assert p.prompt().extreme_points.tolist() == [[40, 219], [251, 214], [148, 48], [148, 439]]

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dextr_backend.labelstudio.client import LabelStudioClient, LabelStudioError, is_personal_access_token
-from dextr_backend.labelstudio.regions import mask_to_brush, result_regions
 from dextr_backend.data.objects import folder_objects, load_object
+from dextr_backend.labelstudio.client import LabelStudioClient, LabelStudioError, is_personal_access_token
 from dextr_backend.labelstudio.export import export_labelstudio
+from dextr_backend.labelstudio.regions import mask_to_brush, result_regions
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -36,16 +36,30 @@ def shapes():
 
 
 def brush_result(mask, label="Box"):
-    return {"id": "b1", "from_name": "brush", "to_name": "image", "type": "brushlabels",
-            "original_width": W, "original_height": H, "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask_to_brush(mask), "brushlabels": [label]}}
+    return {
+        "id": "b1",
+        "from_name": "brush",
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": W,
+        "original_height": H,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask_to_brush(mask), "brushlabels": [label]},
+    }
 
 
 def polygon_result(points, label="Box"):
     pct = (points / [W, H] * 100).tolist()
-    return {"id": "p1", "from_name": "poly", "to_name": "image", "type": "polygonlabels",
-            "original_width": W, "original_height": H, "image_rotation": 0,
-            "value": {"points": pct, "polygonlabels": [label]}}
+    return {
+        "id": "p1",
+        "from_name": "poly",
+        "to_name": "image",
+        "type": "polygonlabels",
+        "original_width": W,
+        "original_height": H,
+        "image_rotation": 0,
+        "value": {"points": pct, "polygonlabels": [label]},
+    }
 
 
 def iou(a, b):
@@ -78,16 +92,17 @@ def test_export_a_real_label_studio_project(label_studio, tmp_path):
     tasks = ls.api("GET", f"/api/tasks?project={pid}&fields=all")["tasks"]
     labeled = tasks[0]["id"]
     ls.api("POST", f"/api/tasks/{labeled}/annotations", {"result": [brush_result(brush), polygon_result(poly)]})
-    ls.api("POST", f"/api/tasks/{tasks[1]['id']}/annotations",
-           {"result": [brush_result(~brush)], "was_cancelled": True})
+    ls.api(
+        "POST", f"/api/tasks/{tasks[1]['id']}/annotations", {"result": [brush_result(~brush)], "was_cancelled": True}
+    )
 
     client = LabelStudioClient(ls.url, ls.token)
     folder = export_labelstudio(client, pid, tmp_path / "export")
     refs = folder_objects(folder)
-    assert len(refs) == 2       # the skipped task and the unlabeled one give nothing
+    assert len(refs) == 2  # the skipped task and the unlabeled one give nothing
     masks = [load_object(r)[1] for r in refs]
     got_image = load_object(refs[0])[0]
-    assert np.array_equal(got_image, image)      # fetched through /data/upload with the token
+    assert np.array_equal(got_image, image)  # fetched through /data/upload with the token
     assert any(np.array_equal(m, brush) for m in masks)
     assert max(iou(m, poly_mask) for m in masks) > 0.9
 
@@ -111,19 +126,19 @@ def test_a_personal_access_token_is_exchanged_and_used(label_studio):
     client = LabelStudioClient(ls.url, pat)
     assert client.auth_header()["Authorization"].startswith("Bearer ")
     (task,) = list(client.tasks(pid))
-    data = client.fetch(task["data"]["image"])            # /data/upload/... with the Bearer token
+    data = client.fetch(task["data"]["image"])  # /data/upload/... with the Bearer token
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape == (H, W, 3)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2 ** 32 - 1))
+@given(st.integers(1, 40), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
 def test_brush_rle_is_byte_for_byte_the_sdk_s(h, w, density, seed):
     """Our encoder finds runs on the mask, not on the SDK's 4x RGBA copy: the bytes must not change."""
     from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
     mask = np.random.default_rng(seed).random((h, w)) < density
-    mask[: h // 2] = mask[: h // 2].any()          # long runs as well as short ones
+    mask[: h // 2] = mask[: h // 2].any()  # long runs as well as short ones
     assert mask_to_brush(mask) == mask2rle(mask.astype(np.uint8) * 255)
     assert (np.asarray(decode_rle(mask_to_brush(mask))).reshape(h, w, 4)[:, :, 3] > 127).tolist() == mask.tolist()
 

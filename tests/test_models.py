@@ -56,6 +56,7 @@ def without_counters(state):
 
 # ---------------------------------------------------------------- official layout
 
+
 def test_key_table_is_the_documented_one(official_keys):
     assert len(official_keys) == 656
     assert len(without_counters(official_keys)) == 547
@@ -100,6 +101,7 @@ def test_detect_architecture_names_the_official_checkpoint(official_state):
 
 # ---------------------------------------------------------------- shapes, no reference data needed
 
+
 def test_resnet101_forward_shape_and_output_stride():
     model = resnet101().eval()  # fresh: the shared one holds random (invalid) BN statistics
     seen = {}
@@ -107,6 +109,7 @@ def test_resnet101_forward_shape_and_output_stride():
     def record(name):
         def hook(module, inputs, output):
             seen[name] = tuple(output.shape)
+
         return hook
 
     model.layer4.register_forward_hook(record("layer4"))
@@ -162,7 +165,7 @@ def test_load_state_rejects_wrong_shapes():
 def test_lite0r_grown_from_lite0_predicts_exactly_as_its_parent():
     torch.manual_seed(0)
     parent = build_model("lite0").eval()
-    for m in parent.modules():     # trained-looking BatchNorm statistics, not the fresh 0/1
+    for m in parent.modules():  # trained-looking BatchNorm statistics, not the fresh 0/1
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
@@ -185,6 +188,7 @@ def test_grow_state_refuses_weights_of_another_network():
 
 
 # ---------------------------------------------------------------- ImageNet initialisation of the light variants
+
 
 @pytest.mark.parametrize("arch", ["lite0", "lite2"])
 def test_imagenet_init_keeps_rgb_filters_and_zeroes_the_heatmap(arch):

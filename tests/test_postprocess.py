@@ -8,8 +8,16 @@ import cv2
 import numpy as np
 import pytest
 
-from dextr_backend.postprocess import (CLICK_RADIUS, Polygon, PostProcess, fill_small_holes, keep_clicked_components,
-                                       mask_to_polygons, polygons_to_json, polygons_to_mask)
+from dextr_backend.postprocess import (
+    CLICK_RADIUS,
+    Polygon,
+    PostProcess,
+    fill_small_holes,
+    keep_clicked_components,
+    mask_to_polygons,
+    polygons_to_json,
+    polygons_to_mask,
+)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -24,11 +32,19 @@ def disc(shape, centre, radius) -> np.ndarray:
 
 def extremes_of(mask):
     ys, xs = np.nonzero(mask)
-    return np.array([[xs.min(), ys[xs.argmin()]], [xs.max(), ys[xs.argmax()]],
-                     [xs[ys.argmin()], ys.min()], [xs[ys.argmax()], ys.max()]], float)
+    return np.array(
+        [
+            [xs.min(), ys[xs.argmin()]],
+            [xs.max(), ys[xs.argmax()]],
+            [xs[ys.argmin()], ys.min()],
+            [xs[ys.argmax()], ys.max()],
+        ],
+        float,
+    )
 
 
 # ---------------------------------------------------------------- connected components
+
 
 def test_far_blobs_removed_clicked_blob_kept():
     obj = disc((100, 120), (40, 50), 20)
@@ -78,6 +94,7 @@ def test_disabled_and_empty_masks_pass_through():
 
 # ---------------------------------------------------------------- holes
 
+
 def test_holes_filled_only_below_the_fraction():
     m = disc((100, 100), (50, 50), 40)
     small, large = disc((100, 100), (35, 50), 3), disc((100, 100), (62, 50), 10)
@@ -118,7 +135,7 @@ def test_trim_erodes_the_boundary_by_whole_pixels():
 
 def test_trim_never_erases_a_thin_object():
     line = np.zeros((20, 20), bool)
-    line[10, 2:18] = True                       # one pixel wide: a trim would leave nothing
+    line[10, 2:18] = True  # one pixel wide: a trim would leave nothing
     assert (trim_boundary_via_postprocess(line) == line).all()
 
 
@@ -134,19 +151,34 @@ def test_default_postprocess_is_the_evaluated_choice():
 
 # ---------------------------------------------------------------- polygons
 
+
 def blobby(seed: int, shape=(120, 160)) -> np.ndarray:
     """Union of random ellipses with a few elliptic holes cut out."""
     rng = np.random.default_rng(seed)
     m = np.zeros(shape, np.uint8)
     h, w = shape
     for _ in range(3):
-        cv2.ellipse(m, (int(rng.integers(50, w - 50)), int(rng.integers(40, h - 40))),
-                    (int(rng.integers(15, 40)), int(rng.integers(15, 35))), float(rng.uniform(0, 180)),
-                    0, 360, 1, -1)
+        cv2.ellipse(
+            m,
+            (int(rng.integers(50, w - 50)), int(rng.integers(40, h - 40))),
+            (int(rng.integers(15, 40)), int(rng.integers(15, 35))),
+            float(rng.uniform(0, 180)),
+            0,
+            360,
+            1,
+            -1,
+        )
     for _ in range(2):
-        cv2.ellipse(m, (int(rng.integers(50, w - 50)), int(rng.integers(40, h - 40))),
-                    (int(rng.integers(3, 8)), int(rng.integers(3, 8))), float(rng.uniform(0, 180)),
-                    0, 360, 0, -1)
+        cv2.ellipse(
+            m,
+            (int(rng.integers(50, w - 50)), int(rng.integers(40, h - 40))),
+            (int(rng.integers(3, 8)), int(rng.integers(3, 8))),
+            float(rng.uniform(0, 180)),
+            0,
+            360,
+            0,
+            -1,
+        )
     return m.astype(bool)
 
 
@@ -187,8 +219,8 @@ def test_object_inside_a_hole_is_its_own_polygon():
 def test_tiny_pieces_dropped():
     m = np.zeros((40, 40), bool)
     m[5:25, 5:25] = True
-    m[30, 30] = True          # speck
-    m[12, 12] = False         # pinhole
+    m[30, 30] = True  # speck
+    m[12, 12] = False  # pinhole
     polys = mask_to_polygons(m, min_area=4)
     assert len(polys) == 1 and polys[0].holes == []
     assert len(mask_to_polygons(m, min_area=1)) == 2

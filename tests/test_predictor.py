@@ -63,17 +63,21 @@ def test_gray_and_rgba_images_are_accepted(predictor, scene):
     image, points = scene
     assert predictor.predict(image[:, :, 0], points).mask.shape == (120, 160)
     rgba = np.concatenate([image, np.full((120, 160, 1), 255, np.uint8)], axis=2)
-    np.testing.assert_allclose(predictor.predict(rgba, points).probabilities,
-                               predictor.predict(image, points).probabilities, atol=1e-5)
+    np.testing.assert_allclose(
+        predictor.predict(rgba, points).probabilities, predictor.predict(image, points).probabilities, atol=1e-5
+    )
 
 
-@pytest.mark.parametrize("points, message", [
-    ([[1, 1], [2, 2], [3, 3]], "at least 4"),
-    ([[1, 1], [2, 2], [3, 3], [500, 3]], "outside"),
-    ([[1, 1], [2, 2], [3, 3], [-1, 3]], "outside"),
-    ([[1, 1], [2, 2], [3, 3], [float("nan"), 3]], "finite"),
-    ("not points", "pairs"),
-])
+@pytest.mark.parametrize(
+    "points, message",
+    [
+        ([[1, 1], [2, 2], [3, 3]], "at least 4"),
+        ([[1, 1], [2, 2], [3, 3], [500, 3]], "outside"),
+        ([[1, 1], [2, 2], [3, 3], [-1, 3]], "outside"),
+        ([[1, 1], [2, 2], [3, 3], [float("nan"), 3]], "finite"),
+        ("not points", "pairs"),
+    ],
+)
 def test_bad_points_raise_clear_errors(predictor, scene, points, message):
     image, _ = scene
     with pytest.raises(InputError, match=message):
@@ -103,12 +107,15 @@ def test_cpu_bf16_stays_close_to_fp32(predictor, scene):
     assert np.abs(bf16.predict(image, points).probabilities - fp32).max() < 0.1
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ("flags\t\t: fpu sse avx avx2 fma\n", False),                     # AVX2-only EPYC: emulated
-    ("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n", True),
-    ("flags\t\t: fpu avx2 amx_tile amx_bf16\n", True),
-    ("processor\t: 0\n", None),                                         # no flags line: unknown
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("flags\t\t: fpu sse avx avx2 fma\n", False),  # AVX2-only EPYC: emulated
+        ("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n", True),
+        ("flags\t\t: fpu avx2 amx_tile amx_bf16\n", True),
+        ("processor\t: 0\n", None),  # no flags line: unknown
+    ],
+)
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, expected):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\n" + flags)
@@ -138,7 +145,7 @@ def test_flip_averages_in_the_mirrored_crop(scene):
     plain = DextrPredictor(LeftToRight(), 64, threshold=0.5, device="cpu", flip=False).predict(image, points)
     flipped = DextrPredictor(LeftToRight(), 64, threshold=0.5, device="cpu", flip=True).predict(image, points)
     row = plain.probabilities[60, 30:111]
-    assert row[-1] - row[0] > 0.5                      # without the flip: a left-to-right ramp
+    assert row[-1] - row[0] > 0.5  # without the flip: a left-to-right ramp
     np.testing.assert_allclose(flipped.probabilities[20:101, 30:111], 0.5, atol=1e-6)  # mirrored: cancels out
 
 

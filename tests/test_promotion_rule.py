@@ -28,7 +28,7 @@ def test_a_clear_gain_on_four_objects_is_promoted():
     assert labels.low > 0 and labels.gain == pytest.approx((cand - inc).mean())
     assert decision.sentence.startswith("Promoted: on the 4 held-out objects it scores")
     assert "for v2" in decision.sentence and "measurably better" in decision.sentence
-    assert f"{labels.low:+.1f} to {labels.high:+.1f}" in decision.sentence          # the interval is told
+    assert f"{labels.low:+.1f} to {labels.high:+.1f}" in decision.sentence  # the interval is told
 
 
 def test_a_clear_loss_on_four_objects_is_not_promoted():
@@ -46,7 +46,7 @@ def test_pure_noise_falls_back_to_the_documented_default():
     default (promote) is what the module docstring and the README document."""
     inc = incumbent_scores(objects=25)
     noise = np.random.default_rng(3).normal(0, 4, inc.shape)
-    cand = inc + noise - noise.mean()              # centred: the interval must straddle 0
+    cand = inc + noise - noise.mean()  # centred: the interval must straddle 0
     default = decide(cand, inc, current="v2")
     labels = default.exam("labels")
     assert labels.low < 0 < labels.high and default.verdict == SAME
@@ -59,8 +59,7 @@ def test_pure_noise_falls_back_to_the_documented_default():
 def test_the_guard_vetoes_a_version_that_forgot_although_it_gained_on_the_labels():
     inc, guard = incumbent_scores(), incumbent_scores(objects=20, seed=5)
     rng = np.random.default_rng(4)
-    decision = decide(inc + 6, inc, current="v2",
-                      guard=(guard - 9 + rng.normal(0, 1, guard.shape), guard))
+    decision = decide(inc + 6, inc, current="v2", guard=(guard - 9 + rng.normal(0, 1, guard.shape), guard))
     assert not decision.promoted and decision.verdict == WORSE
     assert decision.exam("labels").verdict == "better" and decision.exam("guard").verdict == WORSE
     assert "guard objects" in decision.sentence and "more than the 2 points allowed" in decision.sentence
@@ -72,7 +71,7 @@ def test_a_guard_too_noisy_to_vouch_keeps_the_version_out():
     """The guard must show the loss is under the margin: a wide interval reaching below -2 is not
     enough to promote, even when its mean is small (the burden of proof is on the new version)."""
     inc, guard = incumbent_scores(), incumbent_scores(objects=5, seed=7)
-    swings = np.array([[-12.0], [6.0], [-9.0], [7.0], [3.0]])          # mean -1, but all over the place
+    swings = np.array([[-12.0], [6.0], [-9.0], [7.0], [3.0]])  # mean -1, but all over the place
     decision = decide(inc + 6, inc, current="v2", guard=(guard + swings, guard))
     exam = decision.exam("guard")
     assert exam.gain == pytest.approx(-1.0) and exam.low < -2 < exam.high
@@ -87,7 +86,7 @@ def test_blockers_force_and_a_first_version():
     assert blocked.sentence.startswith("Not promoted: no full epoch finished (stopped: time budget)")
     forced = decide(inc - 10, inc, current="v2", force=True)
     assert forced.promoted and forced.forced and forced.sentence.startswith("Promoted by --force although")
-    assert not decide(inc + 6, inc, force=True).forced           # nothing to override
+    assert not decide(inc + 6, inc, force=True).forced  # nothing to override
     first = decide(inc, None)
     assert first.promoted and first.verdict == "first version" and first.exam("labels").gain is None
 
@@ -104,7 +103,7 @@ def test_the_interval_is_close_to_the_paired_t_interval_and_wider_than_a_plain_b
     plain = np.quantile(four[np.random.default_rng(0).integers(0, 4, (4000, 4))].mean(axis=1), [0.025, 0.975])
     assert low4 < 1.5 * plain[0] and high4 > 1.5 * plain[1]
     assert student_t(0.975, 3) == pytest.approx(3.182, abs=2e-3)
-    assert paired_interval([70.0], [60.0])[1:] == (-math.inf, math.inf)    # one object: no interval
+    assert paired_interval([70.0], [60.0])[1:] == (-math.inf, math.inf)  # one object: no interval
 
 
 def test_the_same_scores_give_the_same_decision_and_bad_shapes_are_refused():

@@ -10,15 +10,15 @@ from collections import Counter
 
 import pytest
 import redis
+from services import env_settings, press_start_training, training_status
 
-from services import env_settings
 from dextr_backend.cli import main
 from dextr_backend.errors import InputError
 from dextr_backend.labelstudio import jobs
 from dextr_backend.queue import TRAIN_QUEUE
 from dextr_backend.queue.client import QueueClient
-from dextr_backend.queue.keys import train_key
 from dextr_backend.queue.worker import DextrWorker, connect
+from dextr_backend.training_runs import TRAIN, TrainingRuns
 
 
 @pytest.fixture()
@@ -35,7 +35,7 @@ def press(url: str, project: int, n: int) -> Counter:
 
     def one(c):
         barrier.wait()
-        answers.append(c.request_training(jobs.train_project, project)["status"])
+        answers.append(press_start_training(c, project)["status"])
 
     threads = [threading.Thread(target=one, args=(c,)) for c in clients]
     for t in threads:
@@ -60,57 +60,57 @@ def test_concurrent_presses_on_an_idle_project_queue_exactly_one_job(client, pri
     answers = press(private_redis.url, 7, 16)
     assert answers == Counter({"queued": 1, "coalesced": 15})
     assert client.train_queue.count == 1
-    assert client.request_training(jobs.train_project, 8)["status"] == "queued"          # another project has its own
+    assert press_start_training(client, 8)["status"] == "queued"  # another project has its own
     assert client.train_queue.count == 2
 
 
 def test_a_request_during_a_run_schedules_exactly_one_more(client, private_redis, monkeypatch):
     runs, during = [], {}
 
-    def fake_training(project, run, conn):       # the real loop around it, real states in Redis
+    def fake_training(project, run, conn):  # the real loop around it, real states in Redis
         runs.append(run.id)
         run.stage("training")
         if len(runs) == 1:
             run.progress(True, epoch=3, epochs=3, val_miou=71.5)
             during.update(press(private_redis.url, project, 12))
-            state = conn.hgetall(train_key(project))
+            state = conn.hgetall(TRAIN.format(project=project))
             assert state[b"state"] == b"running" and state[b"again"] == b"1"
-        else:                                      # the follow-up does not show the first run's epoch
-            (now,) = QueueClient(private_redis.url).training_status()
+        else:  # the follow-up does not show the first run's epoch
+            (now,) = training_status(QueueClient(private_redis.url))
             assert now["status"] == "started" and now["progress"] == {"stage": "training"}
             assert now["runs"][1]["progress"]["epoch"] == 3
         return {"ok": {"version": f"v{len(runs)}", "promoted": True, "reason": "test"}}
 
     monkeypatch.setattr(jobs, "_train_once", fake_training)
-    first = client.request_training(jobs.train_project, 7)
+    first = press_start_training(client, 7)
     run_worker_until_idle(private_redis.url)
     assert during == Counter({"scheduled after the running job": 1, "coalesced": 11})
-    assert runs == ["7.1", "7.2"]                      # the same job ran exactly once more
-    (status,) = client.training_status()
+    assert runs == ["7.1", "7.2"]  # the same job ran exactly once more
+    (status,) = training_status(client)
     assert status["state"] == "idle" and status["status"] == "finished" and not status["again"]
-    assert [r["run"] for r in status["runs"]] == ["7.2", "7.1"]        # newest first, both kept
+    assert [r["run"] for r in status["runs"]] == ["7.2", "7.1"]  # newest first, both kept
     assert {r["job"] for r in status["runs"]} == {first["job"]}
     assert [r["result"]["version"] for r in status["runs"]] == ["v2", "v1"]
     stages = [s["stage"] for s in status["runs"][0]["stages"]]
     assert stages == ["starting", "training", "done"]
-    again = client.request_training(jobs.train_project, 7)                 # idle again: a new job
+    again = press_start_training(client, 7)  # idle again: a new job
     assert again["status"] == "queued" and again["job"] != first["job"]
 
 
 def test_a_state_whose_job_vanished_does_not_block_training(client, private_redis):
-    first = client.request_training(jobs.train_project, 7)
+    first = press_start_training(client, 7)
     conn = redis.Redis.from_url(private_redis.url)
-    conn.delete(f"rq:job:{first['job']}")              # e.g. flushed or expired behind our back
+    conn.delete(f"rq:job:{first['job']}")  # e.g. flushed or expired behind our back
     conn.delete(client.train_queue.key)
-    assert client.request_training(jobs.train_project, 7)["status"] == "queued"
+    assert press_start_training(client, 7)["status"] == "queued"
 
 
 @pytest.mark.parametrize("project", [0, -1, 2**31, 10**30])
 def test_project_ids_out_of_range_are_refused(client, project):
     with pytest.raises(InputError, match="out of range"):
-        client.request_training(jobs.train_project, project)
+        press_start_training(client, project)
     with pytest.raises(InputError, match="out of range"):
-        client.count_annotation(project)
+        TrainingRuns(client.redis).count_annotation(project)
     assert client.train_queue.count == 0
 
 
@@ -134,12 +134,12 @@ def test_start_training_route_checks_the_project_and_the_label_studio(private_re
     assert conn.llen(f"rq:queue:{TRAIN_QUEUE}") == 1
     from rq.job import Job
 
-    assert Job.fetch(job, connection=conn).args == (3,)     # the job names the project, nothing else
+    assert Job.fetch(job, connection=conn).args == (3,)  # the job names the project, nothing else
 
 
 def test_train_status_command_and_route_data(client, private_redis, capsys):
-    client.request_training(jobs.train_project, 7)
-    (status,) = [j for j in client.training_status() if j["project"] == 7]
+    press_start_training(client, 7)
+    (status,) = [j for j in training_status(client) if j["project"] == 7]
     assert status["status"] == "queued" and status["job"].startswith("train-project-7-")
     assert status["runs"] == [] and status["progress"] == {"stage": "queued"}
     assert main(["train-status", "--redis-url", private_redis.url]) == 0

@@ -5,23 +5,32 @@ from __future__ import annotations
 
 import pytest
 
+from dextr_backend.data.objects import ObjectRef
+from dextr_backend.data.splits import hold_out_split, image_rank
 from dextr_backend.errors import InputError
 from dextr_backend.labelstudio.retrain import folds_for, retrain_config
 from dextr_backend.settings import Settings
-from dextr_backend.data.objects import ObjectRef
-from dextr_backend.data.splits import hold_out_split, image_rank
 
 
 def refs_of(images: int, per_image: int = 1, first: int = 1) -> list[ObjectRef]:
     """Objects as the job's Label Studio export names them: ``images/<task id>.png``."""
-    return [ObjectRef(f"/x/images/{t}.png", f"/x/masks/{k}_{t}.png", k, 100, "half")
-            for t in range(first, first + images) for k in range(per_image)]
+    return [
+        ObjectRef(f"/x/images/{t}.png", f"/x/masks/{k}_{t}.png", k, 100, "half")
+        for t in range(first, first + images)
+        for k in range(per_image)
+    ]
 
 
 @pytest.fixture()
 def clean_env(monkeypatch):
-    for name in ("DEXTR_TRAIN_EPOCHS", "DEXTR_TRAIN_SAMPLES", "DEXTR_TRAIN_VAL_FRACTION", "DEXTR_TRAIN_PATIENCE",
-                 "DEXTR_TRAIN_MIN_VAL_OBJECTS", "DEXTR_TRAIN_MAX_MINUTES"):
+    for name in (
+        "DEXTR_TRAIN_EPOCHS",
+        "DEXTR_TRAIN_SAMPLES",
+        "DEXTR_TRAIN_VAL_FRACTION",
+        "DEXTR_TRAIN_PATIENCE",
+        "DEXTR_TRAIN_MIN_VAL_OBJECTS",
+        "DEXTR_TRAIN_MAX_MINUTES",
+    ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -55,8 +64,8 @@ def test_default_schedule_is_the_small_data_benchmarks(clean_env):
         config = retrain_config(settings, objects)
         assert config.samples_per_epoch == samples
         assert config.epochs == 6 and config.lr == 3e-4
-        assert config.patience >= config.epochs           # no early stop on a handful of held-out objects
-        assert config.resolution is None and config.freeze_bn is None   # the version's size; BN frozen < 500
+        assert config.patience >= config.epochs  # no early stop on a handful of held-out objects
+        assert config.resolution is None and config.freeze_bn is None  # the version's size; BN frozen < 500
 
 
 def test_every_default_is_a_setting(clean_env):
@@ -87,18 +96,18 @@ def test_the_job_ships_the_last_epoch_not_a_noisy_pick(tmp_path, monkeypatch, ke
     """With a handful of held-out objects the best epoch by validation is mostly noise: a 25-label
     project's run kept epoch 3 of 6. Without patience the job ships the last epoch."""
     import torch
+    from test_training import make_shapes, small_config
 
+    from dextr_backend.data.objects import folder_objects
     from dextr_backend.models import build_model
     from dextr_backend.training import promotion
     from dextr_backend.training.trainer import Trainer
-    from dextr_backend.data.objects import folder_objects
     from dextr_backend.weights.files import read_state_file
     from dextr_backend.weights.store import WeightsStore
-    from test_training import make_shapes, small_config
 
     real_run, last = Trainer.run, {}
 
-    def run_with_another_best(self):          # as if validation had picked an earlier epoch
+    def run_with_another_best(self):  # as if validation had picked an earlier epoch
         result = real_run(self)
         last.update({k: v.clone() for k, v in self.result_model().state_dict().items()})
         result.state_dict = {k: torch.zeros_like(v) for k, v in result.state_dict.items()}
@@ -109,9 +118,17 @@ def test_the_job_ships_the_last_epoch_not_a_noisy_pick(tmp_path, monkeypatch, ke
     torch.manual_seed(0)
     store.add_version(build_model("lite0").state_dict(), "lite0", name="base", input_size=64, make_current=True)
     outcome = promotion.train_and_promote(
-        folder_objects(make_shapes(tmp_path / "shapes")), source={"kind": "folder", "hash": "x"},
-        config=small_config(samples_per_epoch=8, val_objects=200), store=store, val_fraction=0.15, hold_out_objects=3,
-        keep_last=keep_last, force=True)
+        promotion.TrainRequest(
+            folder_objects(make_shapes(tmp_path / "shapes")),
+            source={"kind": "folder", "hash": "x"},
+            config=small_config(samples_per_epoch=8, val_objects=200),
+            val_fraction=0.15,
+            hold_out_objects=3,
+            keep_last=keep_last,
+            force=True,
+        ),
+        store=store,
+    )
     shipped = read_state_file(store.get(outcome.version.name).path)
     if keep_last:
         assert all(torch.equal(shipped[k], last[k]) for k in shipped) and any(v.any() for v in shipped.values())

@@ -8,15 +8,12 @@ import threading
 import time
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
-
-from dextr_backend.models import build_model
-from dextr_backend.server.app import create_app
-from dextr_backend.weights.store import WeightsStore
 from services import Worker, env_settings
 from test_labelstudio_backend import CLICKS, CONFIG, kp
 
+from dextr_backend.models import build_model
+from dextr_backend.server.app import create_app
 
 
 @pytest.fixture()
@@ -26,8 +23,13 @@ def store_env(random_store):
 
 
 def body(host, result=CLICKS, image="ellipse.png", **extra):
-    return {"tasks": [{"id": 1, "data": {"image": f"http://{host}/{image}"}}], "project": "3.1700000000",
-            "label_config": CONFIG, "params": {"context": {"result": result}}, **extra}
+    return {
+        "tasks": [{"id": 1, "data": {"image": f"http://{host}/{image}"}}],
+        "project": "3.1700000000",
+        "label_config": CONFIG,
+        "params": {"context": {"result": result}},
+        **extra,
+    }
 
 
 @pytest.fixture()
@@ -40,8 +42,9 @@ def client(store_env, image_server):
 def test_health_setup_versions(client):
     health = client.get("/health").json()
     assert health["status"] == "UP" and health["model_version"] == "served" and health["mode"] == "in-process"
-    assert client.post("/setup", json={"project": "3.17", "schema": CONFIG, "hostname": "http://ls:8080",
-                                       "access_token": "t"}).json() == {"model_version": "served"}
+    assert client.post(
+        "/setup", json={"project": "3.17", "schema": CONFIG, "hostname": "http://ls:8080", "access_token": "t"}
+    ).json() == {"model_version": "served"}
     assert "served" in client.get("/versions").json()["versions"]
 
 
@@ -51,7 +54,7 @@ def test_interactive_predict_in_process(client, image_server):
     (entry,) = r.json()["results"]
     assert entry["model_version"] == "served" and entry["result"][0]["type"] == "brushlabels"
     few = client.post("/predict", json=body(image_server, result=CLICKS[:2])).json()
-    assert few["results"] == [[]]          # no prediction for this task (see test_labelstudio_backend)
+    assert few["results"] == [[]]  # no prediction for this task (see test_labelstudio_backend)
 
 
 def test_metrics_are_prometheus_text(client, image_server):
@@ -105,11 +108,17 @@ def test_unreachable_image_host_is_a_clear_4xx(store_env):
     assert r.status_code == 422 and "could not connect" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("payload, status, answer", [
-    ({"action": "SOMETHING_ELSE"}, 200, {"status": "Unknown event"}),
-    ({"action": "ANNOTATION_CREATED", "project": {"id": 3}}, 201,
-     {"status": "ok", "training": "off (DEXTR_TRAIN_EVERY=0)"}),
-])
+@pytest.mark.parametrize(
+    "payload, status, answer",
+    [
+        ({"action": "SOMETHING_ELSE"}, 200, {"status": "Unknown event"}),
+        (
+            {"action": "ANNOTATION_CREATED", "project": {"id": 3}},
+            201,
+            {"status": "ok", "training": "off (DEXTR_TRAIN_EVERY=0)"},
+        ),
+    ],
+)
 def test_webhook_events_are_answered_and_say_what_happened(client, payload, status, answer):
     """Label Studio sends every event to /webhook; only training events do anything, and the
     answer says so (counting through webhooks is tested with Redis in test_training_jobs)."""
@@ -124,8 +133,11 @@ def test_webhook_bad_input(client, raw, message):
 
 
 @pytest.mark.parametrize("route", ["/predict", "/setup", "/webhook"])
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x", "application/jsonp"])
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonp"],
+)
+@pytest.mark.slow
 def test_a_body_that_is_not_declared_json_is_415(client, image_server, route, content_type):
     """A page on another site may post text/plain or a form without a CORS preflight: only JSON is read,
     and the body is not looked at (here a valid request that would otherwise be answered 200)."""
@@ -144,7 +156,7 @@ def test_training_needs_the_queue(client):
 def test_basic_auth(store_env):
     app = create_app(env_settings(basic_auth_user="ann", basic_auth_pass="s3cret", device="cpu"))
     with TestClient(app) as c:
-        assert c.get("/health").status_code == 200           # open for probes
+        assert c.get("/health").status_code == 200  # open for probes
         assert c.get("/versions").status_code == 401
         good = base64.b64encode(b"ann:s3cret").decode()
         assert c.get("/versions", headers={"Authorization": f"Basic {good}"}).status_code == 200
@@ -153,6 +165,7 @@ def test_basic_auth(store_env):
 
 
 # ---------------------------------------------------------------- queue mode: real Redis, real workers
+
 
 @pytest.fixture()
 def queue_env(store_env, image_server, redis_server, tmp_path):
@@ -175,8 +188,29 @@ def queue_env(store_env, image_server, redis_server, tmp_path):
 
 
 def queue_client(url, host, timeout=20.0):
-    return TestClient(create_app(env_settings(redis_url=url, allowed_hosts=(host,), device="cpu",
-                                          predict_timeout=timeout)))
+    return TestClient(
+        create_app(env_settings(redis_url=url, allowed_hosts=(host,), device="cpu", predict_timeout=timeout))
+    )
+
+
+@pytest.mark.slow
+def test_a_worker_s_error_is_redacted_and_logged_as_in_process(queue_env, caplog):
+    """Issue 29: a queue worker's error message went out as it came, past the redaction and the
+    log line every in-process error gets. Here the worker's message quotes the image URL, which
+    carries the API's Label Studio key in a query value no masking rule knows by name."""
+    import dataclasses
+    import logging
+
+    queue_env["start"](1)
+    host, key = queue_env["image_server"], "sekrit-key-0123456789"
+    settings = env_settings(redis_url=queue_env["url"], allowed_hosts=(host,), device="cpu", predict_timeout=20.0)
+    settings = dataclasses.replace(settings, label_studio_api_key=key)
+    with caplog.at_level(logging.INFO, logger="dextr_backend.server.app"), TestClient(create_app(settings)) as c:
+        r = c.post("/predict", json=body(host, image=f"corrupt.png?q={key}"))
+    assert r.status_code == 422 and "not a readable image" in r.json()["detail"], r.text
+    assert key not in r.text
+    refused = [rec for rec in caplog.records if rec.getMessage() == "request refused"]
+    assert refused and key not in refused[-1].detail and "not a readable image" in refused[-1].detail
 
 
 def test_queue_without_workers_says_so(queue_env):
@@ -187,6 +221,7 @@ def test_queue_without_workers_says_so(queue_env):
         assert h.status_code == 503 and "no worker" in h.json()["reason"]
 
 
+@pytest.mark.slow
 def test_predict_through_a_real_worker(queue_env):
     queue_env["start"](1)
     host = queue_env["image_server"]
@@ -195,14 +230,16 @@ def test_predict_through_a_real_worker(queue_env):
         r = c.post("/predict", json=body(host))
         assert r.status_code == 200, r.text
         assert r.json()["results"][0]["result"][0]["type"] == "brushlabels"
-        bad = c.post("/predict", json=body(host, image="corrupt.png"))    # the worker's own 4xx message
+        bad = c.post("/predict", json=body(host, image="corrupt.png"))  # the worker's own 4xx message
         assert bad.status_code == 422 and "not a readable image" in bad.json()["detail"]
 
 
 def _slow_batch(host, n_tasks=40):
     """Batch mode over many tasks: long enough on a CPU to kill a worker in the middle."""
-    tasks = [{"id": i, "data": {"image": f"http://{host}/ellipse.png"},
-              "annotations": [{"id": i, "result": CLICKS * 4}]} for i in range(n_tasks)]
+    tasks = [
+        {"id": i, "data": {"image": f"http://{host}/ellipse.png"}, "annotations": [{"id": i, "result": CLICKS * 4}]}
+        for i in range(n_tasks)
+    ]
     return {"tasks": tasks, "project": "3.17", "label_config": CONFIG, "params": {"context": None}}
 
 
@@ -227,6 +264,7 @@ def _kill_when_busy(workers, url, after_start=0.3):
     raise AssertionError("no job started")
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_job_is_retried_on_another(queue_env):
     workers = queue_env["start"](2)
     host = queue_env["image_server"]
@@ -242,6 +280,7 @@ def test_a_worker_killed_mid_job_is_retried_on_another(queue_env):
         assert len(r.json()["results"]) == 40
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_job_alone_gives_a_clear_error_in_time(queue_env):
     workers = queue_env["start"](1)
     host = queue_env["image_server"]
@@ -254,9 +293,10 @@ def test_a_worker_killed_mid_job_alone_gives_a_clear_error_in_time(queue_env):
         t.join(90)
         r = result["r"]
         assert r.status_code == 503 and "worker" in r.json()["detail"]
-        assert time.monotonic() - started < 30       # seconds, not the 60 s timeout
+        assert time.monotonic() - started < 30  # seconds, not the 60 s timeout
 
 
+@pytest.mark.slow
 def test_redis_down_and_back_without_restarts(store_env, image_server, private_redis, tmp_path):
     env = {**store_env, "DEXTR_ALLOWED_HOSTS": image_server, "DEXTR_DEVICE": "cpu"}
     worker = Worker(private_redis.url, env, log=tmp_path / "worker.log").start()
@@ -280,13 +320,18 @@ def test_redis_down_and_back_without_restarts(store_env, image_server, private_r
         worker.stop()
 
 
+@pytest.mark.slow
 def test_a_negative_keypoint_changes_the_mask_through_the_queue(tmp_path, image_server, redis_server):
     """Corrections travel through Redis to a worker, whose version (``lite0c``) uses them."""
     from test_labelstudio_backend import corrective_store, mask_of
 
     store = corrective_store(tmp_path)
-    env = {"DEXTR_WEIGHTS_DIR": str(store.root), "DEXTR_ALLOWED_HOSTS": image_server, "DEXTR_DEVICE": "cpu",
-           "DEXTR_THREADS": "1"}
+    env = {
+        "DEXTR_WEIGHTS_DIR": str(store.root),
+        "DEXTR_ALLOWED_HOSTS": image_server,
+        "DEXTR_DEVICE": "cpu",
+        "DEXTR_THREADS": "1",
+    }
     worker = Worker(redis_server.url, env, log=tmp_path / "worker.log").start()
     try:
         with queue_client(redis_server.url, image_server, timeout=60) as c:
@@ -300,8 +345,9 @@ def test_a_negative_keypoint_changes_the_mask_through_the_queue(tmp_path, image_
 
 
 def test_versions_say_which_take_corrections(tmp_path, monkeypatch, capsys):
-    from dextr_backend.cli import main
     from test_labelstudio_backend import corrective_store
+
+    from dextr_backend.cli import main
 
     store = corrective_store(tmp_path)
     store.add_version(build_model("lite0").state_dict(), "lite0", name="plain")

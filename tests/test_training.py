@@ -15,17 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from dextr_backend.errors import InputError, WeightsError
-from dextr_backend.models import build_model
 from dextr_backend.data.objects import folder_objects
 from dextr_backend.data.splits import split
+from dextr_backend.errors import InputError, WeightsError
+from dextr_backend.models import build_model
 from dextr_backend.training.loss import balanced_bce
-from dextr_backend.training.promotion import train_and_promote
+from dextr_backend.training.promotion import Listeners, TrainRequest, train_and_promote
 from dextr_backend.training.samples import Augment, make_sample
 from dextr_backend.training.trainer import TrainConfig, Trainer
 from dextr_backend.weights.files import read_state_file
 from dextr_backend.weights.store import WeightsStore
-
 
 
 def make_shapes(root: Path, n: int = 12, size: int = 96, seed: int = 0) -> Path:
@@ -57,8 +56,17 @@ def shapes(tmp_path):
 
 
 def small_config(**kw) -> TrainConfig:
-    base = dict(arch="lite0", resolution=64, epochs=1, samples_per_epoch=48, batch_size=4, val_objects=2,
-                warmup_steps=2, seed=0, augment=Augment(jitter=2, margin=(8, 12)))
+    base = dict(
+        arch="lite0",
+        resolution=64,
+        epochs=1,
+        samples_per_epoch=48,
+        batch_size=4,
+        val_objects=2,
+        warmup_steps=2,
+        seed=0,
+        augment=Augment(jitter=2, margin=(8, 12)),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -74,7 +82,7 @@ def test_split_is_by_image_and_deterministic(shapes):
 def test_capped_validation_covers_every_image(shapes):
     from dextr_backend.data.splits import spread
 
-    refs = folder_objects(shapes)                  # one object per image, ordered by image
+    refs = folder_objects(shapes)  # one object per image, ordered by image
     picked = spread(refs, 4)
     assert len(picked) == 4 and len({r.image for r in picked}) == 4
     assert picked[0] == refs[0] and picked[-1].image > refs[len(refs) // 2].image
@@ -100,8 +108,8 @@ def test_colour_jitter_changes_the_picture_not_the_object(shapes):
     coloured = dataclasses.replace(plain, color=0.3)
     x0, y0 = make_sample(image, mask, 64, plain, np.random.default_rng(1))
     x1, y1 = make_sample(image, mask, 64, coloured, np.random.default_rng(1))
-    assert np.array_equal(y0, y1) and np.array_equal(x0[:, :, 3], x1[:, :, 3])   # same object, same clicks
-    assert np.abs(x0[:, :, :3] - x1[:, :, :3]).mean() > 1.0                       # other colours
+    assert np.array_equal(y0, y1) and np.array_equal(x0[:, :, 3], x1[:, :, 3])  # same object, same clicks
+    assert np.abs(x0[:, :, :3] - x1[:, :, :3]).mean() > 1.0  # other colours
     assert 0 <= x1[:, :, :3].min() and x1[:, :, :3].max() <= 255 + 1e-3
 
 
@@ -112,6 +120,7 @@ def test_train_command_refuses_a_bad_colour_jitter(shapes, capsys, weights_dir):
     assert "--color-jitter" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cpu_bf16", [False, True], ids=["fp32", "bf16-autocast"])
 def test_a_few_steps_lower_the_loss(shapes, tmp_path, cpu_bf16):
     refs = folder_objects(shapes)
@@ -133,17 +142,19 @@ def test_a_few_steps_lower_the_loss(shapes, tmp_path, cpu_bf16):
     assert loss() < 0.8 * before
 
 
+@pytest.mark.slow
 def test_training_resumes_after_a_kill(shapes, tmp_path):
     run_dir = tmp_path / "run"
     script = tmp_path / "train.py"
     script.write_text(
         "import sys, time, torch\n"
         "torch.set_num_threads(1)\n"
-        "sys.path.insert(0, %r)\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from test_training import small_config, folder_objects\n"
         "from dextr_backend.training.trainer import Trainer\n"
         "refs = folder_objects(sys.argv[1])\n"
-        "Trainer(small_config(epochs=30, samples_per_epoch=16), refs, [], sys.argv[2]).run()\n" % str(Path(__file__).parent))
+        "Trainer(small_config(epochs=30, samples_per_epoch=16), refs, [], sys.argv[2]).run()\n"
+    )
     proc = subprocess.Popen([sys.executable, str(script), str(shapes), str(run_dir)])
     try:
         deadline = time.monotonic() + 120
@@ -155,7 +166,7 @@ def test_training_resumes_after_a_kill(shapes, tmp_path):
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)     # plain data and tensors only
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # plain data and tensors only
     killed_at = checkpoint["epoch"]
     assert 1 <= killed_at < 30
     resumed = Trainer(small_config(epochs=killed_at + 1, samples_per_epoch=16), folder_objects(shapes), [], run_dir)
@@ -174,10 +185,16 @@ def test_training_resumes_after_a_kill(shapes, tmp_path):
 def test_first_version_is_promoted_and_carries_a_model_card(shapes, tmp_path):
     store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
     refs = folder_objects(shapes)
-    outcome = train_and_promote(refs, source={"kind": "folder", "path": str(shapes), "hash": "abc123"},
-                                config=small_config(), init="imagenet:lite0", store=store, name="first")
+    request = TrainRequest(
+        refs,
+        source={"kind": "folder", "path": str(shapes), "hash": "abc123"},
+        config=small_config(),
+        init="imagenet:lite0",
+        name="first",
+    )
+    outcome = train_and_promote(request, store=store)
     assert outcome.promoted and store.current().name == "first"
-    assert store.get("first").input_size == 64          # the version works at the size it was trained at
+    assert store.get("first").input_size == 64  # the version works at the size it was trained at
     card = store.get("first").card
     assert card["data"]["hash"] == "abc123" and card["data"]["train_objects"] == 10
     assert card["data"]["val_objects"] == 2 and card["hyper_parameters"]["batch_size"] == 4
@@ -194,10 +211,10 @@ def make_bsds(root: Path) -> Path:
     """One BSDS-style picture: a sky band spanning the width, a ground band, a box object."""
     (root / "images").mkdir(parents=True)
     (root / "segmentations").mkdir()
-    labels = np.full((60, 80), 2, np.uint16)      # ground
-    labels[:20] = 1                                # sky: touches left and right
-    labels[30:50, 30:50] = 3                       # the object: touches no border
-    labels[55:, 70:] = 4                           # a corner patch: two adjacent borders, kept
+    labels = np.full((60, 80), 2, np.uint16)  # ground
+    labels[:20] = 1  # sky: touches left and right
+    labels[30:50, 30:50] = 3  # the object: touches no border
+    labels[55:, 70:] = 4  # a corner patch: two adjacent borders, kept
     cv2.imwrite(str(root / "images" / "1001.jpg"), np.zeros((60, 80, 3), np.uint8))
     cv2.imwrite(str(root / "segmentations" / "1001_1.png"), labels)
     return root
@@ -205,13 +222,21 @@ def make_bsds(root: Path) -> Path:
 
 def test_fine_tuning_keeps_the_parent_working_size_threshold_and_trim(shapes, tmp_path):
     store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
-    store.add_version(constant_model(20.0), "lite0", name="parent-72", input_size=72, threshold=0.65, trim=1,
-                      make_current=True)
-    outcome = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
-                                config=small_config(resolution=None, samples_per_epoch=8), init="parent-72",
-                                store=store, name="child")
+    store.add_version(
+        constant_model(20.0), "lite0", name="parent-72", input_size=72, threshold=0.65, trim=1, make_current=True
+    )
+    request = TrainRequest(
+        folder_objects(shapes),
+        source={"kind": "folder", "hash": "x"},
+        config=small_config(resolution=None, samples_per_epoch=8),
+        init="parent-72",
+        name="child",
+    )
+    outcome = train_and_promote(request, store=store)
     assert (outcome.version.input_size, outcome.version.threshold, outcome.version.trim) == (72, 0.65, 1)
-    assert outcome.version.card["hyper_parameters"]["trim"] == 1   # validated as it will be used
+    assert request.config == small_config(resolution=None, samples_per_epoch=8)  # read, never changed
+    assert request.refs == folder_objects(shapes)
+    assert outcome.version.card["hyper_parameters"]["trim"] == 1  # validated as it will be used
 
 
 def test_bsds_background_regions_can_be_left_out(tmp_path):
@@ -225,7 +250,7 @@ def test_bsds_background_regions_can_be_left_out(tmp_path):
 def test_bsds_small_regions_can_be_left_out(tmp_path):
     from dextr_backend.data.objects import bsds_regions
 
-    root = make_bsds(tmp_path / "bsds")    # areas: sky 33 %, ground 57 %, object 8 %, corner 1 %
+    root = make_bsds(tmp_path / "bsds")  # areas: sky 33 %, ground 57 %, object 8 %, corner 1 %
     assert sorted(r.label for r in bsds_regions(root, min_area=0.05)) == [1, 2, 3]
     assert sorted(r.label for r in bsds_regions(root, min_area=0.05, drop_background=True)) == [3]
     with pytest.raises(InputError, match="minimum region area"):
@@ -254,8 +279,11 @@ def test_runs_on_differently_filtered_objects_get_their_own_run_folder(tmp_path)
     from dextr_backend.data.objects import bsds_regions, objects_key
 
     root = make_bsds(tmp_path / "bsds")
-    keys = {objects_key(bsds_regions(root)), objects_key(bsds_regions(root, min_area=0.05)),
-            objects_key(bsds_regions(root, drop_background=True))}
+    keys = {
+        objects_key(bsds_regions(root)),
+        objects_key(bsds_regions(root, min_area=0.05)),
+        objects_key(bsds_regions(root, drop_background=True)),
+    }
     assert len(keys) == 3
     assert objects_key(bsds_regions(root)) == objects_key(bsds_regions(root))
 
@@ -272,8 +300,9 @@ def constant_model(logit: float) -> dict:
 
 def test_progress_moves_within_an_epoch(shapes, tmp_path):
     rows = []
-    Trainer(small_config(samples_per_epoch=96), folder_objects(shapes), [], tmp_path / "run",
-            on_progress=rows.append).run()
+    Trainer(
+        small_config(samples_per_epoch=96), folder_objects(shapes), [], tmp_path / "run", on_progress=rows.append
+    ).run()
     steps = [r["step"] for r in rows]
     assert len(rows) >= 2 and steps == sorted(steps) and steps[0] < 24
     assert all(r["epoch"] == 1 and r["steps_per_epoch"] == 24 and r["loss"] > 0 for r in rows)
@@ -284,44 +313,86 @@ def test_a_first_epoch_cut_short_is_not_promoted(shapes, tmp_path):
     store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
     store.add_version(constant_model(-20.0), "lite0", name="empty", make_current=True)
     store.add_version(constant_model(20.0), "lite0", name="whole-box")
-    outcome = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
-                                config=small_config(lr=0.0, max_minutes=1e-6), init="whole-box", store=store,
-                                name="cut", val_fraction=0.25, min_val_objects=2)
-    assert outcome.val_miou > outcome.baseline_val_miou          # better, yet not promoted:
+    outcome = train_and_promote(
+        TrainRequest(
+            folder_objects(shapes),
+            source={"kind": "folder", "hash": "x"},
+            config=small_config(lr=0.0, max_minutes=1e-6),
+            init="whole-box",
+            name="cut",
+            val_fraction=0.25,
+            min_val_objects=2,
+        ),
+        store=store,
+    )
+    assert outcome.val_miou > outcome.baseline_val_miou  # better, yet not promoted:
     assert outcome.epochs_done == 0 and not outcome.promoted and store.current().name == "empty"
     assert "no full epoch finished (stopped: time budget)" in outcome.reason
     assert store.get("cut").card["decision"] == outcome.reason
 
 
+@pytest.mark.slow
 def test_too_few_validation_objects_are_not_promoted(shapes, tmp_path):
     store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
     store.add_version(constant_model(-20.0), "lite0", name="empty", make_current=True)
     store.add_version(constant_model(20.0), "lite0", name="whole-box")
     refs = folder_objects(shapes)
-    few = train_and_promote(refs, source={"kind": "folder", "hash": "x"}, config=small_config(lr=0.0),
-                            init="whole-box", store=store, name="few", min_val_objects=3)
+    few = train_and_promote(
+        TrainRequest(
+            refs,
+            source={"kind": "folder", "hash": "x"},
+            config=small_config(lr=0.0),
+            init="whole-box",
+            name="few",
+            min_val_objects=3,
+        ),
+        store=store,
+    )
     assert few.val_objects == 2 and not few.promoted and store.current().name == "empty"
     assert "only 2 validation objects, fewer than 3 (DEXTR_TRAIN_MIN_VAL_OBJECTS)" in few.reason
     assert "on the 2 held-out objects it scores" in few.reason and "vs 0.0 for empty" in few.reason  # the numbers
-    enough = train_and_promote(refs, source={"kind": "folder", "hash": "x"}, config=small_config(lr=0.0),
-                               init="whole-box", store=store, name="enough", min_val_objects=2)
+    enough = train_and_promote(
+        TrainRequest(
+            refs,
+            source={"kind": "folder", "hash": "x"},
+            config=small_config(lr=0.0),
+            init="whole-box",
+            name="enough",
+            min_val_objects=2,
+        ),
+        store=store,
+    )
     assert enough.promoted and enough.reason.startswith("Promoted: on the 2 held-out objects")
     assert enough.summary()["reason"] == enough.reason
 
 
+@pytest.mark.slow
 def test_a_worse_model_is_not_promoted(shapes, tmp_path):
     store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
     store.add_version(constant_model(20.0), "lite0", name="whole-box", make_current=True)
     store.add_version(constant_model(-20.0), "lite0", name="empty")
     # Fine-tuning "empty" with a zero learning rate keeps it empty: IoU 0 against the box's > 0.
     frozen = small_config(lr=0.0)
-    outcome = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
-                                config=frozen, init="empty", store=store, name="worse")
+    outcome = train_and_promote(
+        TrainRequest(
+            folder_objects(shapes), source={"kind": "folder", "hash": "x"}, config=frozen, init="empty", name="worse"
+        ),
+        store=store,
+    )
     assert outcome.val_miou == 0.0 < outcome.baseline_val_miou
     assert not outcome.promoted and store.current().name == "whole-box"
     assert store.get("worse").card["promoted"] is False and store.get("worse").parent == "empty"
-    forced = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
-                               config=small_config(lr=0.0), init="empty", store=store, name="forced", force=True)
+    forced = train_and_promote(
+        TrainRequest(
+            folder_objects(shapes),
+            source={"kind": "folder", "hash": "x"},
+            config=small_config(lr=0.0),
+            init="empty",
+            name="forced",
+            force=True,
+        ),
+        store=store,
+    )
     assert forced.promoted and store.current().name == "forced"
     assert store.get("forced").card["forced"] is True
 
@@ -330,20 +401,28 @@ def test_a_guard_folder_is_scored_for_both_versions_and_recorded(shapes, tmp_pat
     store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
     store.add_version(constant_model(-20.0), "lite0", name="empty", make_current=True)
     store.add_version(constant_model(20.0), "lite0", name="whole-box")
-    guard = make_shapes(tmp_path / "guard", n=4, seed=7)       # other pictures, never trained on
-    outcome = train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"},
-                                config=small_config(lr=0.0), init="whole-box", store=store, name="boxed",
-                                guard=guard)
-    assert outcome.baseline_guard_miou == 0.0 < outcome.guard_miou      # empty scores nothing; the box does
+    guard = make_shapes(tmp_path / "guard", n=4, seed=7)  # other pictures, never trained on
+    outcome = train_and_promote(
+        TrainRequest(
+            folder_objects(shapes),
+            source={"kind": "folder", "hash": "x"},
+            config=small_config(lr=0.0),
+            init="whole-box",
+            name="boxed",
+            guard=guard,
+        ),
+        store=store,
+    )
+    assert outcome.baseline_guard_miou == 0.0 < outcome.guard_miou  # empty scores nothing; the box does
     assert outcome.promoted and store.current().name == "boxed"
     version = store.get("boxed")
     assert version.metrics["guard_miou"] == round(outcome.guard_miou, 2)
     assert version.metrics["baseline_guard_miou"] == 0.0
     assert version.card["guard"] == {"path": str(guard), "objects": 4}
     assert [row["epoch"] for row in version.card["history"]] == [1]
-    assert 0 < version.card["history"][0]["guard_miou"] <= 100                  # watched each epoch
+    assert 0 < version.card["history"][0]["guard_miou"] <= 100  # watched each epoch
     assert outcome.summary()["guard_miou"] == round(outcome.guard_miou, 2)
-    guard_exam = version.card["promotion"]["exams"][1]           # 4 objects x 3 click sets, paired
+    guard_exam = version.card["promotion"]["exams"][1]  # 4 objects x 3 click sets, paired
     assert guard_exam["name"] == "guard" and (guard_exam["objects"], guard_exam["variants"]) == (4, 3)
     assert guard_exam["gain"] == pytest.approx(outcome.guard_miou, abs=1e-3) and guard_exam["low"] > 0
 
@@ -352,9 +431,17 @@ def test_a_bad_guard_folder_fails_before_training(shapes, tmp_path):
     store = WeightsStore(tmp_path / "store", shipped_dir=tmp_path / "nothing-shipped")
     (tmp_path / "not-a-benchmark").mkdir()
     with pytest.raises(InputError, match="not-a-benchmark"):
-        train_and_promote(folder_objects(shapes), source={"kind": "folder", "hash": "x"}, config=small_config(),
-                          init="imagenet:lite0", store=store, guard=tmp_path / "not-a-benchmark")
-    assert store.versions() == []          # nothing trained, nothing written
+        train_and_promote(
+            TrainRequest(
+                folder_objects(shapes),
+                source={"kind": "folder", "hash": "x"},
+                config=small_config(),
+                init="imagenet:lite0",
+                guard=tmp_path / "not-a-benchmark",
+            ),
+            store=store,
+        )
+    assert store.versions() == []  # nothing trained, nothing written
 
 
 def test_cross_validation_folds_are_whole_images_each_examined_once(shapes):
@@ -364,18 +451,20 @@ def test_cross_validation_folds_are_whole_images_each_examined_once(shapes):
     plan = cross_validation(refs, 2)
     folds, shipped = plan.parts[:-1], plan.shipped
     assert [p.name for p in plan.parts] == ["fold 1 of 2", "fold 2 of 2", "all 12 objects"]
-    assert sorted(r.source for r in plan.exam_objects) == sorted(r.source for r in refs)     # each once
+    assert sorted(r.source for r in plan.exam_objects) == sorted(r.source for r in refs)  # each once
     for fold in folds:
         assert not {r.image for r in fold.train} & {r.image for r in fold.test} and fold.train and fold.test
     assert shipped.train == refs and shipped.test == []
     assert plan.where == "12 labelled objects (2-fold cross-validation)"
-    again = cross_validation(refs[::-1], 2)                     # the folds depend on the pictures only
-    assert [sorted(r.image for r in p.test) for p in again.parts] == [sorted(r.image for r in p.test)
-                                                                      for p in plan.parts]
+    again = cross_validation(refs[::-1], 2)  # the folds depend on the pictures only
+    assert [sorted(r.image for r in p.test) for p in again.parts] == [
+        sorted(r.image for r in p.test) for p in plan.parts
+    ]
     with pytest.raises(InputError, match="at least 2 images"):
         cross_validation(refs[:1], 2)
 
 
+@pytest.mark.slow
 def test_a_cross_validated_run_ships_every_label_and_resumes_after_its_folds(shapes, tmp_path):
     """Every object is examined by a fold model that never trained on it, the shipped version trains
     on all 12, and a run that crashed after its folds does not train them again."""
@@ -389,15 +478,26 @@ def test_a_cross_validated_run_ships_every_label_and_resumes_after_its_folds(sha
         if stage == "training on all 12 objects" and stages.count(stage) == 1:
             raise RuntimeError("worker lost")
 
-    kw = dict(source={"kind": "folder", "hash": "x"}, config=small_config(lr=0.0), init="whole-box", store=store,
-              run_dir=tmp_path / "run", folds=2, on_stage=crash_before_the_last_training, on_epoch=epochs.append)
+    request = TrainRequest(
+        folder_objects(shapes),
+        source={"kind": "folder", "hash": "x"},
+        config=small_config(lr=0.0),
+        init="whole-box",
+        name="cv",
+        run_dir=tmp_path / "run",
+        folds=2,
+    )
+    listeners = Listeners(on_stage=crash_before_the_last_training, on_epoch=epochs.append)
     with pytest.raises(RuntimeError, match="worker lost"):
-        train_and_promote(folder_objects(shapes), name="cv", **kw)
+        train_and_promote(request, store=store, listeners=listeners)
     assert stages.count("training fold 1 of 2") == stages.count("training fold 2 of 2") == 1
-    outcome = train_and_promote(folder_objects(shapes), name="cv", **kw)
-    assert stages.count("training fold 1 of 2") == stages.count("training fold 2 of 2") == 1   # kept
+    outcome = train_and_promote(request, store=store, listeners=listeners)  # the same request resumes
+    assert stages.count("training fold 1 of 2") == stages.count("training fold 2 of 2") == 1  # kept
     assert [(e["epoch"], e["epochs"], e["part"]) for e in epochs] == [
-        (1, 3, "fold 1 of 2"), (2, 3, "fold 2 of 2"), (3, 3, "all 12 objects")]
+        (1, 3, "fold 1 of 2"),
+        (2, 3, "fold 2 of 2"),
+        (3, 3, "all 12 objects"),
+    ]
     assert outcome.promoted and outcome.val_objects == 12
     card = store.get("cv").card
     assert card["data"]["train_objects"] == 12 and card["data"]["val_objects"] == 12
@@ -412,8 +512,26 @@ def test_fresh_keeps_the_name_and_a_second_fresh_run_succeeds(shapes, weights_di
     version was misnamed and a second ``--fresh`` run failed after training."""
     from dextr_backend.cli import main
 
-    args = ["train", "--dataset", str(shapes), "--init", "imagenet:lite0", "--epochs", "1", "--threads", "1",
-            "--samples-per-epoch", "8", "--batch-size", "4", "--val-objects", "2", "--resolution", "64", "--fresh"]
+    args = [
+        "train",
+        "--dataset",
+        str(shapes),
+        "--init",
+        "imagenet:lite0",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--samples-per-epoch",
+        "8",
+        "--batch-size",
+        "4",
+        "--val-objects",
+        "2",
+        "--resolution",
+        "64",
+        "--fresh",
+    ]
     assert main(args + ["--name", "fresh-1"]) == 0
     assert main(args + ["--name", "fresh-2"]) == 0
     versions = {v.name: v for v in WeightsStore(weights_dir).versions() if not v.shipped}
@@ -422,13 +540,34 @@ def test_fresh_keeps_the_name_and_a_second_fresh_run_succeeds(shapes, weights_di
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["version"] == "fresh-2"
 
 
+@pytest.mark.slow
 def test_train_command_records_a_version(shapes, weights_dir, capsys, tmp_path):
     from dextr_backend.cli import main
 
     guard = make_shapes(tmp_path / "guard", n=3, seed=5)
-    code = main(["train", "--dataset", str(shapes), "--init", "imagenet:lite0", "--epochs", "1", "--threads", "1",
-                 "--samples-per-epoch", "8", "--batch-size", "4", "--val-objects", "2", "--name", "cli-v1",
-                 "--guard", str(guard)])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            str(shapes),
+            "--init",
+            "imagenet:lite0",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--samples-per-epoch",
+            "8",
+            "--batch-size",
+            "4",
+            "--val-objects",
+            "2",
+            "--name",
+            "cli-v1",
+            "--guard",
+            str(guard),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
@@ -465,13 +604,13 @@ def test_weight_average_follows_the_model_slowly():
     with torch.no_grad():
         model[0].weight.add_(4.0)
     model.train()
-    model(torch.randn(5, 2))                      # moves the BatchNorm statistics and its counter
+    model(torch.randn(5, 2))  # moves the BatchNorm statistics and its counter
     avg.update(model)
     now = model.state_dict()
-    assert torch.allclose(avg.state["0.weight"], start["0.weight"] + 1.0)        # a quarter of the step
+    assert torch.allclose(avg.state["0.weight"], start["0.weight"] + 1.0)  # a quarter of the step
     expected_mean = 0.75 * start["1.running_mean"] + 0.25 * now["1.running_mean"]
     assert torch.allclose(avg.state["1.running_mean"], expected_mean)
-    assert int(avg.state["1.num_batches_tracked"]) == 1                          # counters are copied
+    assert int(avg.state["1.num_batches_tracked"]) == 1  # counters are copied
     with pytest.raises(ValueError):
         WeightAverage(model, decay=1.0)
 
@@ -485,13 +624,13 @@ def test_weight_average_warms_up_from_a_fresh_start():
     avg = WeightAverage(model, decay=0.75, warmup=True)
     with torch.no_grad():
         model.weight.add_(4.0)
-    avg.update(model)                                                        # decay 1/10 at first
+    avg.update(model)  # decay 1/10 at first
     assert torch.allclose(avg.state["weight"], start + 3.6)
     decays = []
     for _ in range(40):
         decays.append(avg.current_decay())
         avg.update(model)
-    assert decays == sorted(decays) and decays[0] < decays[-1] == 0.75       # rises, then capped
+    assert decays == sorted(decays) and decays[0] < decays[-1] == 0.75  # rises, then capped
 
 
 def test_moving_average_is_validated_shipped_and_resumed(shapes, tmp_path):
@@ -501,7 +640,7 @@ def test_moving_average_is_validated_shipped_and_resumed(shapes, tmp_path):
     result = trainer.run()
     raw = trainer.model.state_dict()
     assert result.best_val_miou is not None
-    for key, value in result.state_dict.items():   # the shipped weights are the average, not the last step
+    for key, value in result.state_dict.items():  # the shipped weights are the average, not the last step
         assert torch.equal(value, trainer.ema.state[key])
     assert any(not torch.equal(raw[k], v) for k, v in result.state_dict.items() if v.is_floating_point())
     resumed = Trainer(small_config(ema_decay=0.9, epochs=2), train, val, tmp_path / "run")
@@ -543,18 +682,24 @@ def test_bf16_training_on_an_emulating_cpu_warns(shapes, tmp_path, caplog, monke
 
 # ---------------------------------------------------------------- growing lite0 into lite0r, frozen parts
 
+
 def test_frozen_parts_keep_their_weights_and_statistics(shapes, tmp_path):
     from dextr_backend.models import grow_state
 
     refs = folder_objects(shapes)
     parent = build_model("lite0").state_dict()
-    trainer = Trainer(small_config(arch="lite0r", freeze=("backbone", "decoder"), lr=1e-2), refs, [],
-                      tmp_path / "run", init_state=grow_state("lite0r", parent))
+    trainer = Trainer(
+        small_config(arch="lite0r", freeze=("backbone", "decoder"), lr=1e-2),
+        refs,
+        [],
+        tmp_path / "run",
+        init_state=grow_state("lite0r", parent),
+    )
     trainer.run()
     after = trainer.model.state_dict()
-    for key, value in parent.items():          # weights and BatchNorm running statistics alike
+    for key, value in parent.items():  # weights and BatchNorm running statistics alike
         assert torch.equal(after[key], value), key
-    assert torch.count_nonzero(after["refiner.out.weight"]) > 0     # the new part did learn
+    assert torch.count_nonzero(after["refiner.out.weight"]) > 0  # the new part did learn
 
 
 def test_freezing_an_unknown_part_or_everything_is_refused(shapes, tmp_path):
@@ -568,18 +713,60 @@ def test_freezing_an_unknown_part_or_everything_is_refused(shapes, tmp_path):
 def test_train_command_grows_a_version_into_lite0r(shapes, weights_dir, capsys):
     from dextr_backend.cli import main
 
-    WeightsStore(weights_dir).add_version(build_model("lite0").state_dict(), "lite0", name="base", input_size=64,
-                                          threshold=0.6, make_current=True)
-    assert main(["train", "--dataset", str(shapes), "--init", "base", "--arch", "lite0r", "--freeze", "trunk",
-                 "--epochs", "1", "--threads", "1"]) == 2
+    WeightsStore(weights_dir).add_version(
+        build_model("lite0").state_dict(), "lite0", name="base", input_size=64, threshold=0.6, make_current=True
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                str(shapes),
+                "--init",
+                "base",
+                "--arch",
+                "lite0r",
+                "--freeze",
+                "trunk",
+                "--epochs",
+                "1",
+                "--threads",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "cannot freeze trunk" in capsys.readouterr().err
-    code = main(["train", "--dataset", str(shapes), "--init", "base", "--arch", "lite0r", "--threads", "1",
-                 "--freeze", "backbone,decoder", "--epochs", "1", "--samples-per-epoch", "8", "--batch-size", "4",
-                 "--val-objects", "2", "--name", "grown", "--force"])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            str(shapes),
+            "--init",
+            "base",
+            "--arch",
+            "lite0r",
+            "--threads",
+            "1",
+            "--freeze",
+            "backbone,decoder",
+            "--epochs",
+            "1",
+            "--samples-per-epoch",
+            "8",
+            "--batch-size",
+            "4",
+            "--val-objects",
+            "2",
+            "--name",
+            "grown",
+            "--force",
+        ]
+    )
     assert code == 0
     grown = WeightsStore(weights_dir).get("grown")
     assert grown.arch == "lite0r" and grown.parent == "base"
-    assert grown.input_size == 64 and grown.threshold == 0.6       # inherited from the parent
+    assert grown.input_size == 64 and grown.threshold == 0.6  # inherited from the parent
     assert grown.card["hyper_parameters"]["freeze"] == ["backbone", "decoder"]
 
 
@@ -588,4 +775,4 @@ def test_a_run_folder_is_not_resumed_with_other_settings(shapes, tmp_path):
     Trainer(small_config(), refs, [], tmp_path / "run").run()
     with pytest.raises(InputError, match="holds a run with other settings"):
         Trainer(small_config(freeze=("backbone",)), refs, [], tmp_path / "run")
-    assert Trainer(small_config(epochs=2), refs, [], tmp_path / "run").epoch == 1    # same settings resume
+    assert Trainer(small_config(epochs=2), refs, [], tmp_path / "run").epoch == 1  # same settings resume

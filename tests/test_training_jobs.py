@@ -23,14 +23,13 @@ import cv2
 import pytest
 import redis
 import torch
+from services import Backend, Worker, poll, press_start_training, training_status
+from test_training import make_shapes
 
-from dextr_backend.labelstudio import jobs
 from dextr_backend.labelstudio.regions import mask_to_brush
 from dextr_backend.models import build_model
 from dextr_backend.queue.client import QueueClient
 from dextr_backend.weights.store import WeightsStore
-from services import Backend, Worker, poll
-from test_training import make_shapes
 
 TOKEN = "dextr-test-token-5f1c9a7e3b"
 PROJECT = 5
@@ -51,11 +50,30 @@ class FakeLabelStudio:
             mask = cv2.imread(str(folder / "masks" / path.name), cv2.IMREAD_GRAYSCALE) > 0
             self.pictures[f"/data/upload/{tid}.png"] = path.read_bytes()
             h, w = mask.shape
-            self.tasks.append({"id": tid, "data": {"image": f"/data/upload/{tid}.png"}, "annotations": [{
-                "id": tid, "was_cancelled": False, "created_at": "2026-01-01T00:00:00Z", "result": [{
-                    "from_name": "tag", "to_name": "image", "type": "brushlabels", "original_width": w,
-                    "original_height": h, "image_rotation": 0,
-                    "value": {"format": "rle", "rle": mask_to_brush(mask), "brushlabels": ["Object"]}}]}]})
+            self.tasks.append(
+                {
+                    "id": tid,
+                    "data": {"image": f"/data/upload/{tid}.png"},
+                    "annotations": [
+                        {
+                            "id": tid,
+                            "was_cancelled": False,
+                            "created_at": "2026-01-01T00:00:00Z",
+                            "result": [
+                                {
+                                    "from_name": "tag",
+                                    "to_name": "image",
+                                    "type": "brushlabels",
+                                    "original_width": w,
+                                    "original_height": h,
+                                    "image_rotation": 0,
+                                    "value": {"format": "rle", "rle": mask_to_brush(mask), "brushlabels": ["Object"]},
+                                }
+                            ],
+                        }
+                    ],
+                }
+            )
         self.refused = 0
         owner = self
 
@@ -102,23 +120,34 @@ def label_studio(tmp_path):
 def env(tmp_path, label_studio, private_redis):
     torch.manual_seed(0)
     store = tmp_path / "store"
-    WeightsStore(store).add_version(build_model("lite0").state_dict(), "lite0", name="base", input_size=64,
-                                    make_current=True)
-    return {"REDIS_URL": private_redis.url, "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": TOKEN,
-            "DEXTR_WEIGHTS_DIR": str(store), "DEXTR_DATA_DIR": str(tmp_path / "data"), "DEXTR_DEVICE": "cpu",
-            "DEXTR_THREADS": "1", "DEXTR_TRAIN_EPOCHS": "1", "DEXTR_TRAIN_SAMPLES": "32",
-            "DEXTR_TRAIN_MAX_MINUTES": "10", "DEXTR_TRAIN_MIN_VAL_OBJECTS": "1", "LOG_LEVEL": "INFO"}
+    WeightsStore(store).add_version(
+        build_model("lite0").state_dict(), "lite0", name="base", input_size=64, make_current=True
+    )
+    return {
+        "REDIS_URL": private_redis.url,
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": TOKEN,
+        "DEXTR_WEIGHTS_DIR": str(store),
+        "DEXTR_DATA_DIR": str(tmp_path / "data"),
+        "DEXTR_DEVICE": "cpu",
+        "DEXTR_THREADS": "1",
+        "DEXTR_TRAIN_EPOCHS": "1",
+        "DEXTR_TRAIN_SAMPLES": "32",
+        "DEXTR_TRAIN_MAX_MINUTES": "10",
+        "DEXTR_TRAIN_MIN_VAL_OBJECTS": "1",
+        "LOG_LEVEL": "INFO",
+    }
 
 
 def worker_name(url: str, worker: Worker) -> str:
     for key in redis.Redis.from_url(url).scan_iter("dextr:alive:*"):
         if f"-{worker.proc.pid}-" in key.decode():
-            return key.decode()[len("dextr:alive:"):]
+            return key.decode()[len("dextr:alive:") :]
     raise AssertionError("worker has no heartbeat")
 
 
 def project_status(client: QueueClient) -> dict:
-    (status,) = [p for p in client.training_status() if p["project"] == PROJECT]
+    (status,) = [p for p in training_status(client) if p["project"] == PROJECT]
     return status
 
 
@@ -129,16 +158,30 @@ def wait_until(condition, seconds: float, what: str, step: float = 0.2):
     return value
 
 
+def _redis_values(conn, key, kind: str) -> list:
+    """Every value held under ``key``, whatever its Redis type."""
+    if kind == "string":
+        return [conn.get(key)]
+    if kind == "hash":
+        return list(conn.hgetall(key).values())
+    if kind == "list":
+        return conn.lrange(key, 0, -1)
+    if kind == "set":
+        return list(conn.smembers(key))
+    if kind == "zset":
+        return conn.zrange(key, 0, -1)
+    if kind == "stream":
+        return [v for _, fields in conn.xrange(key) for v in fields.values()]
+    raise AssertionError(f"a Redis key of type {kind}")
+
+
 def assert_token_nowhere(url: str, logs: list[Path]) -> None:
     """Every key and value in Redis (rq's compressed job data unpacked), and every log line."""
     conn = redis.Redis.from_url(url)
     secret = TOKEN.encode()
     for key in conn.scan_iter("*"):
         kind = conn.type(key).decode()
-        values = {"string": lambda: [conn.get(key)], "hash": lambda: list(conn.hgetall(key).values()),
-                  "list": lambda: conn.lrange(key, 0, -1), "set": lambda: list(conn.smembers(key)),
-                  "zset": lambda: conn.zrange(key, 0, -1),
-                  "stream": lambda: [v for _, fields in conn.xrange(key) for v in fields.values()]}[kind]()
+        values = _redis_values(conn, key, kind)
         for value in [key] + [v for v in values if v]:
             try:
                 unpacked = zlib.decompress(value)
@@ -150,6 +193,7 @@ def assert_token_nowhere(url: str, logs: list[Path]) -> None:
             assert TOKEN not in line, f"{log.name}: {line[:200]}"
 
 
+@pytest.mark.slow
 def test_a_killed_training_worker_is_replaced_and_the_run_resumes(env, private_redis, label_studio, tmp_path):
     env = {**env, "DEXTR_TRAIN_EPOCHS": "4", "DEXTR_TRAIN_SAMPLES": "64"}
     url = private_redis.url
@@ -159,29 +203,40 @@ def test_a_killed_training_worker_is_replaced_and_the_run_resumes(env, private_r
     try:
         dead = worker_name(url, first)
         client = QueueClient(url)
-        job = client.request_training(jobs.train_project, PROJECT)["job"]
-        wait_until(lambda: (project_status(client)["runs"] or [{}])[0].get("progress", {}).get("epochs_done", 0) >= 1,
-                   240, "the first epoch")
-        first.kill()                                       # kill -9 in the middle of epoch 2
+        job = press_start_training(client, PROJECT)["job"]
+        wait_until(
+            lambda: (project_status(client)["runs"] or [{}])[0].get("progress", {}).get("epochs_done", 0) >= 1,
+            240,
+            "the first epoch",
+        )
+        first.kill()  # kill -9 in the middle of epoch 2
         killed = time.monotonic()
-        pressed = client.request_training(jobs.train_project, PROJECT)          # while the dead worker still looks busy
+        pressed = press_start_training(client, PROJECT)  # while the dead worker still looks busy
         assert pressed["job"] == job
         wait_until(lambda: "not answering" in (project_status(client)["note"] or ""), 5, "the status to notice")
         second = Worker(url, env, queues="dextr-train", log=logs[1]).start()
         replacement = worker_name(url, second)
-        wait_until(lambda: (project_status(client)["note"] or "").startswith(
-            f"requeued after worker {dead} stopped answering") or project_status(client)["runs"][0]["worker"]
-            == replacement, 60, "the job handed on")
+        wait_until(
+            lambda: (
+                (project_status(client)["note"] or "").startswith(f"requeued after worker {dead} stopped answering")
+                or project_status(client)["runs"][0]["worker"] == replacement
+            ),
+            60,
+            "the job handed on",
+        )
         assert time.monotonic() - killed < 60
-        status = wait_until(lambda: (lambda s: s if s["status"] in ("finished", "failed") else None)(
-            project_status(client)), 300, "the resumed run to finish")
+        status = wait_until(
+            lambda: (lambda s: s if s["status"] in ("finished", "failed") else None)(project_status(client)),
+            300,
+            "the resumed run to finish",
+        )
         assert status["status"] == "finished", status
         resumed, interrupted = status["runs"][:2]
         assert interrupted["status"] == "interrupted" and interrupted["worker"] == dead
         assert interrupted["note"] == f"requeued after worker {dead} stopped answering"
         assert resumed["worker"] == replacement and resumed["job"] == job
         assert resumed["note"] == f"requeued after worker {dead} stopped answering"
-        assert resumed["progress"]["resumed_from_epoch"] >= 1          # from the run's checkpoint
+        assert resumed["progress"]["resumed_from_epoch"] >= 1  # from the run's checkpoint
         assert resumed["result"]["version"] and resumed["result"]["reason"]
         from rq import Worker as RqWorker
 
@@ -194,25 +249,27 @@ def test_a_killed_training_worker_is_replaced_and_the_run_resumes(env, private_r
             second.stop()
 
 
+@pytest.mark.slow
 def test_two_quick_presses_on_an_idle_worker_train_once(env, private_redis, label_studio, tmp_path):
     url = private_redis.url
     log = tmp_path / "worker.log"
     worker = Worker(url, env, queues="dextr-train", log=log).start()
     try:
         client = QueueClient(url)
-        answers = [client.request_training(jobs.train_project, PROJECT)["status"]]
+        answers = [press_start_training(client, PROJECT)["status"]]
         time.sleep(0.057)
-        answers.append(client.request_training(jobs.train_project, PROJECT)["status"])
+        answers.append(press_start_training(client, PROJECT)["status"])
         assert answers[0] == "queued" and answers[1] in ("coalesced", "scheduled after the running job")
-        status = wait_until(lambda: (lambda s: s if s["state"] == "idle" else None)(project_status(client)),
-                            300, "training to end")
+        status = wait_until(
+            lambda: (lambda s: s if s["state"] == "idle" else None)(project_status(client)), 300, "training to end"
+        )
         runs = status["runs"]
         trained = [r for r in runs if "version" in (r["result"] or {})]
         assert len(trained) == 1 and len(runs) <= 2, runs
-        if len(runs) == 2:                                   # the press came after the export began
+        if len(runs) == 2:  # the press came after the export began
             assert runs[0]["result"]["skipped"] and "labels are unchanged" in runs[0]["result"]["reason"]
         made = [v.name for v in WeightsStore(Path(env["DEXTR_WEIGHTS_DIR"])).versions() if not v.shipped]
-        assert len(made) == 2, made                        # base and one trained version
+        assert len(made) == 2, made  # base and one trained version
         assert label_studio.refused == 0
         assert_token_nowhere(url, [log])
     finally:
@@ -220,8 +277,9 @@ def test_two_quick_presses_on_an_idle_worker_train_once(env, private_redis, labe
 
 
 def post_json(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -233,6 +291,7 @@ def annotation_event() -> dict:
     return {"action": "ANNOTATION_CREATED", "project": {"id": PROJECT}, "annotation": {"id": 1}, "task": {"id": 1}}
 
 
+@pytest.mark.slow
 def test_train_every_n_annotations_through_webhooks(env, private_redis, label_studio, tmp_path):
     """``DEXTR_TRAIN_EVERY=3``: the third annotation webhook, counted across two API processes,
     starts a run that a real training worker finishes with a new version."""
@@ -247,11 +306,15 @@ def test_train_every_n_annotations_through_webhooks(env, private_redis, label_st
         assert answers[0][1]["training"] == answers[1][1]["training"] == "not yet"
         assert answers[2][1]["training"]["status"] == "queued"
         client = QueueClient(private_redis.url)
-        status = wait_until(lambda: (lambda s: s if s["state"] == "idle" and s["runs"] else None)(
-            project_status(client)), 300, "the triggered run to end")
+        status = wait_until(
+            lambda: (lambda s: s if s["state"] == "idle" and s["runs"] else None)(project_status(client)),
+            300,
+            "the triggered run to end",
+        )
         assert status["runs"][0]["status"] == "finished", status
-        assert status["runs"][0]["result"]["version"] in {v.name for v in WeightsStore(
-            Path(env["DEXTR_WEIGHTS_DIR"])).versions()}
+        assert status["runs"][0]["result"]["version"] in {
+            v.name for v in WeightsStore(Path(env["DEXTR_WEIGHTS_DIR"])).versions()
+        }
         assert label_studio.refused == 0
         assert_token_nowhere(private_redis.url, logs)
     finally:
@@ -260,8 +323,8 @@ def test_train_every_n_annotations_through_webhooks(env, private_redis, label_st
             api.stop()
 
 
-def test_setup_sent_to_one_api_process_is_used_by_another_and_the_worker(env, private_redis, label_studio,
-                                                                        tmp_path):
+@pytest.mark.slow
+def test_setup_sent_to_one_api_process_is_used_by_another_and_the_worker(env, private_redis, label_studio, tmp_path):
     """``serve --workers N``: Label Studio's /setup lands in one process, *Start Training* in
     another; the record lives in Redis, so both the second process and the worker find it."""
     env = {k: v for k, v in env.items() if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
@@ -272,16 +335,21 @@ def test_setup_sent_to_one_api_process_is_used_by_another_and_the_worker(env, pr
         press = {"action": "START_TRAINING", "project": {"id": PROJECT}}
         status, answer = post_json(second.url + "/webhook", press)
         assert status == 422 and "has not called /setup" in answer["detail"]
-        status, _ = post_json(first.url + "/setup", {"project": f"{PROJECT}.1700000000", "hostname": label_studio.url,
-                                                     "access_token": TOKEN, "schema": CONFIG})
+        status, _ = post_json(
+            first.url + "/setup",
+            {"project": f"{PROJECT}.1700000000", "hostname": label_studio.url, "access_token": TOKEN, "schema": CONFIG},
+        )
         assert status == 200
         status, answer = post_json(second.url + "/webhook", press)
         assert status == 201 and answer["training"]["status"] == "queued", answer
         client = QueueClient(private_redis.url)
-        result = wait_until(lambda: (lambda s: s if s["state"] == "idle" and s["runs"] else None)(
-            project_status(client)), 300, "the run to end")
+        result = wait_until(
+            lambda: (lambda s: s if s["state"] == "idle" and s["runs"] else None)(project_status(client)),
+            300,
+            "the run to end",
+        )
         assert result["runs"][0]["status"] == "finished", result
-        assert label_studio.refused == 0                  # the worker sent /setup's token
+        assert label_studio.refused == 0  # the worker sent /setup's token
     finally:
         worker.stop()
         first.stop()

@@ -15,8 +15,8 @@ import torch
 from dextr_backend.cli import main
 from dextr_backend.errors import WeightsError
 from dextr_backend.models import build_model
-from dextr_backend.weights import WeightsStore
 from dextr_backend.settings import Settings
+from dextr_backend.weights import WeightsStore
 from dextr_backend.weights.download import fetch, install, mirrored
 
 
@@ -31,8 +31,12 @@ def payload() -> bytes:
 @pytest.fixture()
 def server(payload):
     """Serves ``routes`` (path -> bytes); paths under /short/ announce more bytes than they send."""
-    routes = {"/good.pth": payload, "/page.pth": b"<html>maintenance</html>",
-              "/models/dextr_pascal-sbd.pth": payload, "/short/good.pth": payload}
+    routes = {
+        "/good.pth": payload,
+        "/page.pth": b"<html>maintenance</html>",
+        "/models/dextr_pascal-sbd.pth": payload,
+        "/short/good.pth": payload,
+    }
     requested = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -82,10 +86,22 @@ def stray_files(store: WeightsStore) -> list[str]:
 
 def test_download_verified_by_sha256(store, server, payload, capsys):
     digest = hashlib.sha256(payload).hexdigest()
-    v = install(store, "mine", url=server.base + "/good.pth", sha256=digest.upper(), make_current=True,
-                progress=False, report=say)
-    assert (v.name, v.arch, v.sha256, v.size, v.source) == ("mine", "lite0", digest, len(payload),
-                                                             server.base + "/good.pth")
+    v = install(
+        store,
+        "mine",
+        url=server.base + "/good.pth",
+        sha256=digest.upper(),
+        make_current=True,
+        progress=False,
+        report=say,
+    )
+    assert (v.name, v.arch, v.sha256, v.size, v.source) == (
+        "mine",
+        "lite0",
+        digest,
+        len(payload),
+        server.base + "/good.pth",
+    )
     assert v.card["sha256_pinned"] is True
     assert v.path.read_bytes() == payload
     assert store.current().name == "mine"
@@ -132,7 +148,7 @@ def test_http_404_is_one_clear_error(store, server):
 
 
 def test_unreachable_host_is_one_clear_error(store):
-    with socket.socket() as s:   # a port that was free a moment ago: nobody listens there
+    with socket.socket() as s:  # a port that was free a moment ago: nobody listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(WeightsError, match=f"cannot reach 127.0.0.1:{port}"):
@@ -169,8 +185,7 @@ def test_fetch_writes_atomically(tmp_path, server, payload):
 
 def test_cli_download(weights_dir, server, payload, capsys):
     digest = hashlib.sha256(payload).hexdigest()
-    assert main(["weights", "download", "mine", "--url", server.base + "/good.pth",
-                 "--sha256", digest, "--use"]) == 0
+    assert main(["weights", "download", "mine", "--url", server.base + "/good.pth", "--sha256", digest, "--use"]) == 0
     assert "now current" in capsys.readouterr().out
     assert WeightsStore(weights_dir).current().name == "mine"
     assert main(["weights", "download", "other", "--url", server.base + "/good.pth", "--sha256", "abc"]) == 2

@@ -9,10 +9,10 @@ import threading
 import pytest
 import torch
 
+from dextr_backend.build import build_predictor
 from dextr_backend.cli import main
 from dextr_backend.errors import WeightsError
 from dextr_backend.models import build_model, get_architecture
-from dextr_backend.build import build_predictor
 from dextr_backend.weights import KNOWN_WEIGHTS, WeightsStore, default_threshold
 
 
@@ -59,9 +59,23 @@ def test_add_use_current_load_round_trip(store, lite_state):
 
     manifest = json.loads((store.root / "manifest.json").read_text())
     assert manifest["current"] == "v1"
-    assert set(manifest["versions"][1]) == {"name", "arch", "input_size", "threshold", "trim", "file", "sha256",
-                                            "size", "metrics", "parent", "created", "source", "card", "base",
-                                            "corrector"}
+    assert set(manifest["versions"][1]) == {
+        "name",
+        "arch",
+        "input_size",
+        "threshold",
+        "trim",
+        "file",
+        "sha256",
+        "size",
+        "metrics",
+        "parent",
+        "created",
+        "source",
+        "card",
+        "base",
+        "corrector",
+    }
     # Nothing but the manifest, its lock and the two weight files: no temp files left behind.
     assert sorted(p.name for p in store.root.iterdir()) == [".manifest.lock", "manifest.json", "v1.pt", "v2.pt"]
 
@@ -143,10 +157,20 @@ def test_shipped_default_is_current_until_the_user_chooses(weights_dir, tmp_path
     shipped.mkdir()
     torch.save(lite_state, shipped / "lite0-base.pt")
     data = (shipped / "lite0-base.pt").read_bytes()
-    record = {"name": "lite0-base", "arch": "lite0", "input_size": get_architecture("lite0").input_size,
-              "threshold": 0.55, "file": "lite0-base.pt", "sha256": hashlib.sha256(data).hexdigest(),
-              "size": len(data), "metrics": {"grabcut_iou": 90.0}, "parent": None,
-              "created": "2025-01-01T00:00:00Z", "source": "shipped", "card": {"data": "COCO"}}
+    record = {
+        "name": "lite0-base",
+        "arch": "lite0",
+        "input_size": get_architecture("lite0").input_size,
+        "threshold": 0.55,
+        "file": "lite0-base.pt",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "metrics": {"grabcut_iou": 90.0},
+        "parent": None,
+        "created": "2025-01-01T00:00:00Z",
+        "source": "shipped",
+        "card": {"data": "COCO"},
+    }
     (shipped / "index.json").write_text(json.dumps({"default": "lite0-base", "versions": [record]}))
     store = WeightsStore(weights_dir, shipped_dir=shipped)
 
@@ -164,7 +188,7 @@ def test_shipped_default_is_current_until_the_user_chooses(weights_dir, tmp_path
 
     predictor = build_predictor(store=store, device="cpu")
     assert predictor.version == "lite0-base" and predictor.threshold == 0.55
-    assert predictor.postprocess.trim == 0        # a record written before trims existed
+    assert predictor.postprocess.trim == 0  # a record written before trims existed
 
 
 def test_a_version_carries_its_boundary_trim_to_the_predictor(store, lite_state):
@@ -220,7 +244,7 @@ def test_import_validates_against_the_architecture(store, lite_state, tmp_path):
     assert store.load("sized").input_size == 384
     with pytest.raises(WeightsError, match="threshold"):
         store.import_file(good, name="bad", threshold=1.5)
-    assert not list(store.root.glob("*.tmp"))                  # nothing staged for a refused import
+    assert not list(store.root.glob("*.tmp"))  # nothing staged for a refused import
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -236,7 +260,7 @@ def test_cli_import_use_list_show(weights_dir, tmp_path, lite_state, capsys):
     assert main(["weights", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:5] == ["NAME", "ARCH", "CLICKS", "SIZE", "MASK"]
-    assert any(" cats " in line and " lite0 " in line and " 4 " in line for line in lines)   # no corrections
+    assert any(" cats " in line and " lite0 " in line and " 4 " in line for line in lines)  # no corrections
     assert any(line.startswith("*") and " cats " in line for line in lines)
     assert any(" dogs " in line and " t=0.6 trim 2 " in line and not line.startswith("*") for line in lines)
     assert any("dextr_pascal-sbd" in line and "not downloaded" in line for line in lines)
@@ -286,10 +310,10 @@ def test_every_shipped_version_matches_its_checksum_and_the_default_is_one_of_th
     for name in names:
         meta = store.get(name)
         assert meta.shipped and 0.0 < meta.threshold < 1.0
-        store.verify(meta)                    # raises on a missing, truncated or altered file
-        assert (shipped / meta.card["file"]).is_file()    # every shipped version has its model card
+        store.verify(meta)  # raises on a missing, truncated or altered file
+        assert (shipped / meta.card["file"]).is_file()  # every shipped version has its model card
     files = {v["file"] for v in index["versions"]}
-    assert sum((shipped / f).stat().st_size for f in files) <= 25 * 10**6   # what an install carries
+    assert sum((shipped / f).stat().st_size for f in files) <= 25 * 10**6  # what an install carries
 
 
 def test_the_stamp_changes_with_every_write_and_reads_are_cached(store, lite_state, monkeypatch):
@@ -304,12 +328,12 @@ def test_the_stamp_changes_with_every_write_and_reads_are_cached(store, lite_sta
     for _ in range(3):
         assert store.current().name == "a" and store.current_name() == "a"
         store.check()
-    assert reads == []                                  # nothing changed: no JSON read at all
-    other = WeightsStore(store.root, shipped_dir=store.shipped_dir)   # another process, say
+    assert reads == []  # nothing changed: no JSON read at all
+    other = WeightsStore(store.root, shipped_dir=store.shipped_dir)  # another process, say
     other.add_version(lite_state, "lite0", name="b")
     other.use("b")
     assert store.stamp() != after_add and store.current().name == "b"
-    assert reads                                        # re-read once the stamp moved
+    assert reads  # re-read once the stamp moved
 
 
 def test_a_grown_version_ships_only_its_head_over_its_parents_file(weights_dir, tmp_path, lite_state):
@@ -322,15 +346,32 @@ def test_a_grown_version_ships_only_its_head_over_its_parents_file(weights_dir, 
     parent = (shipped / "lite0-base.pt").read_bytes()
     grown = grow_state("lite0h", lite_state)
     head = {k: v for k, v in grown.items() if k.startswith("head.")}
-    head["head.out.bias"] = torch.full_like(head["head.out.bias"], 0.25)       # a "trained" head
+    head["head.out.bias"] = torch.full_like(head["head.out.bias"], 0.25)  # a "trained" head
     torch.save(head, shipped / "lite0h-head.pt")
     own = (shipped / "lite0h-head.pt").read_bytes()
     base = {"file": "lite0-base.pt", "sha256": hashlib.sha256(parent).hexdigest(), "size": len(parent)}
-    records = [{"name": "lite0-base", "arch": "lite0", "input_size": 384, "threshold": 0.5, "file": "lite0-base.pt",
-                "sha256": base["sha256"], "size": len(parent)},
-               {"name": "lite0h-1", "arch": "lite0h", "input_size": 384, "threshold": 0.5, "file": "lite0h-head.pt",
-                "sha256": hashlib.sha256(own).hexdigest(), "size": len(own), "base": base,
-                "corrector": "network+consistent"}]
+    records = [
+        {
+            "name": "lite0-base",
+            "arch": "lite0",
+            "input_size": 384,
+            "threshold": 0.5,
+            "file": "lite0-base.pt",
+            "sha256": base["sha256"],
+            "size": len(parent),
+        },
+        {
+            "name": "lite0h-1",
+            "arch": "lite0h",
+            "input_size": 384,
+            "threshold": 0.5,
+            "file": "lite0h-head.pt",
+            "sha256": hashlib.sha256(own).hexdigest(),
+            "size": len(own),
+            "base": base,
+            "corrector": "network+consistent",
+        },
+    ]
     (shipped / "index.json").write_text(json.dumps({"default": "lite0h-1", "versions": records}))
     store = WeightsStore(weights_dir, shipped_dir=shipped)
 

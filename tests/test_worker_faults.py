@@ -17,19 +17,24 @@ import redis
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.results import Result
+from services import Worker, poll
+from test_server import _slow_batch, body
 
 from dextr_backend.labelstudio import jobs
 from dextr_backend.queue import PREDICT_QUEUE
 from dextr_backend.queue.client import QueueClient
-from services import Worker, poll
-from test_server import _slow_batch, body
 
 
 @pytest.fixture()
 def env(random_store, image_server):
-    return {"DEXTR_WEIGHTS_DIR": str(random_store), "DEXTR_ALLOWED_HOSTS": image_server, "DEXTR_DEVICE": "cpu",
-            "DEXTR_THREADS": "1", "LOG_LEVEL": "INFO",
-            "DEXTR_PREDICT_TIMEOUT": "90"}       # a job's own deadline, when the caller sets none: room for pauses
+    return {
+        "DEXTR_WEIGHTS_DIR": str(random_store),
+        "DEXTR_ALLOWED_HOSTS": image_server,
+        "DEXTR_DEVICE": "cpu",
+        "DEXTR_THREADS": "1",
+        "LOG_LEVEL": "INFO",
+        "DEXTR_PREDICT_TIMEOUT": "90",
+    }  # a job's own deadline, when the caller sets none: room for pauses
 
 
 class NamedWorker(Worker):
@@ -39,18 +44,24 @@ class NamedWorker(Worker):
         super().__init__(redis_url, env, log=log)
         self.name = name
 
-    def start(self, wait: float = 60.0) -> "NamedWorker":
+    def start(self, wait: float = 60.0) -> NamedWorker:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, "-m", "dextr_backend", "worker", "--redis-url", self.redis_url,
-                                      "--name", self.name], env={**os.environ, **self.env}, stdout=out,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dextr_backend", "worker", "--redis-url", self.redis_url, "--name", self.name],
+            env={**os.environ, **self.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         conn = redis.Redis.from_url(self.redis_url)
 
         def up():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log}")
-            return (conn.exists(f"dextr:alive:{self.name}")
-                    and conn.hget(f"rq:worker:{self.name}", "pid") == str(self.proc.pid).encode())
+            return (
+                conn.exists(f"dextr:alive:{self.name}")
+                and conn.hget(f"rq:worker:{self.name}", "pid") == str(self.proc.pid).encode()
+            )
+
         if not poll(up, wait):
             raise RuntimeError("worker did not come up")
         return self
@@ -73,6 +84,7 @@ def in_thread(fn, *args):
             out["value"] = fn(*args)
         except Exception as exc:  # noqa: BLE001 - the test looks at it
             out["error"] = exc
+
     thread = threading.Thread(target=run)
     thread.start()
     return thread, out
@@ -82,6 +94,7 @@ def successes(url: str, worker: str) -> int:
     return int(redis.Redis.from_url(url).hget(f"rq:worker:{worker}", "successful_job_count") or 0)
 
 
+@pytest.mark.slow
 def test_redis_stopped_while_a_worker_finishes_a_job(private_redis, env, image_server, tmp_path, caplog):
     """Redis goes away (and its data is saved, as a restart with persistence does) just after a
     worker started a job; the job ends during the outage; Redis is back 5 s later. The worker
@@ -93,10 +106,10 @@ def test_redis_stopped_while_a_worker_finishes_a_job(private_redis, env, image_s
     conn = redis.Redis.from_url(private_redis.url)
     client = QueueClient(private_redis.url)
     try:
-        assert "ok" in client.call(jobs.predict, body(image_server), timeout=30)       # warm
+        assert "ok" in client.call(jobs.predict, body(image_server), timeout=30)  # warm
         thread, out = in_thread(client.call, jobs.predict, _slow_batch(image_server, 2), 90)
         job = started_job(private_redis.url)
-        conn.config_set("save", "3600 1")          # the restart keeps Redis's data, as AOF or RDB would
+        conn.config_set("save", "3600 1")  # the restart keeps Redis's data, as AOF or RDB would
         private_redis.stop()
         time.sleep(5)
         private_redis.start()
@@ -104,8 +117,8 @@ def test_redis_stopped_while_a_worker_finishes_a_job(private_redis, env, image_s
         assert "error" not in out and len(out["value"]["ok"]["results"]) == 2, out
         assert worker.proc.poll() is None, log.read_text()[-3000:]
         assert len(Result.all(Job.fetch(job.id, connection=conn))) == 1
-        assert successes(private_redis.url, job.worker_name) == 2                     # the warm-up, and this once
-        assert "ok" in client.call(jobs.predict, body(image_server), timeout=30)       # the same process serves
+        assert successes(private_redis.url, job.worker_name) == 2  # the warm-up, and this once
+        assert "ok" in client.call(jobs.predict, body(image_server), timeout=30)  # the same process serves
         assert successes(private_redis.url, job.worker_name) == 3
     finally:
         worker.stop()
@@ -115,6 +128,7 @@ def test_redis_stopped_while_a_worker_finishes_a_job(private_redis, env, image_s
     assert not [r for r in caplog.records if "retrying once" in r.getMessage()]
 
 
+@pytest.mark.slow
 def test_an_idle_worker_outlives_a_redis_restart_that_lost_everything(private_redis, env, image_server, tmp_path):
     """No persistence: Redis comes back empty. The worker listens again and registers again."""
     from rq import Worker as RqWorker
@@ -135,8 +149,10 @@ def test_an_idle_worker_outlives_a_redis_restart_that_lost_everything(private_re
     assert log.read_text().count('"redis back"') == 1
 
 
+@pytest.mark.slow
 def test_a_killed_named_worker_restarts_under_its_name_and_answers_the_waiting_request(
-        private_redis, env, image_server, tmp_path):
+    private_redis, env, image_server, tmp_path
+):
     """systemd or compose restart a worker under its fixed name at once after ``kill -9``: the name
     is taken over (its pid is gone on this host), the dead registration's job is handed on, and the
     request that was waiting on it is answered by the restarted worker."""
@@ -161,24 +177,32 @@ def test_a_killed_named_worker_restarts_under_its_name_and_answers_the_waiting_r
                 w.stop()
 
 
+@pytest.mark.slow
 def test_a_name_held_by_a_live_worker_is_one_clear_line_and_exit_2(private_redis, env, tmp_path):
     url = private_redis.url
     live = NamedWorker(url, env, "annotators-2", log=tmp_path / "live.log").start()
     try:
-        done = subprocess.run([sys.executable, "-m", "dextr_backend", "worker", "--redis-url", url,
-                               "--name", "annotators-2"], env={**os.environ, **env}, capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "dextr_backend", "worker", "--redis-url", url, "--name", "annotators-2"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2, done.stderr
         errors = [line for line in done.stderr.splitlines() if "error" in line]
-        assert errors == [f"dextr-backend: error: worker name 'annotators-2' is in use by a live worker "
-                          f"(pid {live.proc.pid} on {os.uname().nodename}); pick another --name, or stop that "
-                          "worker first"], done.stderr
+        assert errors == [
+            f"dextr-backend: error: worker name 'annotators-2' is in use by a live worker "
+            f"(pid {live.proc.pid} on {os.uname().nodename}); pick another --name, or stop that "
+            "worker first"
+        ], done.stderr
         assert "Traceback" not in done.stderr
         assert live.proc.poll() is None and QueueClient(url).workers() == ["annotators-2"]
     finally:
         live.stop()
 
 
+@pytest.mark.slow
 def test_a_paused_workers_job_is_not_run_a_second_time(private_redis, env, image_server, tmp_path):
     """A worker stops answering for 15 s (SIGSTOP: as a long computation holding Python's lock
     did) while it runs a job: its heartbeat lapses, but its connections stay open. Neither the
@@ -210,6 +234,7 @@ def test_a_paused_workers_job_is_not_run_a_second_time(private_redis, env, image
             w.stop()
 
 
+@pytest.mark.slow
 def test_a_stop_request_ends_a_worker_within_docker_stops_grace(private_redis, env, tmp_path):
     """SIGTERM (``docker stop``, systemd) ends an idle worker before the 10 s after which they kill it.
     rq's stop waited for redis-py's command-channel thread, which could sleep up to a minute once

@@ -12,24 +12,29 @@ import time
 import pytest
 import redis
 from rq import Queue
+from services import Worker, poll
+from test_server import body
 
 from dextr_backend.labelstudio import jobs
 from dextr_backend.queue import PREDICT_QUEUE
 from dextr_backend.queue.client import QueueClient
 from dextr_backend.queue.keys import ALIVE_TTL, alive_key
 from dextr_backend.queue.worker import DextrWorker, connect
-from services import Worker, poll
-from test_server import body
 
-IDLE_SECONDS = 100     # past rq's connection backoff (1+2+4+...+32 s, then 60 s at a time)
+IDLE_SECONDS = 100  # past rq's connection backoff (1+2+4+...+32 s, then 60 s at a time)
 
 
 @pytest.fixture()
 def env(random_store, image_server):
-    return {"DEXTR_WEIGHTS_DIR": str(random_store), "DEXTR_ALLOWED_HOSTS": image_server, "DEXTR_DEVICE": "cpu",
-            "DEXTR_THREADS": "1"}
+    return {
+        "DEXTR_WEIGHTS_DIR": str(random_store),
+        "DEXTR_ALLOWED_HOSTS": image_server,
+        "DEXTR_DEVICE": "cpu",
+        "DEXTR_THREADS": "1",
+    }
 
 
+@pytest.mark.slow
 def test_an_idle_worker_still_answers(private_redis, env, image_server, tmp_path):
     """With a read timeout shorter than rq's blocking dequeue, every idle dequeue fails and rq
     backs off for up to a minute at a time: this request would time out."""
@@ -48,6 +53,7 @@ def test_an_idle_worker_still_answers(private_redis, env, image_server, tmp_path
         worker.stop()
 
 
+@pytest.mark.slow
 def test_a_stopped_worker_drops_out_of_health(private_redis, env, tmp_path):
     log = tmp_path / "worker.log"
     worker = Worker(private_redis.url, env, log=log).start()
@@ -55,7 +61,7 @@ def test_a_stopped_worker_drops_out_of_health(private_redis, env, tmp_path):
     try:
         assert len(client.workers()) == 1
         starting = [json.loads(line) for line in log.read_text().splitlines() if '"worker starting"' in line]
-        assert starting and starting[0]["threads"] == 1              # DEXTR_THREADS
+        assert starting and starting[0]["threads"] == 1  # DEXTR_THREADS
         os.kill(worker.proc.pid, signal.SIGSTOP)
         stopped = time.monotonic()
         assert poll(lambda: client.workers() == [], ALIVE_TTL + 2), "a stopped worker still counted as alive"
@@ -69,9 +75,10 @@ def test_a_stopped_worker_drops_out_of_health(private_redis, env, tmp_path):
 
 class InThreadWorker(DextrWorker):
     def _install_signal_handlers(self):
-        pass                                   # only the main thread may; this one runs in a thread
+        pass  # only the main thread may; this one runs in a thread
 
 
+@pytest.mark.slow
 def test_the_heartbeat_stops_when_the_dequeue_loop_stops_listening(private_redis, monkeypatch):
     """The process and its threads stay alive; only the loop is stuck (here: every dequeue fails,
     as with the old short read timeout). A heartbeat from a side thread would have gone on."""
@@ -83,6 +90,7 @@ def test_the_heartbeat_stops_when_the_dequeue_loop_stops_listening(private_redis
             raise redis.ConnectionError("simulated: the dequeue cannot read from Redis")
         if mode["now"] == "stop":
             from rq.exceptions import StopRequested
+
             raise StopRequested()
         return real(cls, queues, timeout, connection, **kw)
 
@@ -110,7 +118,7 @@ def test_a_timeout_counts_the_jobs_really_waiting(private_redis):
     from dextr_backend.errors import ServiceTimeout
 
     conn = redis.Redis.from_url(private_redis.url)
-    conn.set(alive_key("nobody-home"), PREDICT_QUEUE, ex=60)     # "alive", but never takes a job
+    conn.set(alive_key("nobody-home"), PREDICT_QUEUE, ex=60)  # "alive", but never takes a job
     client = QueueClient(private_redis.url)
     client.predict_queue.enqueue_call("dextr_backend.labelstudio.jobs.predict", args=({},), ttl=60)
     for stale in ("gone-1", "gone-2", "gone-3"):
@@ -120,20 +128,21 @@ def test_a_timeout_counts_the_jobs_really_waiting(private_redis):
     assert "2 jobs waiting in 'dextr-predict', this one included" in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_dead_workers_prediction_is_failed_by_another_worker(private_redis, env, image_server, tmp_path):
     """Found from the heartbeat within seconds, not when rq's started-registry entry expires; the
     dead worker leaves rq's registry too (it was listed as busy)."""
     from rq import Worker as RqWorker
     from rq.job import Job, JobStatus
-
     from test_server import _slow_batch
 
     url = private_redis.url
     workers = [Worker(url, env, log=tmp_path / f"worker{i}.log").start() for i in range(2)]
     conn = redis.Redis.from_url(url)
     try:
-        job = QueueClient(url).predict_queue.enqueue_call("dextr_backend.labelstudio.jobs.predict",
-                                                          args=(_slow_batch(image_server, 90),), timeout=300)
+        job = QueueClient(url).predict_queue.enqueue_call(
+            "dextr_backend.labelstudio.jobs.predict", args=(_slow_batch(image_server, 90),), timeout=300
+        )
         assert poll(lambda: Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED, 30)
         name = Job.fetch(job.id, connection=conn).worker_name
         (busy,) = [w for w in workers if f"-{w.proc.pid}-" in name]
@@ -149,6 +158,7 @@ def test_a_dead_workers_prediction_is_failed_by_another_worker(private_redis, en
             w.stop()
 
 
+@pytest.mark.slow
 def test_a_worker_started_before_redis_waits_for_it(env, tmp_path):
     """A compose stack may start the worker first: it waits, saying so, and serves once Redis is up."""
     import subprocess
@@ -159,9 +169,12 @@ def test_a_worker_started_before_redis_waits_for_it(env, tmp_path):
     server = RedisServer(tmp_path / "late-redis", port=free_port())
     log = tmp_path / "worker.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "dextr_backend", "worker", "--redis-url", server.url],
-                                env={**os.environ, **env, "DEXTR_REDIS_WAIT": "90"}, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dextr_backend", "worker", "--redis-url", server.url],
+            env={**os.environ, **env, "DEXTR_REDIS_WAIT": "90"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         assert poll(lambda: "waiting for Redis" in log.read_text(), 60), log.read_text()
         server.start()
@@ -176,6 +189,7 @@ def test_a_worker_started_before_redis_waits_for_it(env, tmp_path):
             server.stop()
 
 
+@pytest.mark.slow
 def test_a_worker_gives_up_on_redis_with_a_clear_error(env, tmp_path):
     import subprocess
     import sys
@@ -183,9 +197,13 @@ def test_a_worker_gives_up_on_redis_with_a_clear_error(env, tmp_path):
     from services import free_port
 
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
-    done = subprocess.run([sys.executable, "-m", "dextr_backend", "worker", "--redis-url", url],
-                          env={**os.environ, **env, "DEXTR_REDIS_WAIT": "2"}, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "dextr_backend", "worker", "--redis-url", url],
+        env={**os.environ, **env, "DEXTR_REDIS_WAIT": "2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0
     assert "cannot reach Redis" in done.stderr and "after 2 s" in done.stderr
     assert "hunter2" not in done.stderr + done.stdout

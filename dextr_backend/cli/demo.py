@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -47,18 +48,23 @@ def synthetic_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def demo_object(data: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
-    gt = data / "GrabCut" / "boundary_GT" / "106024.bmp" if data else None
-    if gt is not None and gt.exists():
-        mask = cv2.imread(str(gt), cv2.IMREAD_GRAYSCALE) > 128
-        return read_image(data / "GrabCut" / "data_GT" / "106024.jpg"), mask, "GrabCut/106024.jpg"
+    if data:
+        gt = data / "GrabCut" / "boundary_GT" / "106024.bmp"
+        if gt.exists():
+            # An unreadable file (imread's None) fails at the comparison, as it always has.
+            mask = cast(np.ndarray, cv2.imread(str(gt), cv2.IMREAD_GRAYSCALE)) > 128
+            return read_image(data / "GrabCut" / "data_GT" / "106024.jpg"), mask, "GrabCut/106024.jpg"
     image, mask = synthetic_scene()
     return image, mask, "synthetic scene"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="segment a sample object and write an overlay",
-                       description="Run one prediction on a sample object (from ../shared/data when present, "
-                                   "else a synthetic scene) with clicks simulated from its true mask.")
+    p = sub.add_parser(
+        "demo",
+        help="segment a sample object and write an overlay",
+        description="Run one prediction on a sample object (from ../shared/data when present, "
+        "else a synthetic scene) with clicks simulated from its true mask.",
+    )
     p.add_argument("--out", default="demo-output", help="folder for mask.png and overlay.png (default: demo-output)")
     p.add_argument("--weights", default=None, help="weights version or .pt/.pth file (default: current)")
     data = default_data()
@@ -77,9 +83,21 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_image(out / "mask.png", pred.mask.astype(np.uint8) * 255)
-    write_image(out / "overlay.png", draw_overlay(image, pred.mask, points, truth=truth,
-                                                  text=f"{predictor.version}  IoU {100 * iou:.1f}"))
-    print(json.dumps({"object": name, "points": points.tolist(), "iou": round(100 * iou, 2),
-                      "score": round(pred.score, 4), "weights": predictor.version,
-                      "overlay": str(out / "overlay.png"), "mask": str(out / "mask.png")}))
+    write_image(
+        out / "overlay.png",
+        draw_overlay(image, pred.mask, points, truth=truth, text=f"{predictor.version}  IoU {100 * iou:.1f}"),
+    )
+    print(
+        json.dumps(
+            {
+                "object": name,
+                "points": points.tolist(),
+                "iou": round(100 * iou, 2),
+                "score": round(pred.score, 4),
+                "weights": predictor.version,
+                "overlay": str(out / "overlay.png"),
+                "mask": str(out / "mask.png"),
+            }
+        )
+    )
     return 0

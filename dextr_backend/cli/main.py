@@ -29,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="DEXTR (Deep Extreme Cut): four extreme clicks in, object mask out.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default=None,
-                        help="DEBUG, INFO, WARNING or ERROR (default: $LOG_LEVEL or INFO)")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default: $LOG_LEVEL or INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for command in COMMANDS:

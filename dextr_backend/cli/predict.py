@@ -31,9 +31,12 @@ def parse_points(text: str) -> np.ndarray:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="segment one object from its extreme points",
-                       description="Segment one object of IMAGE from its 4 (or more) extreme points: "
-                                   "left-, right-, top- and bottom-most, in pixels.")
+    p = sub.add_parser(
+        "predict",
+        help="segment one object from its extreme points",
+        description="Segment one object of IMAGE from its 4 (or more) extreme points: "
+        "left-, right-, top- and bottom-most, in pixels.",
+    )
     p.add_argument("image", help="image file (JPEG, PNG, BMP, ...)")
     p.add_argument("--points", required=True, help='extreme points as "x,y x,y x,y x,y" (pixels)')
     p.add_argument("--weights", default=None, help="weights version or .pt/.pth file (default: current)")
@@ -41,22 +44,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None, help="write the mask as a PNG (255 = object)")
     p.add_argument("--overlay", default=None, help="write the image with the mask and points drawn on it")
     p.add_argument("--polygons", default=None, help="write the mask's polygons (with holes) as JSON")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="probability threshold in [0, 1) (default: the weights')")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="average in the mirrored crop's prediction (default: $DEXTR_FLIP)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: $DEXTR_THREADS, else all CPUs this process may use)")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="probability threshold in [0, 1) (default: the weights')"
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average in the mirrored crop's prediction (default: $DEXTR_FLIP)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: $DEXTR_THREADS, else all CPUs this process may use)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..postprocess import mask_to_polygons, polygons_to_json
     from ..build import build_predictor
+    from ..postprocess import mask_to_polygons, polygons_to_json
     from ..settings import Settings
 
     points = parse_points(args.points)
-    for path in (args.output, args.overlay):      # refuse a bad output before minutes of work, not after
+    for path in (args.output, args.overlay):  # refuse a bad output before minutes of work, not after
         if path:
             check_output_path(path)
     if args.polygons:
@@ -79,7 +91,18 @@ def run(args: argparse.Namespace) -> int:
     if args.polygons:
         with open(args.polygons, "w", encoding="utf-8") as fh:
             json.dump(polygons_to_json(mask_to_polygons(pred.mask)), fh)
-    print(json.dumps({"area": int(pred.mask.sum()), "score": round(pred.score, 4), "ms": round(ms, 1),
-                      "weights": predictor.version, "mask": args.output, "overlay": args.overlay,
-                      "polygons": args.polygons}), file=sys.stdout)
+    print(
+        json.dumps(
+            {
+                "area": int(pred.mask.sum()),
+                "score": round(pred.score, 4),
+                "ms": round(ms, 1),
+                "weights": predictor.version,
+                "mask": args.output,
+                "overlay": args.overlay,
+                "polygons": args.polygons,
+            }
+        ),
+        file=sys.stdout,
+    )
     return 0

@@ -26,7 +26,7 @@ def _interval(exam: dict) -> str:
     """``+5.1 [+3.2, +7.0] on 25 objects``: a paired gain in mIoU points with its interval."""
     if exam.get("gain") is None:
         return f"{exam.get('candidate', 0):.1f} on {exam.get('objects')} objects (nothing to compare with)"
-    span = ("" if exam.get("low") is None else f" [{exam['low']:+.1f}, {exam['high']:+.1f}]")
+    span = "" if exam.get("low") is None else f" [{exam['low']:+.1f}, {exam['high']:+.1f}]"
     return f"{exam['gain']:+.1f}{span} on {exam.get('objects')} objects"
 
 
@@ -69,25 +69,32 @@ def table(projects: list[dict]) -> str:
             lines.append(f"  note: {p['note']}")
         runs = p.get("runs", [])[:RUNS_SHOWN]
         if runs:
-            lines.append(f"  {'run':<8} {'started':<19}  {'status':<11}  {'stage':<24}  {'progress':<26}  "
-                         f"{'val mIoU':>8}  outcome")
+            lines.append(
+                f"  {'run':<8} {'started':<19}  {'status':<11}  {'stage':<24}  {'progress':<26}  "
+                f"{'val mIoU':>8}  outcome"
+            )
         for r in runs:
             val = (r.get("progress") or {}).get("val_miou")
             val = f"{val:.2f}" if isinstance(val, (int, float)) else "-"
-            lines.append(f"  {r['run']:<8} {_when(r.get('started')):<19}  {r.get('status', '-'):<11}  "
-                         f"{str(r.get('stage', '-'))[:24]:<24}  {_progress(r):<26}  {val:>8}  {_outcome(r)}")
+            lines.append(
+                f"  {r['run']:<8} {_when(r.get('started')):<19}  {r.get('status', '-'):<11}  "
+                f"{str(r.get('stage', '-'))[:24]:<24}  {_progress(r):<26}  {val:>8}  {_outcome(r)}"
+            )
             lines.extend(_why(r))
-        rules = {((r.get("result") or {}).get("decision") or {}).get("rule") for r in runs} - {None}
+        decided = (((r.get("result") or {}).get("decision") or {}).get("rule") for r in runs)
+        rules = {rule for rule in decided if rule is not None}
         lines.extend(f"  rule: {rule}" for rule in sorted(rules))
     return "\n".join(lines)
 
 
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-status", help="show retraining: state, progress, recent runs and why",
-                       description="Show every project's retraining: queued or running, the running run's "
-                                   "stage and progress, and its recent runs with why each version was or was "
-                                   "not promoted. The same data as GET /train/status.")
+    p = sub.add_parser(
+        "train-status",
+        help="show retraining: state, progress, recent runs and why",
+        description="Show every project's retraining: queued or running, the running run's "
+        "stage and progress, and its recent runs with why each version was or was "
+        "not promoted. The same data as GET /train/status.",
+    )
     p.add_argument("--redis-url", default=None, help="Redis URL (default: $REDIS_URL)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -95,11 +102,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..queue.client import QueueClient
+    from ..queue.liveness import heartbeat
     from ..settings import Settings
+    from ..training_runs import TrainingRuns
 
     client = QueueClient(redis_url(args.redis_url or Settings.from_env().redis_url, "training jobs live in Redis"))
-    client.ping()
-    jobs = client.training_status()
+    client.ping()  # Redis down: one clear line naming it, before any table
+    jobs = TrainingRuns(client.redis).status(heartbeat)
     if args.json:
         print(json.dumps({"jobs": jobs}, indent=2))
         return 0

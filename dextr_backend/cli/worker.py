@@ -21,18 +21,31 @@ log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="run a queue worker (model stays loaded)",
-                       description="Serve the Redis queues: 'dextr-predict' (interactive and batch masks) "
-                                   "and/or 'dextr-train' (retraining). Needs REDIS_URL.")
-    p.add_argument("--queues", default=PREDICT_QUEUE,
-                   help=f"comma-separated queues to serve (default: {PREDICT_QUEUE}; training: {TRAIN_QUEUE})")
+    p = sub.add_parser(
+        "worker",
+        help="run a queue worker (model stays loaded)",
+        description="Serve the Redis queues: 'dextr-predict' (interactive and batch masks) "
+        "and/or 'dextr-train' (retraining). Needs REDIS_URL.",
+    )
+    p.add_argument(
+        "--queues",
+        default=PREDICT_QUEUE,
+        help=f"comma-separated queues to serve (default: {PREDICT_QUEUE}; training: {TRAIN_QUEUE})",
+    )
     p.add_argument("--redis-url", default=None, help="Redis URL (default: $REDIS_URL)")
-    p.add_argument("--name", default=None,
-                   help="worker name (default: host-pid-random); a fixed name is taken over from a dead worker "
-                        "(after kill -9 or a crash), never from a live one")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="worker name (default: host-pid-random); a fixed name is taken over from a dead worker "
+        "(after kill -9 or a crash), never from a live one",
+    )
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: $DEXTR_THREADS, else the CPUs this process may use)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: $DEXTR_THREADS, else the CPUs this process may use)",
+    )
     p.set_defaults(func=run)
 
 
@@ -50,15 +63,16 @@ def run(args: argparse.Namespace) -> int:
     name = check_name(args.name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}")
     # A plain client to wait for Redis and claim the name with: the worker's own waits out outages
     # for good, and carries the name that the claim looks for.
-    probe = wait_for_redis(redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10), url,
-                           settings.redis_wait)
+    probe = wait_for_redis(
+        redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10), url, settings.redis_wait
+    )
     claim_name(probe, name)
     probe.close()
     worker = DextrWorker(queues, connection=connect(url, name), name=name, log_job_description=False)
     if PREDICT_QUEUE in queues:
         from ..service import resident
 
-        version = resident.shared(settings).get().version   # load and keep the model now
+        version = resident.shared(settings).get().version  # load and keep the model now
         log.info("model loaded", extra={"version": version})
     log.info("worker starting", extra={"worker": name, "queues": queues, "threads": threads})
     worker.work(burst=args.burst, with_scheduler=False)

@@ -33,10 +33,18 @@ def parse_method(spec: str) -> tuple[str, ...]:
     steps = tuple(part.strip() for part in str(spec).strip().lower().split("+"))
     known = METHODS + (CONSISTENT,)
     bad = [s for s in steps if s not in known]
-    if bad or not steps or steps[0] == CONSISTENT or len(set(steps)) != len(steps) \
-            or "network" in steps[1:] or CONSISTENT in steps[:-1]:
-        raise ValueError(f"unknown corrector {spec!r}: use one of {', '.join(METHODS)}, optionally followed by "
-                         f"+graphcut or +fbrs and then +{CONSISTENT} (e.g. network+graphcut+{CONSISTENT})")
+    if (
+        bad
+        or not steps
+        or steps[0] == CONSISTENT
+        or len(set(steps)) != len(steps)
+        or "network" in steps[1:]
+        or CONSISTENT in steps[:-1]
+    ):
+        raise ValueError(
+            f"unknown corrector {spec!r}: use one of {', '.join(METHODS)}, optionally followed by "
+            f"+graphcut or +fbrs and then +{CONSISTENT} (e.g. network+graphcut+{CONSISTENT})"
+        )
     return steps
 
 
@@ -56,8 +64,10 @@ def choose_corrector(spec: str | None, network: bool, model) -> tuple[str, ...]:
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if "network" in steps and not network:
-        raise InputError("corrector 'network' needs a version that takes corrections (e.g. lite0h); "
-                         "use fbrs or graphcut with this one")
+        raise InputError(
+            "corrector 'network' needs a version that takes corrections (e.g. lite0h); "
+            "use fbrs or graphcut with this one"
+        )
     if "fbrs" in steps and lite_network(model) is None:
         raise InputError("corrector 'fbrs' needs a light (lite) network; use graphcut with this one")
     return steps

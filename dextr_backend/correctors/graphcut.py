@@ -17,8 +17,8 @@ import numpy as np
 from .job import CorrectionJob, click_disc, click_windows
 
 ITERATIONS = 3
-SEED_RADIUS = 5         # a click's sure disc, crop pixels (384 px crop)
-SURE = 0.1              # outside the windows, probabilities this far from 0.5 are sure labels
+SEED_RADIUS = 5  # a click's sure disc, crop pixels (384 px crop)
+SURE = 0.1  # outside the windows, probabilities this far from 0.5 are sure labels
 
 
 def local_grabcut(job: CorrectionJob, threshold: float, iterations: int = ITERATIONS, seed: int = 0) -> np.ndarray:
@@ -39,14 +39,17 @@ def local_grabcut(job: CorrectionJob, threshold: float, iterations: int = ITERAT
     labels[far & (prev <= 0.5 - SURE)] = cv2.GC_BGD
     labels[click_disc(job.positives, job.size, SEED_RADIUS)] = cv2.GC_FGD
     labels[click_disc(job.negatives, job.size, SEED_RADIUS)] = cv2.GC_BGD
-    if not ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).any() or \
-            not ((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)).any():
+    if (
+        not ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).any()
+        or not ((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)).any()
+    ):
         return prev
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(seed)    # GrabCut seeds its colour models with k-means: repeatable answers
+    cv2.setRNGSeed(seed)  # GrabCut seeds its colour models with k-means: repeatable answers
     try:
-        cv2.grabCut(cv2.cvtColor(job.rgb(), cv2.COLOR_RGB2BGR), labels, None, bgd, fgd, iterations,
-                    cv2.GC_INIT_WITH_MASK)
+        cv2.grabCut(  # type: ignore[call-overload]  # opencv stubs: rect may be None with GC_INIT_WITH_MASK
+            cv2.cvtColor(job.rgb(), cv2.COLOR_RGB2BGR), labels, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK
+        )
     except cv2.error:
         return prev
     cut = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.float32)

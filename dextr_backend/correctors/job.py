@@ -10,18 +10,18 @@ import numpy as np
 # Pixels around a click that click consistency puts on the click's side: the radius a person's
 # click covers at the crop's working size (384 px), small enough to leave the rest of the mask alone.
 CONSISTENT_RADIUS = 3
-MIN_REACH = 24          # the smallest window radius around a click, crop pixels
-REACH_FACTOR = 2.5      # window radius = this x the click's distance to pass 1's mask boundary
+MIN_REACH = 24  # the smallest window radius around a click, crop pixels
+REACH_FACTOR = 2.5  # window radius = this x the click's distance to pass 1's mask boundary
 
 
 @dataclass
 class CorrectionJob:
     """One object's pass 2, in pass 1's crop (``S x S``)."""
 
-    inputs: np.ndarray      # (S, S, 4) float32: RGB 0-255 and the extreme-point heatmap 0-255
-    previous: np.ndarray    # (S, S) float32: pass 1's probabilities
-    positives: np.ndarray   # (P, 2) float: corrective clicks on the object, crop pixels (x, y)
-    negatives: np.ndarray   # (N, 2) float: corrective clicks off the object
+    inputs: np.ndarray  # (S, S, 4) float32: RGB 0-255 and the extreme-point heatmap 0-255
+    previous: np.ndarray  # (S, S) float32: pass 1's probabilities
+    positives: np.ndarray  # (P, 2) float: corrective clicks on the object, crop pixels (x, y)
+    negatives: np.ndarray  # (N, 2) float: corrective clicks off the object
 
     @property
     def size(self) -> int:
@@ -40,8 +40,9 @@ def click_disc(clicks: np.ndarray, size: int, radius: int) -> np.ndarray:
     return out.astype(bool)
 
 
-def make_consistent(prob: np.ndarray, job: CorrectionJob, threshold: float,
-                    radius: int = CONSISTENT_RADIUS) -> np.ndarray:
+def make_consistent(
+    prob: np.ndarray, job: CorrectionJob, threshold: float, radius: int = CONSISTENT_RADIUS
+) -> np.ndarray:
     """``prob`` with every clicked pixel (and a small disc around it) on its click's side of
     ``threshold`` (where a positive and a negative disc overlap, the negative wins)."""
     out = np.array(prob, dtype=np.float32, copy=True)

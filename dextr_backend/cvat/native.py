@@ -11,14 +11,13 @@ Register it once, then keep an agent running next to the model (any machine that
 file is loaded under another module name by ``--function-file``, so it imports the package by
 absolute names only.)
 
-Prompts (see :mod:`dextr_backend.cvat.prompts`):
+Prompts (the rule of :mod:`dextr_backend.service.prompts`, the same as Label Studio's):
 
 - **four positive points** are the extreme points: the classic DEXTR clicks;
-- **a box alone** works: its side midpoints stand in for the extreme points, and each later
-  click replaces the midpoint of the box side it lies nearest to;
-- **further positive points and every negative point correct the mask** (``min_neg_points=0``,
-  so CVAT offers negative clicks): versions that take corrections (``lite0c``, ``lite0h``) run a
-  second pass with all of them at once; others ignore them, and the log says so.
+- **a box** with fewer points works: its side midpoints stand in for the extreme points;
+- **every other point corrects the mask**: positive points after the fourth (all of them after a
+  box) and every negative point (``min_neg_points=0``, so CVAT offers negative clicks), all at
+  once, by the version's corrector; a version that takes none ignores them, and the log says so.
 
 Why ``min_pos_points=0`` and not 4: the agent refuses any request with fewer positive points
 than ``min_pos_points`` *even when it carries a box*, and CVAT's UI sends nothing until that many
@@ -46,19 +45,20 @@ import PIL.Image
 from cvat_sdk import models
 from cvat_sdk.masks import encode_mask
 
-from dextr_backend.cvat.prompts import object_clicks
+from dextr_backend.cvat.prompts import cvat_prompt
 from dextr_backend.service import resident
 
 log = logging.getLogger("dextr_backend.cvat.native")
 
 spec = cvataa.InteractionFunctionSpec(min_pos_points=0, min_neg_points=0, min_bounding_boxes=0)
 
+
 def image_array(image: PIL.Image.Image) -> np.ndarray:
     """A frame as a read-only RGB uint8 ``(H, W, 3)`` array."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     arr = np.array(image, dtype=np.uint8)
-    arr.setflags(write=False)          # cached by the agent and shared between clicks
+    arr.setflags(write=False)  # cached by the agent and shared between clicks
     return arr
 
 
@@ -67,19 +67,20 @@ def preprocess_image(context: cvataa.InteractionFunctionContext, image: PIL.Imag
     return image_array(image)
 
 
-def detect(context: cvataa.InteractionFunctionContext, image, prompts: cvataa.InteractionPrompts
-           ) -> list[cvataa.InteractionResultShape]:
+def detect(
+    context: cvataa.InteractionFunctionContext, image, prompts: cvataa.InteractionPrompts
+) -> list[cvataa.InteractionResultShape]:
     """One mask shape for the object the prompts point at (none while the prompts are not enough)."""
-    if isinstance(image, PIL.Image.Image):        # called without preprocess_image
+    if isinstance(image, PIL.Image.Image):  # called without preprocess_image
         image = image_array(image)
     height, width = image.shape[:2]
-    clicks = object_clicks(prompts.pos_points, prompts.neg_points, prompts.bounding_box, width, height)
-    if clicks is None:
+    prompt = cvat_prompt(prompts.pos_points, prompts.neg_points, prompts.bounding_box, width, height)
+    if prompt is None:
         return []
-    points, positives, negatives = clicks
-    pred = resident.shared().get().predict(image, points, positives, negatives)
+    pred = resident.shared().get().predict(image, prompt.extreme_points, prompt.positives, prompt.negatives)
     if not pred.mask.any():
         return []
-    confidence = models.AttributeValRequest(spec_id=int(cvataa.InteractionResultAttributes.CONFIDENCE),
-                                            value=f"{min(max(pred.score, 0.0), 1.0):.4f}")
+    confidence = models.AttributeValRequest(
+        spec_id=int(cvataa.InteractionResultAttributes.CONFIDENCE), value=f"{min(max(pred.score, 0.0), 1.0):.4f}"
+    )
     return [cvataa.InteractionResultShape(type="mask", points=encode_mask(pred.mask), attributes=[confidence])]

@@ -30,52 +30,45 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import DextrError, InputError, MalformedRequest, RequestTooLarge, http_status
+from ..errors import DextrError, InputError, MalformedRequest, http_status
 from ..imageio import decode_image
 from ..postprocess import mask_to_polygons
 from ..service import resident
 from ..service.cache import ImageCache, shared_cache
+from ..service.json_body import check_body, check_size, parse_json
 from ..settings import Settings
-from .prompts import object_clicks
-
-MAX_BODY_MB = 64
+from .prompts import cvat_prompt
 
 
 @dataclass
 class Request:
-    image: np.ndarray            # RGB uint8 (H, W, 3)
-    points: np.ndarray           # (4, 2) extreme points in pixels
-    positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # corrective clicks
+    image: np.ndarray  # RGB uint8 (H, W, 3)
+    points: np.ndarray  # (4, 2) extreme points in pixels
+    positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # corrective clicks
     negatives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
 
-def _body_dict(body) -> dict:
-    """``event.body``: bytes or str of JSON, or a dict where nuclio already decoded it."""
-    if isinstance(body, dict):
-        return body
+def _body_dict(body, settings: Settings) -> dict:
+    """``event.body``: bytes or str of JSON, or a dict where nuclio already decoded it; read by
+    the same bounded JSON rules as the Label Studio server's bodies (``service.json_body``)."""
+    if isinstance(body, str):
+        body = body.encode("utf-8", "surrogatepass")
     if isinstance(body, (bytes, bytearray, memoryview)):
-        if len(body) > MAX_BODY_MB * 1024 * 1024:
-            raise RequestTooLarge(f"request body over {MAX_BODY_MB} MB")
-        try:
-            body = bytes(body).decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedRequest("request body is not JSON (not UTF-8 text)") from None
-    if not isinstance(body, str) or not body.strip():
-        raise MalformedRequest("request body is empty; expected a JSON object with 'image' and 'pos_points'")
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise MalformedRequest(f"request body is not JSON ({exc.msg} at position {exc.pos})") from None
-    if not isinstance(data, dict):
+        check_size(len(body), settings)
+        if not bytes(body).strip():
+            raise MalformedRequest("request body is empty; expected a JSON object with 'image' and 'pos_points'")
+        body = parse_json(bytes(body))
+    if not isinstance(body, dict):
         raise MalformedRequest("request body must be a JSON object with 'image' and 'pos_points'")
-    return data
+    check_body(body, settings, images_at=(("image",),))
+    return body
 
 
 def _image_bytes(value) -> bytes:
     if not isinstance(value, str) or not value.strip():
         raise InputError("'image' is missing: expected the frame as a base64 string")
     text = value.strip()
-    if text.startswith("data:") and "," in text:       # a data URL is fine too
+    if text.startswith("data:") and "," in text:  # a data URL is fine too
         text = text.split(",", 1)[1]
     try:
         return base64.b64decode("".join(text.split()), validate=True)
@@ -83,7 +76,7 @@ def _image_bytes(value) -> bytes:
         raise InputError("'image' is not valid base64") from None
 
 
-def decode_frame(value, cache: ImageCache | None = None) -> np.ndarray:
+def decode_frame(value, cache: ImageCache | None = None, max_pixels: int | None = None) -> np.ndarray:
     """The base64 frame as RGB; decoded frames are cached by content, since every click resends it."""
     key = None
     if cache is not None and isinstance(value, str):
@@ -91,35 +84,35 @@ def decode_frame(value, cache: ImageCache | None = None) -> np.ndarray:
         cached = cache.get(key)
         if cached is not None:
             return cached
-    image = decode_image(_image_bytes(value), "'image'")
-    if key is not None:
+    image = decode_image(_image_bytes(value), "'image'", max_pixels)
+    if key is not None and cache is not None:  # a key is only made with a cache
         cache.put(key, image)
     return image
 
 
-def parse_request(body, cache: ImageCache | None = None) -> Request:
+def parse_request(body, cache: ImageCache | None = None, settings: Settings | None = None) -> Request:
     """Check and decode a CVAT interactor request; :class:`InputError` says what is wrong."""
-    data = _body_dict(body)
+    settings = settings or Settings.from_env()
+    data = _body_dict(body, settings)
     for key in ("pos_points", "neg_points"):
         if data.get(key) is not None and not isinstance(data[key], list):
             raise InputError(f"'{key}' must be a list of [x, y] pairs")
-    image = decode_frame(data.get("image"), cache)
+    image = decode_frame(data.get("image"), cache, settings.max_image_pixels)
     height, width = image.shape[:2]
-    clicks = object_clicks(data.get("pos_points"), data.get("neg_points"), data.get("obj_bbox"), width, height)
-    if clicks is None:
+    prompt = cvat_prompt(data.get("pos_points"), data.get("neg_points"), data.get("obj_bbox"), width, height)
+    if prompt is None:
         got = len(data.get("pos_points") or [])
         raise InputError(f"need at least 4 positive points (the object's extreme points) or a box, got {got}")
-    points, positives, negatives = clicks
-    return Request(image=image, points=points, positives=positives, negatives=negatives)
+    return Request(image=image, points=prompt.extreme_points, positives=prompt.positives, negatives=prompt.negatives)
 
 
 def mask_json(mask: np.ndarray) -> str:
     """``mask`` as JSON rows of 0/1, built with numpy: ``json.dumps`` of a full-HD list takes a second."""
     h, w = mask.shape
-    row = np.empty((h, 2 * w + 2), dtype=np.uint8)       # "[d,d,...,d],"
+    row = np.empty((h, 2 * w + 2), dtype=np.uint8)  # "[d,d,...,d],"
     row[:, 0] = ord("[")
-    row[:, 1:2 * w:2] = np.asarray(mask, dtype=np.uint8) + ord("0")
-    row[:, 2:2 * w - 1:2] = ord(",")
+    row[:, 1 : 2 * w : 2] = np.asarray(mask, dtype=np.uint8) + ord("0")
+    row[:, 2 : 2 * w - 1 : 2] = ord(",")
     row[:, 2 * w] = ord("]")
     row[:, 2 * w + 1] = ord(",")
     return "[" + row.tobytes()[:-1].decode("ascii") + "]"
@@ -138,15 +131,17 @@ def _error(message: str) -> str:
     return json.dumps({"error": message})
 
 
-def handle(serving, body, cache: ImageCache | None = None, logger=None) -> tuple[int, str]:
+def handle(
+    serving, body, cache: ImageCache | None = None, logger=None, settings: Settings | None = None
+) -> tuple[int, str]:
     """``(status, JSON text)`` for one request body, answered by ``serving.get()`` (the resident
     predictor, or a pinned one); never raises."""
     try:
-        request = parse_request(body, cache)
+        request = parse_request(body, cache, settings)
         return 200, answer(serving.get(), request)
     except DextrError as exc:
         status = http_status(exc)
-        if logger is not None and status >= 500:       # weights missing or broken: the deployment's fault
+        if logger is not None and status >= 500:  # weights missing or broken: the deployment's fault
             logger.error(f"DEXTR cannot answer: {exc}")
         return status, _error(str(exc))
     except Exception as exc:  # noqa: BLE001 - a bug: log it, answer without internals
@@ -159,9 +154,10 @@ def handle(serving, body, cache: ImageCache | None = None, logger=None) -> tuple
 class _State:
     """What ``init_context`` keeps in ``context.user_data``."""
 
-    def __init__(self, serving, cache: ImageCache):
-        self.serving = serving          # .get() -> the predictor of the version to serve now
+    def __init__(self, serving, cache: ImageCache, settings: Settings):
+        self.serving = serving  # .get() -> the predictor of the version to serve now
         self.cache = cache
+        self.settings = settings
         self.lock = threading.Lock()
 
 
@@ -170,15 +166,15 @@ def init_context(context, predictor=None) -> None:
     the process's resident predictor and image cache, or ``predictor`` when one is given."""
     settings = Settings.from_env()
     serving = resident.PinnedPredictor(predictor) if predictor is not None else resident.shared(settings)
-    predictor = serving.get()                  # load now: a broken deployment fails here, not on a click
-    context.user_data.dextr = _State(serving, shared_cache(settings))
+    predictor = serving.get()  # load now: a broken deployment fails here, not on a click
+    context.user_data.dextr = _State(serving, shared_cache(settings), settings)
     context.logger.info(f"DEXTR weights {predictor.version} loaded on {predictor.device}")
 
 
 def handler(context, event):
     """One interactor request: 200 with the mask, 4xx with a message for bad input."""
     state = getattr(context.user_data, "dextr", None)
-    if state is None:                 # init_context failed or was not run: try once more
+    if state is None:  # init_context failed or was not run: try once more
         try:
             init_context(context)
             state = context.user_data.dextr
@@ -187,7 +183,7 @@ def handler(context, event):
             status, body = 503, _error(f"model could not be loaded: {exc}")
             return context.Response(body=body, headers={}, content_type="application/json", status_code=status)
     with state.lock:
-        status, body = handle(state.serving, event.body, state.cache, context.logger)
+        status, body = handle(state.serving, event.body, state.cache, context.logger, state.settings)
     if 400 <= status < 500:
         context.logger.info(f"DEXTR bad request: {json.loads(body)['error']}")
     return context.Response(body=body, headers={}, content_type="application/json", status_code=status)

@@ -1,21 +1,9 @@
-"""CVAT prompts (positive and negative clicks, an optional box) to the four extreme points DEXTR
-needs, and the corrective clicks after them.
+"""CVAT's prompts (positive and negative clicks, an optional box) in pixels, for the rule that
+decides which click is what (:mod:`dextr_backend.service.prompts`, the same for every tool).
 
 CVAT measures in continuous image coordinates, so a click on the right or bottom edge of the
 frame can read ``x == W`` or ``y == H``: coordinates up to one pixel past the last pixel are
 pulled in to it; anything further out is a user error.
-
-The rule, shared by the native function and the nuclio function:
-
-1. four or more positive points are the extreme points (a box, if any, is then not needed);
-2. with fewer points and a box, the box's side midpoints stand in for the extreme points
-   (:func:`dextr_backend.geometry.box_points`), and each click replaces the midpoint of the
-   box side it lies nearest to: draw a box, look at the mask, then click the true left-most
-   point to correct it;
-3. fewer than four points and no box: not enough to segment (``None``);
-4. positive points after the fourth, and every negative point, are corrective clicks: versions
-   that take corrections (``lite0c``, ``lite0h``) fix the mask with them in a second pass; others
-   ignore them and log so.
 """
 
 from __future__ import annotations
@@ -23,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import box_points
+from ..service.prompts import Prompt
 
-EDGE_TOLERANCE = 1.0   # pixels past the last row/column still accepted (CVAT's x == W)
+EDGE_TOLERANCE = 1.0  # pixels past the last row/column still accepted (CVAT's x == W)
 
 
 def pixel_points(points, width: int, height: int, what: str = "point") -> np.ndarray:
@@ -42,8 +30,12 @@ def pixel_points(points, width: int, height: int, what: str = "point") -> np.nda
         raise InputError(f"{what}s must be a list of [x, y] number pairs, got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise InputError(f"{what} coordinates must be finite numbers")
-    outside = ((arr[:, 0] < -EDGE_TOLERANCE) | (arr[:, 1] < -EDGE_TOLERANCE)
-               | (arr[:, 0] > width - 1 + EDGE_TOLERANCE) | (arr[:, 1] > height - 1 + EDGE_TOLERANCE))
+    outside = (
+        (arr[:, 0] < -EDGE_TOLERANCE)
+        | (arr[:, 1] < -EDGE_TOLERANCE)
+        | (arr[:, 0] > width - 1 + EDGE_TOLERANCE)
+        | (arr[:, 1] > height - 1 + EDGE_TOLERANCE)
+    )
     if outside.any():
         bad = ", ".join(f"({x:g}, {y:g})" for x, y in arr[outside])
         raise InputError(f"{what}s outside the {width}x{height} image: {bad}")
@@ -75,33 +67,12 @@ def pixel_box(box, width: int, height: int) -> tuple[float, float, float, float]
     return float(x0), float(y0), float(x1), float(y1)
 
 
-def extreme_clicks(pos_points, box, width: int, height: int) -> np.ndarray | None:
-    """The extreme points to segment from, by the rule in the module docstring, or None."""
-    return _extremes(pixel_points(pos_points, width, height, "positive point"), box, width, height)
-
-
-def _extremes(points: np.ndarray, box, width: int, height: int) -> np.ndarray | None:
-    """:func:`extreme_clicks` for positive points already checked by :func:`pixel_points`."""
-    if len(points) >= 4:
-        return points
-    rect = pixel_box(box, width, height)
-    if rect is None:
-        return None
-    stand_ins = box_points(rect, width, height)          # left, right, top, bottom
-    x0, y0, x1, y1 = rect
-    for x, y in points:                                  # later clicks win
-        side = int(np.argmin([abs(x - x0), abs(x - x1), abs(y - y0), abs(y - y1)]))
-        stand_ins[side] = (x, y)
-    return stand_ins
-
-
-def object_clicks(pos_points, neg_points, box, width: int, height: int):
-    """``(extreme points, positive corrections, negative corrections)`` for one object, by the rule
-    in the module docstring, or None when the prompts are not enough yet."""
-    negatives = pixel_points(neg_points, width, height, "negative point")
-    positives = pixel_points(pos_points, width, height, "positive point")
-    points = _extremes(positives, box, width, height)
-    if points is None:
-        return None
-    extra = positives[4:] if len(positives) >= 4 else np.zeros((0, 2))
-    return points[:4], extra, negatives
+def cvat_prompt(pos_points, neg_points, box, width: int, height: int) -> Prompt | None:
+    """One object's :class:`Prompt` from CVAT's clicks and box, or None while they are not enough."""
+    return Prompt.from_clicks(
+        pixel_points(pos_points, width, height, "positive point"),
+        pixel_points(neg_points, width, height, "negative point"),
+        pixel_box(box, width, height),
+        width=width,
+        height=height,
+    )

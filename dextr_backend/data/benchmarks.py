@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -45,8 +45,8 @@ class EvalObject:
 
     image_path: Path
     object_id: str
-    mask: np.ndarray            # bool (H, W): the object
-    ignore: np.ndarray          # bool (H, W): pixels left out of IoU
+    mask: np.ndarray  # bool (H, W): the object
+    ignore: np.ndarray  # bool (H, W): pixels left out of IoU
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -151,8 +151,13 @@ def decode_objects(raw: np.ndarray, fmt: str) -> list[tuple[str | None, np.ndarr
 class Dataset:
     """A benchmark folder: matched pairs are listed at once, masks decoded while iterating."""
 
-    def __init__(self, root: str | os.PathLike, mask_format: str = "auto", limit: int | None = None,
-                 shared_data: str | os.PathLike = ""):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        mask_format: str = "auto",
+        limit: int | None = None,
+        shared_data: str | os.PathLike = "",
+    ):
         if mask_format not in MASK_FORMATS:
             raise InputError(f"unknown mask format {mask_format!r}; choose one of {', '.join(MASK_FORMATS)}")
         if limit is not None and limit < 1:
@@ -166,8 +171,10 @@ class Dataset:
         self.limit = limit
         self.pairs = match_pairs(self.images_dir, self.masks_dir)
         if not self.pairs:
-            raise InputError(f"{self.root}: no mask in {self.masks_dir.name}/ matches a picture in "
-                             f"{self.images_dir.name}/ by file name")
+            raise InputError(
+                f"{self.root}: no mask in {self.masks_dir.name}/ matches a picture in "
+                f"{self.images_dir.name}/ by file name"
+            )
 
     @property
     def size_hint(self) -> int:
@@ -192,12 +199,15 @@ class Dataset:
                 yield EvalObject(pair.image_path, object_id, mask, ignore)
 
     def __repr__(self) -> str:
-        return (f"Dataset({str(self.root)!r}, images={self.images_dir.name}/, masks={self.masks_dir.name}/, "
-                f"format={self.mask_format}, pairs={len(self.pairs)})")
+        return (
+            f"Dataset({str(self.root)!r}, images={self.images_dir.name}/, masks={self.masks_dir.name}/, "
+            f"format={self.mask_format}, pairs={len(self.pairs)})"
+        )
 
 
-def load_dataset(root: str | os.PathLike, mask_format: str = "auto", limit: int | None = None, *,
-                 shared_data: str | os.PathLike = "") -> Dataset:
+def load_dataset(
+    root: str | os.PathLike, mask_format: str = "auto", limit: int | None = None, *, shared_data: str | os.PathLike = ""
+) -> Dataset:
     """Open a benchmark folder (see the module docstring for the layouts it understands); a bare
     name is looked up under ``shared_data``."""
     return Dataset(root, mask_format, limit, shared_data)

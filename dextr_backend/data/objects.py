@@ -23,11 +23,11 @@ from .benchmarks import EvalObject, decode_objects, load_dataset, read_mask_file
 
 @dataclass(frozen=True)
 class ObjectRef:
-    image: str        # path of the picture
-    source: str       # path of the mask file holding the object
-    label: int        # value of the object in a label map, or its index among the file's objects
+    image: str  # path of the picture
+    source: str  # path of the mask file holding the object
+    label: int  # value of the object in a label map, or its index among the file's objects
     area: int
-    fmt: str = "labels"   # "labels" (value == label) or an evaluation mask format (see decode_objects)
+    fmt: str = "labels"  # "labels" (value == label) or an evaluation mask format (see decode_objects)
 
 
 def _identity(path: str) -> tuple:
@@ -35,7 +35,7 @@ def _identity(path: str) -> tuple:
     try:
         st = os.stat(path)
     except OSError:
-        return (path, None, None, None)   # the reader raises its own clear error
+        return (path, None, None, None)  # the reader raises its own clear error
     return (path, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
@@ -83,16 +83,18 @@ def spans_image(mask: np.ndarray) -> bool:
     return bool((mask[:, 0].any() and mask[:, -1].any()) or (mask[0].any() and mask[-1].any()))
 
 
-def bsds_regions(root: str | Path, min_area: float = 0.01, max_area: float = 0.8,
-                 drop_background: bool = False) -> list[ObjectRef]:
+def bsds_regions(
+    root: str | Path, min_area: float = 0.01, max_area: float = 0.8, drop_background: bool = False
+) -> list[ObjectRef]:
     """BSDS500 human segmentations (``segmentations/<id>_<k>.png``, uint16 region labels).
 
     Most regions are tiny, so keep those covering ``min_area`` to ``max_area`` of the image;
     ``drop_background`` also leaves out regions spanning the image side to side (16 % of them).
     """
     if not 0.0 <= min_area < max_area:
-        raise InputError(f"minimum region area {min_area:g} must be a share of the picture from 0 to below "
-                         f"{max_area:g}")
+        raise InputError(
+            f"minimum region area {min_area:g} must be a share of the picture from 0 to below {max_area:g}"
+        )
     root = Path(root)
     seg_dir, img_dir = root / "segmentations", root / "images"
     if not seg_dir.is_dir() or not img_dir.is_dir():
@@ -152,11 +154,21 @@ def folder_hash(folder: str | Path) -> str:
 def as_eval_objects(refs: list[ObjectRef]):
     """The objects in the form ``evaluation.evaluate_objects`` scores, so training and
     ``evaluate`` measure alike."""
-    for i, ref in enumerate(refs):
+    for ref in refs:
         image, mask = load_object(ref)
-        yield EvalObject(Path(ref.image), f"{Path(ref.source).stem}:{ref.label}", mask,
-                         np.zeros(mask.shape, bool), image=image)
+        yield EvalObject(
+            Path(ref.image), f"{Path(ref.source).stem}:{ref.label}", mask, np.zeros(mask.shape, bool), image=image
+        )
 
 
-__all__ = ["ObjectRef", "as_eval_objects", "bsds_regions", "file_digest", "folder_hash", "folder_objects",
-           "load_object", "objects_key", "spans_image"]
+__all__ = [
+    "ObjectRef",
+    "as_eval_objects",
+    "bsds_regions",
+    "file_digest",
+    "folder_hash",
+    "folder_objects",
+    "load_object",
+    "objects_key",
+    "spans_image",
+]

@@ -49,18 +49,18 @@ def split_for_training(refs: list[ObjectRef], fraction: float) -> tuple[list[Obj
     return train, val
 
 
-def hold_out_split(refs: list[ObjectRef], fraction: float,
-                   min_objects: int) -> tuple[list[ObjectRef], list[ObjectRef]]:
+def hold_out_split(refs: list[ObjectRef], fraction: float, min_objects: int) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """The retraining job's split: hold out ``round(fraction * images)`` whole images, but at least
     enough for ``min_objects`` objects, and always leave one image to train on.
 
     Which images: the first in the order of the hash ``is_validation`` uses, so the choice depends on
     the images only (not on their order), and a count rather than a per-image threshold keeps the
-    share steady on small projects, where a per-image draw swings widely. Why a floor: a promotion judged on fewer than ``min_objects`` objects is
-    refused (``decide``), so a tiny project would never get a new version."""
+    share steady on small projects, where a per-image draw swings widely. Why a floor: a promotion
+    judged on fewer than ``min_objects`` objects is refused (``decide``), so a tiny project would
+    never get a new version."""
     images = sorted({r.image for r in refs}, key=lambda image: (image_rank(image), image))
     if len(images) < 2:
-        return split_for_training(refs, fraction)      # one image: it has to serve both sides
+        return split_for_training(refs, fraction)  # one image: it has to serve both sides
     per_image = {image: sum(r.image == image for r in refs) for image in images}
     k = min(max(1, round(fraction * len(images))), len(images) - 1)
     while k < len(images) - 1 and sum(per_image[i] for i in images[:k]) < min_objects:

@@ -13,6 +13,7 @@ from the boundary as the farthest one (``rng``), which is closer to how people c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import cv2
 import numpy as np
@@ -34,16 +35,16 @@ def _largest_region(error: np.ndarray) -> tuple[np.ndarray, int] | None:
     return labels == best, int(stats[best, cv2.CC_STAT_AREA])
 
 
-def error_regions(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def error_regions(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(missed object, false object)`` bool masks, both outside the ignore band."""
     pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
     valid = ~np.asarray(ignore, dtype=bool) if ignore is not None else np.ones(gt.shape, bool)
     return gt & ~pred & valid, pred & ~gt & valid
 
 
-def next_click(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None,
-               rng: np.random.Generator | None = None) -> Click | None:
+def next_click(
+    pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None, rng: np.random.Generator | None = None
+) -> Click | None:
     """The next corrective click on ``pred`` against ``gt``; None when there is no error pixel.
 
     Without ``rng`` the deterministic protocol (the farthest point; ties go to the first pixel in
@@ -55,7 +56,8 @@ def next_click(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = Non
         return None
     # Ties in area go to the missed object: adding what is missing is the usual first fix.
     positive = f is None or (m is not None and m[1] >= f[1])
-    region = (m if positive else f)[0]
+    # Not both None (returned above), and ``positive`` picks the one that is there.
+    region = cast("tuple[np.ndarray, int]", m if positive else f)[0]
     ys, xs = np.nonzero(region)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     # One pixel of non-region around the box: the image border is boundary too.

@@ -29,8 +29,16 @@ def grabcut_box(points: np.ndarray, shape: tuple[int, ...], margin: int = MARGIN
     return max(x0, 0), max(y0, 0), min(x1, w - 1), min(y1, h - 1)
 
 
-def grabcut_baseline(image: np.ndarray, points, positives=(), negatives=(), *, margin: int = MARGIN,
-                     iterations: int = ITERATIONS, seed: int = 0) -> np.ndarray:
+def grabcut_baseline(
+    image: np.ndarray,
+    points,
+    positives=(),
+    negatives=(),
+    *,
+    margin: int = MARGIN,
+    iterations: int = ITERATIONS,
+    seed: int = 0,
+) -> np.ndarray:
     """Bool mask from ``cv2.grabCut``: rectangle mode, or with corrective clicks a mask that is
     sure background outside the box, probable foreground inside and sure discs at the clicks.
 
@@ -42,7 +50,7 @@ def grabcut_baseline(image: np.ndarray, points, positives=(), negatives=(), *, m
     h, w = rgb.shape[:2]
     x0, y0, x1, y1 = grabcut_box(pts, rgb.shape, margin)
     box = np.zeros((h, w), dtype=bool)
-    box[y0:y1 + 1, x0:x1 + 1] = True
+    box[y0 : y1 + 1, x0 : x1 + 1] = True
     seeds = [(p, cv2.GC_FGD) for p in positives] + [(p, cv2.GC_BGD) for p in negatives]
     if x1 - x0 < 1 or y1 - y0 < 1 or (box.all() and not negatives):
         return box
@@ -53,11 +61,19 @@ def grabcut_baseline(image: np.ndarray, points, positives=(), negatives=(), *, m
     cv2.setRNGSeed(seed)  # GrabCut seeds its colour models with k-means: make runs repeatable
     try:
         if seeds:
-            cv2.grabCut(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, iterations,
-                        cv2.GC_INIT_WITH_MASK)
+            cv2.grabCut(  # type: ignore[call-overload]  # opencv stubs: rect may be None with GC_INIT_WITH_MASK
+                cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK
+            )
         else:
-            cv2.grabCut(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), mask, (x0, y0, x1 - x0 + 1, y1 - y0 + 1),
-                        bgd, fgd, iterations, cv2.GC_INIT_WITH_RECT)
+            cv2.grabCut(
+                cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                mask,
+                (x0, y0, x1 - x0 + 1, y1 - y0 + 1),
+                bgd,
+                fgd,
+                iterations,
+                cv2.GC_INIT_WITH_RECT,
+            )
     except cv2.error:
         return box
     return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)

@@ -6,7 +6,7 @@ the annotators themselves could not say which side of the boundary they belong t
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def iou(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> f
     return float(np.count_nonzero(pred & gt) / union)
 
 
-def mean_iou(values: Iterable[float]) -> float | None:
+def mean_iou(values: Iterable[float | None]) -> float | None:
     """Mean of per-object IoUs as a percentage (0-100), ``None`` when there are none."""
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
     return float(arr.mean() * 100.0) if arr.size else None

@@ -18,8 +18,9 @@ import csv
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import cast
 
 import cv2
 import numpy as np
@@ -30,7 +31,7 @@ from .results import FIRST_CLICKS, Case, EvalResult, shown_iou
 
 MODEL_RGB = (52, 101, 164)
 BASELINE_RGB = (230, 145, 56)
-OTHER_RGB = ((78, 154, 6), (117, 80, 123), (204, 0, 0), (46, 52, 54))   # further correctors
+OTHER_RGB = ((78, 154, 6), (117, 80, 123), (204, 0, 0), (46, 52, 54))  # further correctors
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -51,11 +52,24 @@ def write_csv(result: EvalResult, path: Path) -> None:
             header += ["noc85", "noc90", "ious", "baseline_noc85", "baseline_noc90", "baseline_ious"]
         w.writerow(header)
         for r in result.rows:
-            row = [r.image, r.object, _fmt(r.iou, 4), _fmt(r.ms, 2), _fmt(r.baseline_iou, 4),
-                   _fmt(r.baseline_ms, 2), json.dumps(np.asarray(r.points).astype(int).tolist())]
+            row = [
+                r.image,
+                r.object,
+                _fmt(r.iou, 4),
+                _fmt(r.ms, 2),
+                _fmt(r.baseline_iou, 4),
+                _fmt(r.baseline_ms, 2),
+                json.dumps(np.asarray(r.points).astype(int).tolist()),
+            ]
             if clicks:
-                row += [r.noc(0.85) or "", r.noc(0.90) or "", _ious(r.ious), r.noc(0.85, True) or "",
-                        r.noc(0.90, True) or "", _ious(r.baseline_ious)]
+                row += [
+                    r.noc(0.85) or "",
+                    r.noc(0.90) or "",
+                    _ious(r.ious),
+                    r.noc(0.85, True) or "",
+                    r.noc(0.90, True) or "",
+                    _ious(r.baseline_ious),
+                ]
             w.writerow(row)
 
 
@@ -81,9 +95,11 @@ def histogram_image(result: EvalResult, width: int = 720, height: int = 440, bin
     if result.miou is not None:
         series.append((f"model  mIoU {result.miou:.1f}", [r.iou for r in result.rows], MODEL_RGB))
     if result.baseline_miou is not None:
-        series.append((f"{result.baseline}  mIoU {result.baseline_miou:.1f}",
-                       [r.baseline_iou for r in result.rows], BASELINE_RGB))
-    counts = [np.histogram(np.clip(v, 0, 1), bins=bins, range=(0.0, 1.0))[0] for _, v, _ in series]
+        series.append(
+            (f"{result.baseline}  mIoU {result.baseline_miou:.1f}", [r.baseline_iou for r in result.rows], BASELINE_RGB)
+        )
+    # A method with an mIoU scored every row, so its IoUs are all numbers.
+    counts = [np.histogram(np.clip(cast("list[float]", v), 0, 1), bins=bins, range=(0.0, 1.0))[0] for _, v, _ in series]
     top = max([int(c.max()) for c in counts] + [1])
     step = _nice_step(top)
     ymax = step * math.ceil(top / step)
@@ -113,10 +129,8 @@ def histogram_image(result: EvalResult, width: int = 720, height: int = 440, bin
     return img
 
 
-def clicks_image(result: EvalResult, width: int = 720, height: int = 440, label: str = "model",
-                 others: Sequence[tuple[str, EvalResult]] = ()) -> np.ndarray:
-    """mIoU after 4..N clicks (RGB uint8), model and baseline, with the 85 % and 90 % lines;
-    ``others`` adds the same model's curve under other correctors, scored on the same clicks."""
+def _click_series(result: EvalResult, label: str, others: Sequence[tuple[str, EvalResult]]) -> list:
+    """``(legend, {clicks: mIoU}, colour)`` for the model, its baseline and the other correctors."""
     series = []
     runs = [(label, result, False, MODEL_RGB), (result.baseline, result, True, BASELINE_RGB)]
     runs += [(name, other, False, OTHER_RGB[i % len(OTHER_RGB)]) for i, (name, other) in enumerate(others)]
@@ -124,6 +138,19 @@ def clicks_image(result: EvalResult, width: int = 720, height: int = 440, label:
         by = res.miou_by_clicks(baseline)
         if by:
             series.append((f"{name}  NoC@90 {res.noc(0.90, baseline):.2f}", by, rgb))
+    return series
+
+
+def clicks_image(
+    result: EvalResult,
+    width: int = 720,
+    height: int = 440,
+    label: str = "model",
+    others: Sequence[tuple[str, EvalResult]] = (),
+) -> np.ndarray:
+    """mIoU after 4..N clicks (RGB uint8), model and baseline, with the 85 % and 90 % lines;
+    ``others`` adds the same model's curve under other correctors, scored on the same clicks."""
+    series = _click_series(result, label, others)
     values = [v for _, by, _ in series for v in by.values()]
     ymin = min(80, 5 * math.floor(min(values + [100]) / 5))
     step = _nice_step(100 - ymin)
@@ -143,7 +170,7 @@ def clicks_image(result: EvalResult, width: int = 720, height: int = 440, label:
     for level in (85, 90):
         if level >= ymin:
             y = to_y(level)
-            for xa in range(x0, x1, 12):       # dashed
+            for xa in range(x0, x1, 12):  # dashed
                 cv2.line(img, (xa, y), (min(xa + 6, x1), y), (150, 150, 150), 1)
             _text(img, f"{level}%", (x1 - 2, y - 4), 0.4, (110, 110, 110), anchor="right")
     label_every = max(1, math.ceil(len(counts) / 16))
@@ -159,13 +186,21 @@ def clicks_image(result: EvalResult, width: int = 720, height: int = 440, label:
         cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, rgb, 2, cv2.LINE_AA)
         for p in pts:
             cv2.circle(img, (int(p[0]), int(p[1])), 3, rgb, -1, cv2.LINE_AA)
-    _frame(img, (x0, x1, y0, y1), "clicks (4 extreme points, then corrections)", "mIoU (%)",
-           f"mIoU by number of clicks (n={result.n})", series, axes=False)
+    _frame(
+        img,
+        (x0, x1, y0, y1),
+        "clicks (4 extreme points, then corrections)",
+        "mIoU (%)",
+        f"mIoU by number of clicks (n={result.n})",
+        series,
+        axes=False,
+    )
     return img
 
 
-def _frame(img: np.ndarray, box: tuple[int, int, int, int], xlabel: str, ylabel: str, title: str,
-           series, axes: bool = True) -> None:
+def _frame(
+    img: np.ndarray, box: tuple[int, int, int, int], xlabel: str, ylabel: str, title: str, series, axes: bool = True
+) -> None:
     """A plot's axes, axis labels (the y one turned), title and legend, drawn into ``img``."""
     x0, x1, y0, y1 = box
     if axes:
@@ -175,7 +210,7 @@ def _frame(img: np.ndarray, box: tuple[int, int, int, int], xlabel: str, ylabel:
     turned = np.full((24, 120, 3), 255, np.uint8)
     _text(turned, ylabel, (60, 17), 0.55, anchor="center")
     yc = (y0 + y1) // 2 - 60
-    img[yc:yc + 120, 8:32] = np.ascontiguousarray(np.rot90(turned))
+    img[yc : yc + 120, 8:32] = np.ascontiguousarray(np.rot90(turned))
     _text(img, title, (x0, 25), 0.6, thickness=1)
     widest = max((cv2.getTextSize(label, FONT, 0.45, 1)[0][0] for label, _, _ in series), default=0)
     for s, (label, _, rgb) in enumerate(series):
@@ -190,8 +225,9 @@ def overlay_image(case: Case) -> np.ndarray:
     series = r.ious if r.iou is not None else r.baseline_ious
     after = f" after {FIRST_CLICKS + len(series) - 1} clicks" if series else ""
     pred = case.pred if case.pred is not None else np.zeros(case.gt.shape, bool)
-    return draw_overlay(case.image, pred, r.points, truth=case.gt,
-                        text=f"IoU {100 * shown_iou(r):.1f}%{after}  {r.object}")
+    return draw_overlay(
+        case.image, pred, r.points, truth=case.gt, text=f"IoU {100 * shown_iou(r):.1f}%{after}  {r.object}"
+    )
 
 
 def _safe(name: str) -> str:
@@ -212,8 +248,13 @@ def write_worst(result: EvalResult, folder: Path) -> list[str]:
     return names
 
 
-def write_report(result: EvalResult, out_dir, extra: dict | None = None, label: str = "model",
-                 others: Sequence[tuple[str, EvalResult]] = ()) -> Path:
+def write_report(
+    result: EvalResult,
+    out_dir,
+    extra: dict | None = None,
+    label: str = "model",
+    others: Sequence[tuple[str, EvalResult]] = (),
+) -> Path:
     """Write every artefact into ``out_dir`` (created if needed); returns the folder. ``others``:
     the same objects scored with other correctors, drawn beside ``result`` in ``clicks.png``."""
     out = Path(out_dir)
@@ -225,8 +266,9 @@ def write_report(result: EvalResult, out_dir, extra: dict | None = None, label: 
     worst = write_worst(result, out / "worst")
     summary = dict(extra or {})
     summary.update(result.summary())
-    summary["worst"] = [{"image": c.row.image, "object": c.row.object,
-                         "iou": round(shown_iou(c.row), 4),
-                         "file": f"worst/{n}"} for c, n in zip(result.worst, worst)]
+    summary["worst"] = [
+        {"image": c.row.image, "object": c.row.object, "iou": round(shown_iou(c.row), 4), "file": f"worst/{n}"}
+        for c, n in zip(result.worst, worst)
+    ]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return out

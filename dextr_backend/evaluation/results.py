@@ -4,12 +4,13 @@ NoC@85/90, NoF@90, mIoU by click count) computed from the rows."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 
 from .metrics import clicks_to_reach, mean_iou
 
-FIRST_CLICKS = 4                 # the extreme points (or box midpoints) count as 4 clicks
+FIRST_CLICKS = 4  # the extreme points (or box midpoints) count as 4 clicks
 NOC_THRESHOLDS = (0.85, 0.90)
 
 
@@ -20,14 +21,14 @@ class ObjectResult:
     index: int
     image: str
     object: str
-    points: np.ndarray              # (4, 2) int (x, y): the simulated clicks
-    iou: float | None = None        # 0-1
-    ms: float | None = None         # wall time of the predict call
+    points: np.ndarray  # (4, 2) int (x, y): the simulated clicks
+    iou: float | None = None  # 0-1
+    ms: float | None = None  # wall time of the predict call
     baseline_iou: float | None = None
     baseline_ms: float | None = None
-    ious: list[float] | None = None            # with max_clicks > 4: IoU after 4, 5, ..., N clicks
+    ious: list[float] | None = None  # with max_clicks > 4: IoU after 4, 5, ..., N clicks
     baseline_ious: list[float] | None = None
-    correction_ms: float | None = None         # mean wall time of one corrected prediction
+    correction_ms: float | None = None  # mean wall time of one corrected prediction
 
     def noc(self, threshold: float, baseline: bool = False) -> int | None:
         """Clicks to reach ``threshold`` (0-1), capped at the last click count."""
@@ -83,22 +84,23 @@ class EvalResult:
 
     def miou_by_clicks(self, baseline: bool = False) -> dict[int, float] | None:
         """mIoU (percent) after 4, 5, ..., ``max_clicks`` clicks; None without corrective clicks."""
-        series = [r.baseline_ious if baseline else r.ious for r in self.rows]
-        series = [s for s in series if s is not None]
+        every = [r.baseline_ious if baseline else r.ious for r in self.rows]
+        series = [s for s in every if s is not None]
         if self.max_clicks <= FIRST_CLICKS or not series:
             return None
-        return {FIRST_CLICKS + i: mean_iou(s[i] for s in series) for i in range(len(series[0]))}
+        # ``series`` is not empty, so neither is any mean here.
+        return {FIRST_CLICKS + i: cast(float, mean_iou(s[i] for s in series)) for i in range(len(series[0]))}
 
     def noc(self, threshold: float, baseline: bool = False) -> float | None:
         """Mean clicks per object to reach ``threshold`` (4 extreme points included, capped at N)."""
-        counts = [r.noc(threshold, baseline) for r in self.rows]
-        counts = [c for c in counts if c is not None]
+        every = [r.noc(threshold, baseline) for r in self.rows]
+        counts = [c for c in every if c is not None]
         return float(np.mean(counts)) if counts and self.max_clicks > FIRST_CLICKS else None
 
     def nof(self, threshold: float, baseline: bool = False) -> int | None:
         """Objects still under ``threshold`` after ``max_clicks`` clicks."""
-        finals = [(r.baseline_ious if baseline else r.ious) for r in self.rows]
-        finals = [f[-1] for f in finals if f is not None]
+        series = [(r.baseline_ious if baseline else r.ious) for r in self.rows]
+        finals = [f[-1] for f in series if f is not None]
         return sum(v < threshold for v in finals) if finals and self.max_clicks > FIRST_CLICKS else None
 
     @property
@@ -111,7 +113,10 @@ class EvalResult:
         if by is None:
             return {}
         pre = "baseline_" if baseline else ""
-        out = {f"{pre}noc{round(100 * t)}": round(self.noc(t, baseline), 3) for t in NOC_THRESHOLDS}
+        # Series to count clicks on (``by``), so every NoC is a number.
+        out: dict[str, Any] = {
+            f"{pre}noc{round(100 * t)}": round(cast(float, self.noc(t, baseline)), 3) for t in NOC_THRESHOLDS
+        }
         out[f"{pre}nof90"] = self.nof(0.90, baseline)
         out[f"{pre}miou_by_clicks"] = {str(k): round(v, 3) for k, v in by.items()}
         return out
@@ -119,10 +124,17 @@ class EvalResult:
     def summary(self) -> dict:
         def rnd(v, k):
             return None if v is None else round(v, k)
-        out = {"miou": rnd(self.miou, 3), "n": self.n, "ms_per_object": rnd(self.ms_per_object, 2),
-               "baseline": self.baseline, "baseline_miou": rnd(self.baseline_miou, 3),
-               "baseline_ms_per_object": rnd(self.baseline_ms_per_object, 2),
-               "jitter": self.jitter, "seed": self.seed}
+
+        out = {
+            "miou": rnd(self.miou, 3),
+            "n": self.n,
+            "ms_per_object": rnd(self.ms_per_object, 2),
+            "baseline": self.baseline,
+            "baseline_miou": rnd(self.baseline_miou, 3),
+            "baseline_ms_per_object": rnd(self.baseline_ms_per_object, 2),
+            "jitter": self.jitter,
+            "seed": self.seed,
+        }
         if self.max_clicks > FIRST_CLICKS:
             out["max_clicks"] = self.max_clicks
             out["ms_per_correction"] = rnd(self.correction_ms, 2)
@@ -136,7 +148,8 @@ def shown_iou(row: ObjectResult) -> float:
     """IoU of the mask an overlay shows: the model's (else the baseline's), after its last click."""
     if row.iou is not None:
         return row.ious[-1] if row.ious else row.iou
-    return row.baseline_ious[-1] if row.baseline_ious else row.baseline_iou
+    # A row with no model IoU was scored by the baseline (``evaluate_objects`` runs one or both).
+    return row.baseline_ious[-1] if row.baseline_ious else cast(float, row.baseline_iou)
 
 
 __all__ = ["Case", "EvalResult", "FIRST_CLICKS", "NOC_THRESHOLDS", "ObjectResult", "shown_iou"]

@@ -14,18 +14,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import cast
 
 import numpy as np
 
 from ..errors import InputError, ServiceTimeout
 from ..predictor import DextrPredictor
 from ..service.cache import ImageCache, shared_cache
+from ..service.prompts import Prompt
 from ..service.resident import ResidentPredictor
 from ..settings import Settings
 from .client import LabelStudioClient
 from .images import ImageFetcher
-from .protocol import LabelConfig, Prompt, brush_result, polygon_results, task_image_url
-from .requests import parse_request
+from .protocol import LabelConfig, ObjectClicks, brush_result, polygon_results, task_image_url
+from .requests import ParsedRequest, parse_request
 from .setups import Connection
 
 log = logging.getLogger(__name__)
@@ -50,32 +52,59 @@ class LabelStudioBackend:
                 client = self._clients.get(connection)
                 if client is None:
                     client = self._clients[connection] = LabelStudioClient(
-                        connection.url, connection.api_key, allowed_hosts=self.settings.allowed_hosts,
-                        fetch_timeout=self.settings.fetch_timeout)
-        return ImageFetcher(client, self.settings.allowed_hosts, self.cache,
-                            max_bytes=self.settings.max_image_mb * 1024 * 1024, timeout=self.settings.fetch_timeout,
-                            max_pixels=self.settings.max_image_pixels)
+                        connection.url,
+                        connection.api_key,
+                        allowed_hosts=self.settings.allowed_hosts,
+                        fetch_timeout=self.settings.fetch_timeout,
+                    )
+        return ImageFetcher(
+            client,
+            self.settings.allowed_hosts,
+            self.cache,
+            max_bytes=self.settings.max_image_mb * 1024 * 1024,
+            timeout=self.settings.fetch_timeout,
+            max_pixels=self.settings.max_image_pixels,
+        )
 
-    def predict(self, request: dict, *, connection: Connection | None = None, deadline: float | None = None) -> dict:
+    def predict(
+        self,
+        request: dict,
+        *,
+        connection: Connection | None = None,
+        deadline: float | None = None,
+        parsed: ParsedRequest | None = None,
+    ) -> dict:
         """Answer a /predict body. ``connection`` says which Label Studio relative image URLs come
         from (see :mod:`.setups`; never taken from the body); ``deadline`` is a ``time.monotonic()``
-        instant after which the request ends with :class:`ServiceTimeout` (HTTP 504)."""
+        instant after which the request ends with :class:`ServiceTimeout` (HTTP 504). ``parsed``:
+        the body as the caller already checked it (``parse_request``), so it is read once."""
         if deadline is None:
             deadline = time.monotonic() + self.settings.predict_timeout
-        tasks, config, _context, prompts_per_task = parse_request(request, self.settings)
+        tasks, config, _context, prompts_per_task = parsed or parse_request(request, self.settings)
         fetcher = self.fetcher(connection)
         predictor = self.resident.get()
-        results = [self._task_result(task, config, prompts, predictor, fetcher, deadline)
-                   for task, prompts in zip(tasks, prompts_per_task)]
+        results = [
+            self._task_result(task, config, prompts, predictor, fetcher, deadline)
+            for task, prompts in zip(tasks, prompts_per_task)
+        ]
         return {"results": results, "model_version": predictor.version}
 
     def _check_time(self, deadline: float) -> None:
         if time.monotonic() > deadline:
-            raise ServiceTimeout(f"the request took longer than {self.settings.predict_timeout:g} s "
-                                 "(DEXTR_PREDICT_TIMEOUT); send fewer tasks or objects at once, or raise it")
+            raise ServiceTimeout(
+                f"the request took longer than {self.settings.predict_timeout:g} s "
+                "(DEXTR_PREDICT_TIMEOUT); send fewer tasks or objects at once, or raise it"
+            )
 
-    def _task_result(self, task: dict, config: LabelConfig, prompts: list[Prompt], predictor: DextrPredictor,
-                     fetcher: ImageFetcher, deadline: float) -> dict | list:
+    def _task_result(
+        self,
+        task: dict,
+        config: LabelConfig,
+        prompts: list[ObjectClicks],
+        predictor: DextrPredictor,
+        fetcher: ImageFetcher,
+        deadline: float,
+    ) -> dict | list:
         """One prediction for ``task`` (a dict), or none (``[]``) when there is nothing to segment.
 
         Label Studio reads each item of ``results`` as one prediction or a list of them. ``[]``
@@ -90,14 +119,15 @@ class LabelStudioBackend:
         for start in range(0, len(ready), batch):
             self._check_time(deadline)
             items, owners = [], []
-            for p in ready[start:start + batch]:
+            for p in ready[start : start + batch]:
                 image = fetcher.get(task_image_url(task, config.image_key(p.to_name)), deadline=deadline)
                 h, w = image.shape[:2]
-                if (w, h) != (p.width, p.height):     # LS measured another size (e.g. EXIF rotation)
+                if (w, h) != (p.width, p.height):  # LS measured another size (e.g. EXIF rotation)
                     p = p.scaled(w, h)
                 # The extreme points (pass 1), then every correction at once (pass 2, versions
                 # that take them; the predictor logs the ones a version ignores).
-                items.append((image, p.extreme_points(), *p.corrections()))
+                prompt = cast(Prompt, p.prompt())  # p is ready: it has a box or four clicks
+                items.append((image, prompt.extreme_points, prompt.positives, prompt.negatives))
                 owners.append(p)
             self._check_time(deadline)
             for p, pred in zip(owners, predictor.predict_batch(items)):
@@ -106,7 +136,7 @@ class LabelStudioBackend:
         score = float(np.mean(scores)) if scores else 0.0
         return {"result": result, "score": round(score, 4), "model_version": predictor.version}
 
-    def _regions(self, config: LabelConfig, p: Prompt, mask: np.ndarray, score: float) -> list[dict]:
+    def _regions(self, config: LabelConfig, p: ObjectClicks, mask: np.ndarray, score: float) -> list[dict]:
         brush = config.output("BrushLabels", p.to_name, p.label)
         polygon = config.output("PolygonLabels", p.to_name, p.label)
         mode = self.settings.output
@@ -114,9 +144,12 @@ class LabelStudioBackend:
         want_polygon = polygon is not None and (mode in ("polygon", "both") or (mode == "auto" and brush is None))
         if brush is None and polygon is None:
             raise InputError(f"the label config has no BrushLabels or PolygonLabels for image {p.to_name!r}")
-        out = [brush_result(mask, p, brush, score)] if want_brush else []
-        if want_polygon:
+        out = [brush_result(mask, p, brush, score)] if want_brush and brush is not None else []
+        if want_polygon and polygon is not None:
             out.extend(polygon_results(mask, p, polygon, score))
-        if not out:     # e.g. DEXTR_OUTPUT=polygon but the config only has brushes
-            out = [brush_result(mask, p, brush, score)] if brush else polygon_results(mask, p, polygon, score)
+        if not out:  # e.g. DEXTR_OUTPUT=polygon but the config only has brushes
+            if brush is not None:
+                out = [brush_result(mask, p, brush, score)]
+            elif polygon is not None:  # one of the two is there (checked above)
+                out = polygon_results(mask, p, polygon, score)
         return out

@@ -12,14 +12,14 @@ import base64
 import json
 import threading
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from ..errors import DextrError, InputError
 from .fetch import FetchError, Pool, check_url, data_image_bytes, fetch_bytes, origin
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
-MAX_API_BYTES = 256 * 1024 * 1024   # a page of tasks with brush RLEs, with room to spare
-ACCESS_TOKEN_SECONDS = 240          # LS access tokens live 300 s; refresh early
+MAX_API_BYTES = 256 * 1024 * 1024  # a page of tasks with brush RLEs, with room to spare
+ACCESS_TOKEN_SECONDS = 240  # LS access tokens live 300 s; refresh early
 
 
 class LabelStudioError(DextrError):
@@ -48,8 +48,15 @@ class LabelStudioClient:
     ``allowed_hosts`` are the other hosts :meth:`fetch` may read task images from (without
     credentials); ``fetch_timeout`` bounds one image fetch, redirects included."""
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0, *,
-                 allowed_hosts: Iterable[str] = (), fetch_timeout: float = 20.0):
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        *,
+        allowed_hosts: Iterable[str] = (),
+        fetch_timeout: float = 20.0,
+    ):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InputError(f"Label Studio URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
@@ -85,8 +92,16 @@ class LabelStudioClient:
     def _request(self, method: str, path: str, payload=None, auth: bool = True):
         """A REST call: Label Studio's origin only, redirects included."""
         try:
-            raw = fetch_bytes(self.url + "/" + path.lstrip("/"), base=self.url, auth=self.auth_header if auth else None, max_bytes=MAX_API_BYTES,
-                              timeout=self.timeout, method=method, payload=payload, pool=self.pool)
+            raw = fetch_bytes(
+                self.url + "/" + path.lstrip("/"),
+                base=self.url,
+                auth=self.auth_header if auth else None,
+                max_bytes=MAX_API_BYTES,
+                timeout=self.timeout,
+                method=method,
+                payload=payload,
+                pool=self.pool,
+            )
         except FetchError as exc:
             hint = " (check the API key)" if exc.status in (401, 403) else ""
             raise LabelStudioError(f"Label Studio: {exc}{hint}", exc.status) from None
@@ -114,7 +129,7 @@ class LabelStudioClient:
             try:
                 body = self.get(f"/api/tasks?project={int(project)}&fields=all&page={page}&page_size={page_size}")
             except LabelStudioError as exc:
-                if page > 1 and exc.status == 404:   # LS answers 404 past the last page
+                if page > 1 and exc.status == 404:  # LS answers 404 past the last page
                     return
                 raise
             tasks = body.get("tasks", []) if isinstance(body, dict) else body
@@ -124,14 +139,27 @@ class LabelStudioClient:
                 return
             page += 1
 
-    def fetch(self, url: str, max_bytes: int = MAX_IMAGE_BYTES, deadline: float | None = None, *,
-              allowed_hosts: Iterable[str] | None = None, timeout: float | None = None) -> bytes:
+    def fetch(
+        self,
+        url: str,
+        max_bytes: int = MAX_IMAGE_BYTES,
+        deadline: float | None = None,
+        *,
+        allowed_hosts: Iterable[str] | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
         """Bytes of a task's data URL (``/data/upload/...``, ``/data/local-files/?d=...`` or absolute):
         Label Studio's origin with our token, ``allowed_hosts`` (default: the client's) without.
         A ``data:image/...;base64,`` URI is decoded, never fetched."""
         if url[:5].lower() == "data:":
             return data_image_bytes(url, max_bytes)
-        return fetch_bytes(url, base=self.url, auth=self.auth_header,
-                           allowed_hosts=self.allowed_hosts if allowed_hosts is None else allowed_hosts,
-                           max_bytes=max_bytes, timeout=self.fetch_timeout if timeout is None else timeout,
-                           deadline=deadline, pool=self.pool)
+        return fetch_bytes(
+            url,
+            base=self.url,
+            auth=self.auth_header,
+            allowed_hosts=self.allowed_hosts if allowed_hosts is None else allowed_hosts,
+            max_bytes=max_bytes,
+            timeout=self.fetch_timeout if timeout is None else timeout,
+            deadline=deadline,
+            pool=self.pool,
+        )

@@ -51,8 +51,9 @@ def export_labelstudio(client, project: int, folder: str | Path, image_key: str 
         cv2.imwrite(str(staging / "images" / f"{tid}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         for k, region in enumerate(regions):
             if region.mask.shape != image.shape[:2]:
-                region_mask = cv2.resize(region.mask.astype(np.uint8), image.shape[1::-1],
-                                         interpolation=cv2.INTER_NEAREST) > 0
+                region_mask = (
+                    cv2.resize(region.mask.astype(np.uint8), image.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+                )
             else:
                 region_mask = region.mask
             cv2.imwrite(str(staging / "masks" / f"{k}_{tid}.png"), region_mask.astype(np.uint8) * 255)

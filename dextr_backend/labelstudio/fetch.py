@@ -25,8 +25,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 import httpx
 
@@ -39,7 +40,7 @@ MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
 DEFAULT_PORTS = {"http": 80, "https": 443}
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
-RATE_GRACE_SECONDS = 2.0        # the minimum rate applies from then on: connecting and a first byte take a moment
+RATE_GRACE_SECONDS = 2.0  # the minimum rate applies from then on: connecting and a first byte take a moment
 
 
 class FetchError(InputError):
@@ -70,8 +71,10 @@ def shown(url) -> str:
 def _problem(url: httpx.URL) -> str | None:
     """Why an absolute URL is never fetched, or None."""
     if url.scheme in CLOUD_SCHEMES:
-        return ("cloud storage URLs need Label Studio to presign them; serve them through a Label Studio "
-                "storage (use_blob_urls) instead")
+        return (
+            "cloud storage URLs need Label Studio to presign them; serve them through a Label Studio "
+            "storage (use_blob_urls) instead"
+        )
     if url.scheme not in DEFAULT_PORTS:
         return f"scheme {url.scheme!r}; only http and https are fetched"
     if url.userinfo:
@@ -108,6 +111,7 @@ def is_allowed(url: httpx.URL, home: Origin | None, allowed_hosts: Iterable[str]
 def check_url(url: str, *, base: str | None = None, allowed_hosts: Iterable[str] = ()) -> httpx.URL:
     """The absolute URL ``url`` names (relative ones under ``base``, Label Studio's URL), refused with
     an :class:`InputError` unless it may be fetched. No network."""
+
     def refuse(reason: str) -> InputError:
         return InputError(f"cannot fetch {shown(url)}: not allowed ({reason})")
 
@@ -175,6 +179,7 @@ class FetchGate:
     @contextmanager
     def lane(self, host: str, end: float):
         """One lane to ``host`` for the ``with`` block, waited for until ``end`` (else :class:`LaneTimeout`)."""
+
         def open_() -> bool:
             return self._count < self.total and self._busy.get(host, 0) < self.per_host
 
@@ -194,10 +199,21 @@ class FetchGate:
                 self._free.notify_all()
 
 
-def fetch_bytes(url: str, *, base: str | None = None, auth: Callable[[], dict[str, str]] | None = None,
-                allowed_hosts: Iterable[str] = (), max_bytes: int, timeout: float, deadline: float | None = None,
-                method: str = "GET", payload=None, pool: Pool | None = None, min_rate: float = 0.0,
-                started: float | None = None) -> bytes:
+def fetch_bytes(
+    url: str,
+    *,
+    base: str | None = None,
+    auth: Callable[[], dict[str, str]] | None = None,
+    allowed_hosts: Iterable[str] = (),
+    max_bytes: int,
+    timeout: float,
+    deadline: float | None = None,
+    method: str = "GET",
+    payload=None,
+    pool: Pool | None = None,
+    min_rate: float = 0.0,
+    started: float | None = None,
+) -> bytes:
     """The body of ``url`` after at most :data:`MAX_REDIRECTS` checked hops.
 
     ``base`` is Label Studio's URL: relative URLs resolve under it and its origin is always
@@ -211,84 +227,113 @@ def fetch_bytes(url: str, *, base: str | None = None, auth: Callable[[], dict[st
     :class:`InputError`, failures :class:`FetchError`, the caller's deadline :class:`ServiceTimeout`.
     """
     allowed_hosts = tuple(allowed_hosts)
-    start = time.monotonic() if started is None else started
-    end = start + timeout
-    caller_limits = deadline is not None and deadline < end
-    end = min(end, deadline) if deadline is not None else end
+    budget = _Budget(shown(url), timeout, deadline, started, min_rate)
     target = check_url(url, base=base, allowed_hosts=allowed_hosts)
     home = origin(httpx.URL(base)) if base else None
     trusted = home is not None and origin(target) == home
     content = json.dumps(payload).encode() if payload is not None else None
     client = (pool or SHARED).client()
-    name = shown(url)
-
-    def failed(reason: str, status: int | None = None) -> FetchError:
-        return FetchError(f"cannot fetch {name}: {reason}", status)
-
-    def timed_out() -> InputError | ServiceTimeout:
-        message = f"cannot fetch {name}: timed out after {round(end - start, 1):g} s"
-        return ServiceTimeout(message) if caller_limits else FetchError(message)
-
-    def too_slow(size: int) -> FetchError | None:
-        took = time.monotonic() - start
-        if min_rate > 0 and took > RATE_GRACE_SECONDS and size < min_rate * (took - RATE_GRACE_SECONDS):
-            return failed(f"the server sent {size} bytes in {took:.1f} s, slower than "
-                          f"{min_rate / 1000:g} kB/s (DEXTR_FETCH_MIN_RATE_KB)")
-        return None
-
     for _ in range(MAX_REDIRECTS + 1):
-        headers = {"Accept-Encoding": "identity"}
-        if content is not None:
-            headers["Content-Type"] = "application/json"
-        if trusted and auth is not None:
-            headers.update(auth())
-        left = end - time.monotonic()
+        headers = _headers(content is not None, auth if trusted else None)
+        left = budget.left()
         if left <= 0:
-            raise timed_out()
+            raise budget.timed_out()
         try:
             with client.stream(method, target, headers=headers, content=content, timeout=left) as resp:
                 if resp.status_code in REDIRECTS and resp.headers.get("location"):
-                    try:
-                        hop = target.join(resp.headers["location"])
-                    except httpx.InvalidURL:
-                        hop = None
-                    if hop is None or _problem(hop) or not is_allowed(hop, home, allowed_hosts):
-                        log.warning("redirect refused", extra={"url": name, "from": _origin_text(target),
-                                                               "to": _origin_text(hop)})
-                        raise InputError(f"cannot fetch {name}: redirect to a host that is not allowed")
-                    trusted = trusted and origin(hop) == home
+                    target = _redirect(resp, target, home, allowed_hosts, budget.name)
+                    trusted = trusted and origin(target) == home
                     if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
                         method, content = "GET", None
-                    target = hop
                     continue
                 if not 200 <= resp.status_code < 300:
-                    raise failed(f"the server answered HTTP {resp.status_code}", resp.status_code)
-                return _read(resp, max_bytes, end, failed, timed_out, too_slow)
+                    raise budget.failed(f"the server answered HTTP {resp.status_code}", resp.status_code)
+                return _read(resp, max_bytes, budget)
         except httpx.TimeoutException:
-            raise timed_out() from None
+            raise budget.timed_out() from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            log.warning("fetch failed", extra={"url": name, "at": _origin_text(target),
-                                               "error": shorten(f"{type(exc).__name__}: {exc}", 300)})
-            if isinstance(exc, (httpx.ProtocolError, httpx.DecodingError)):
-                raise failed("the answer was not HTTP") from None
-            raise failed("could not connect") from None
-    raise InputError(f"cannot fetch {name}: too many redirects (more than {MAX_REDIRECTS})")
+            raise budget.broke(exc, target) from None
+    raise InputError(f"cannot fetch {budget.name}: too many redirects (more than {MAX_REDIRECTS})")
 
 
-def _read(resp: httpx.Response, max_bytes: int, end: float, failed, timed_out, too_slow) -> bytes:
+def _headers(json_body: bool, auth: Callable[[], dict[str, str]] | None) -> dict[str, str]:
+    """One hop's request headers: Label Studio's credentials only where ``auth`` is given (every hop
+    so far on its origin)."""
+    headers = {"Accept-Encoding": "identity"}
+    if json_body:
+        headers["Content-Type"] = "application/json"
+    if auth is not None:
+        headers.update(auth())
+    return headers
+
+
+class _Budget:
+    """One fetch's clock, and its failures named after the URL the caller gave: the earlier of
+    ``timeout`` and the caller's ``deadline``, and the minimum rate after the grace period."""
+
+    def __init__(self, name: str, timeout: float, deadline: float | None, started: float | None, min_rate: float):
+        self.name, self.min_rate = name, min_rate
+        self.start = time.monotonic() if started is None else started
+        end = self.start + timeout
+        self.caller_limits = deadline is not None and deadline < end  # then it is the caller's 504
+        self.end = min(end, deadline) if deadline is not None else end
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def failed(self, reason: str, status: int | None = None) -> FetchError:
+        return FetchError(f"cannot fetch {self.name}: {reason}", status)
+
+    def timed_out(self) -> InputError | ServiceTimeout:
+        message = f"cannot fetch {self.name}: timed out after {round(self.end - self.start, 1):g} s"
+        return ServiceTimeout(message) if self.caller_limits else FetchError(message)
+
+    def broke(self, exc: Exception, target: httpx.URL) -> FetchError:
+        """A connection that failed: the details (the origin only) to the log, a generic reason out."""
+        error = shorten(f"{type(exc).__name__}: {exc}", 300)
+        log.warning("fetch failed", extra={"url": self.name, "at": _origin_text(target), "error": error})
+        if isinstance(exc, (httpx.ProtocolError, httpx.DecodingError)):
+            return self.failed("the answer was not HTTP")
+        return self.failed("could not connect")
+
+    def too_slow(self, size: int) -> FetchError | None:
+        took = time.monotonic() - self.start
+        if self.min_rate > 0 and took > RATE_GRACE_SECONDS and size < self.min_rate * (took - RATE_GRACE_SECONDS):
+            return self.failed(
+                f"the server sent {size} bytes in {took:.1f} s, slower than "
+                f"{self.min_rate / 1000:g} kB/s (DEXTR_FETCH_MIN_RATE_KB)"
+            )
+        return None
+
+
+def _redirect(
+    resp: httpx.Response, target: httpx.URL, home: Origin | None, allowed_hosts: tuple[str, ...], name: str
+) -> httpx.URL:
+    """The next hop a redirect names, checked before anything connects to it."""
+    try:
+        hop = target.join(resp.headers["location"])
+    except httpx.InvalidURL:
+        hop = None
+    if hop is None or _problem(hop) or not is_allowed(hop, home, allowed_hosts):
+        log.warning("redirect refused", extra={"url": name, "from": _origin_text(target), "to": _origin_text(hop)})
+        raise InputError(f"cannot fetch {name}: redirect to a host that is not allowed")
+    return hop
+
+
+def _read(resp: httpx.Response, max_bytes: int, budget: _Budget) -> bytes:
     """The streamed body, refused (not truncated) past ``max_bytes``, at the deadline, or when too slow."""
     length = resp.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes:
-        raise failed(f"larger than {max_bytes} bytes")
+        raise budget.failed(f"larger than {max_bytes} bytes")
     chunks, size = [], 0
     for chunk in resp.iter_bytes():
         size += len(chunk)
         if size > max_bytes:
-            raise failed(f"larger than {max_bytes} bytes")
-        if time.monotonic() > end:
-            raise timed_out()
+            raise budget.failed(f"larger than {max_bytes} bytes")
+        if time.monotonic() > budget.end:
+            raise budget.timed_out()
         chunks.append(chunk)
-        slow = None if length.isdigit() and size >= int(length) else too_slow(size)   # complete: not slow
+        slow = None if length.isdigit() and size >= int(length) else budget.too_slow(size)  # complete: not slow
         if slow is not None:
             raise slow
     return b"".join(chunks)
@@ -303,7 +348,7 @@ def data_image_bytes(uri: str, max_bytes: int) -> bytes:
     head, comma, payload = uri[:100].partition(",")
     if not comma or not head.lower().startswith(DATA_PREFIX) or not head.lower().endswith(";base64"):
         raise InputError(f"{shown(uri)}: a data: URI in a task must be an image, as data:image/<type>;base64,<data>")
-    payload = uri[len(head) + 1:]
+    payload = uri[len(head) + 1 :]
     if len(payload) > 4 * ((max_bytes + 2) // 3):
         raise InputError(f"the data:image in the task is larger than {max_bytes} bytes (DEXTR_MAX_IMAGE_MB)")
     try:

@@ -23,6 +23,7 @@ import hashlib
 import threading
 import time
 from contextvars import ContextVar
+from typing import cast
 
 import numpy as np
 import redis
@@ -51,8 +52,10 @@ def fetch_rules(settings: Settings | None = None) -> tuple[FetchGate, float]:
     with _RULES_LOCK:
         if settings is not None or _RULES is None:
             settings = settings or Settings.from_env()
-            _RULES = (FetchGate(settings.fetch_concurrency, settings.fetch_per_host),
-                      max(0.0, settings.fetch_min_rate_kb) * 1000)
+            _RULES = (
+                FetchGate(settings.fetch_concurrency, settings.fetch_per_host),
+                max(0.0, settings.fetch_min_rate_kb) * 1000,
+            )
         return _RULES
 
 
@@ -62,15 +65,22 @@ class ImageFetcher:
     The cache key holds Label Studio's URL and a hash of its token besides the image URL: two
     projects on two Label Studios (or two tokens) never get each other's picture."""
 
-    def __init__(self, client: LabelStudioClient | None, allowed_hosts: tuple[str, ...] = (),
-                 cache: ImageCache | None = None, max_bytes: int = 50 * 1024 * 1024, *, timeout: float = 20.0,
-                 max_pixels: int | None = None):
+    def __init__(
+        self,
+        client: LabelStudioClient | None,
+        allowed_hosts: tuple[str, ...] = (),
+        cache: ImageCache | None = None,
+        max_bytes: int = 50 * 1024 * 1024,
+        *,
+        timeout: float = 20.0,
+        max_pixels: int | None = None,
+    ):
         self.client = client
         self.allowed_hosts = tuple(h.strip().lower() for h in allowed_hosts if h.strip())
         self.cache = cache if cache is not None else ImageCache()
         self.max_bytes = max_bytes
         self.timeout = timeout
-        self.max_pixels = max_pixels        # None: DEXTR_MAX_IMAGE_PIXELS as the environment says
+        self.max_pixels = max_pixels  # None: DEXTR_MAX_IMAGE_PIXELS as the environment says
         token = hashlib.sha256(client.api_key.encode()).hexdigest()[:32] if client and client.api_key else "-"
         self._identity = f"{client.url if client else '-'}|{token}"
 
@@ -88,12 +98,12 @@ class ImageFetcher:
         image = self.cache.get(key)
         if image is None:
             if slot is not None:
-                slot.give_back()                 # waiting on the network computes nothing
+                slot.give_back()  # waiting on the network computes nothing
             data = data_image_bytes(url, self.max_bytes) if inline else _staged(key)
             if data is None:
                 data = self._fetch(url, target, deadline, slot)
             if slot is not None:
-                slot.take(deadline)              # at once where _fetch took it already
+                slot.take(deadline)  # at once where _fetch took it already
             image = decode_image(data, name, self.max_pixels)
             self.cache.put(key, image)
         elif slot is not None:
@@ -123,16 +133,26 @@ class ImageFetcher:
         end = begun + self.timeout
         try:
             with gate.lane("{}://{}:{}".format(*origin(target)), end if deadline is None else min(end, deadline)):
-                data = fetch_bytes(url, base=client.url if client else None, allowed_hosts=self.allowed_hosts,
-                                   auth=client.auth_header if client else None, max_bytes=self.max_bytes,
-                                   timeout=self.timeout, deadline=deadline, started=begun,
-                                   pool=client.pool if client else None, min_rate=min_rate)
+                data = fetch_bytes(
+                    url,
+                    base=client.url if client else None,
+                    allowed_hosts=self.allowed_hosts,
+                    auth=client.auth_header if client else None,
+                    max_bytes=self.max_bytes,
+                    timeout=self.timeout,
+                    deadline=deadline,
+                    started=begun,
+                    pool=client.pool if client else None,
+                    min_rate=min_rate,
+                )
                 if slot is not None:
                     slot.take(deadline)
                 return data
         except LaneTimeout:
-            message = (f"cannot fetch {shown(url)}: no fetch to {target.host} came free in time ({gate.per_host} "
-                       f"at once per host: DEXTR_FETCH_PER_HOST; {gate.total} in all: DEXTR_FETCH_CONCURRENCY)")
+            message = (
+                f"cannot fetch {shown(url)}: no fetch to {target.host} came free in time ({gate.per_host} "
+                f"at once per host: DEXTR_FETCH_PER_HOST; {gate.total} in all: DEXTR_FETCH_CONCURRENCY)"
+            )
             raise (ServiceTimeout if deadline is not None and deadline < end else FetchError)(message) from None
 
 
@@ -146,13 +166,10 @@ def _staged(key: str) -> bytes | None:
     if job is None:
         return None
     try:
-        return job.connection.get(_staged_name(key))
+        return cast("bytes | None", job.connection.get(_staged_name(key)))  # no decode_responses
     except redis.RedisError:
         return None
 
 
 def _data_key(uri: str) -> str:
     return "data|" + hashlib.blake2b(uri.encode("utf-8", "replace"), digest_size=16).hexdigest()
-
-
-

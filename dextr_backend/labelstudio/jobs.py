@@ -2,18 +2,20 @@
 :mod:`.retrain`. Each returns plain data, with user errors as data (``errors.error_payload``), so
 the API answers with the worker's own message and status instead of a generic failure.
 
-The server passes these functions to the queue (``QueueClient.call``, ``request_training``);
-the queue itself knows no job bodies.
+The server passes these functions to the queue (``QueueClient.call``) and to the training runs
+(``TrainingRuns.request``); neither knows job bodies.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
+from typing import cast
 
 from ..errors import DextrError, error_payload
 from ..redact import redact_text
 from ..service import resident
+from ..training_runs import Run, RunTakenOver, TrainingRuns
 from .backend import LabelStudioBackend
 from .protocol import project_id
 from .requests import request_deadline
@@ -30,7 +32,8 @@ def backend() -> LabelStudioBackend:
     global _BACKEND
     shared = resident.shared()
     if _BACKEND is None or _BACKEND.resident is not shared:
-        _BACKEND = LabelStudioBackend(shared.settings, shared)
+        worker = cast(resident.ResidentPredictor, shared)  # a worker loads its own; only library callers pin one
+        _BACKEND = LabelStudioBackend(worker.settings, worker)
     return _BACKEND
 
 
@@ -64,29 +67,19 @@ def train_project(project: int) -> dict:
 
     The arguments name the project only: the worker takes Label Studio's address and token from
     its own settings, else from what Label Studio sent to ``/setup`` (kept in Redis by the API).
-    If another request for this project came while a run went on, the job runs once more (see
-    ``queue.runs``), so labels accepted meanwhile are not left out and two runs never overlap."""
+    If another request for this project came while a run went on, the job runs once more
+    (``TrainingRuns.work``), so labels accepted meanwhile are not left out and two runs never overlap."""
     from rq import get_current_job
 
-    from ..queue.runs import Run, RunTakenOver
-
     job = get_current_job()
-    if job is None:                      # called directly, not by a worker: no state to keep
+    if job is None:  # called directly, not by a worker: no state to keep
         return _train_once(project, None, None)
-    while True:
-        run = Run.begin(job.connection, project, job.id, job.worker_name or "")
-        try:
-            result = _train_once(project, run, job.connection)
-            again = run.finish(result=result.get("ok"), error=result.get("error"))
-        except RunTakenOver as exc:
-            log.warning("training run taken over", extra={"project": project, "detail": str(exc)})
-            return error_payload(exc)
-        if not again:
-            return result
+    return TrainingRuns(job.connection).work(
+        project, job.id, job.worker_name or "", lambda run: _train_once(project, run, job.connection)
+    )
 
 
-def _train_once(project: int, run, redis_conn) -> dict:
-    from ..queue.runs import RunTakenOver
+def _train_once(project: int, run: Run | None, redis_conn) -> dict:
     from ..settings import Settings
     from .retrain import label_studio_client, retrain_project
 
@@ -95,12 +88,19 @@ def _train_once(project: int, run, redis_conn) -> dict:
         client = label_studio_client(settings, SetupStore(redis_conn) if redis_conn else None, project)
         if run is None:
             return {"ok": retrain_project(settings, client, project)}
-        return {"ok": retrain_project(settings, client, project, last_trained=run.last_trained(),
-                                      stage=run.stage, progress=run.progress)}
+        return {
+            "ok": retrain_project(
+                settings, client, project, last_trained=run.last_trained(), stage=run.stage, progress=run.progress
+            )
+        }
     except RunTakenOver:
         raise
     except DextrError as exc:
         return error_payload(exc)
     except Exception as exc:  # noqa: BLE001 - a bug (see _crashed); the run still ends, as failed
-        return _crashed("training", exc, f"internal error in the training worker ({type(exc).__name__}: "
-                                         f"{redact_text(str(exc))[:200]})", project=project)
+        return _crashed(
+            "training",
+            exc,
+            f"internal error in the training worker ({type(exc).__name__}: {redact_text(str(exc))[:200]})",
+            project=project,
+        )

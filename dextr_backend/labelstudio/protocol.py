@@ -3,6 +3,9 @@
 Everything here is pure data (dicts and numpy), shared by the HTTP server and the queue workers.
 Shapes follow ``shared/reference/label-studio.md``: coordinates in results and contexts are
 percentages (0-100) of the image's original width and height.
+
+It runs over 300 lines: Label Studio's JSON shapes, in (label configs, clicks, boxes) and
+out (brush and polygon regions), kept in one place so that one format is read in one place.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import box_points
 from ..postprocess import mask_to_polygons
+from ..service.prompts import Prompt
+from ..training_runs import training_project
 from .regions import mask_to_brush
 
 CONTROL_TAGS = ("BrushLabels", "PolygonLabels", "KeyPointLabels", "RectangleLabels")
@@ -34,26 +38,31 @@ class Control:
 
 @dataclass(frozen=True)
 class LabelConfig:
-    images: dict[str, str]          # Image tag name -> task data key ($image -> "image")
+    images: dict[str, str]  # Image tag name -> task data key ($image -> "image")
     controls: tuple[Control, ...]
 
     @classmethod
-    def parse(cls, xml: str) -> "LabelConfig":
+    def parse(cls, xml: object) -> LabelConfig:
         if not isinstance(xml, str) or not xml.strip():
             raise InputError("label_config is missing or empty")
         try:
             root = ET.fromstring(xml)
         except ET.ParseError as exc:
             raise InputError(f"label_config is not valid XML: {exc}") from None
-        images = {el.get("name"): (el.get("value") or "").lstrip("$")
-                  for el in root.iter() if el.tag == "Image" and el.get("name")}
+        images = {
+            image_name: (el.get("value") or "").lstrip("$")
+            for el in root.iter()
+            if el.tag == "Image" and (image_name := el.get("name"))
+        }
         controls = []
         for el in root.iter():
-            if el.tag in CONTROL_TAGS and el.get("name") and el.get("toName"):
-                labels = tuple(lab.get("value") for lab in el.iter("Label") if lab.get("value"))
+            name, to_name = el.get("name"), el.get("toName")
+            if el.tag in CONTROL_TAGS and name and to_name:
+                labels = tuple(value for lab in el.iter("Label") if (value := lab.get("value")))
                 smart = el.get("smart", "").lower() == "true" or any(
-                    lab.get("smart", "").lower() == "true" for lab in el.iter("Label"))
-                controls.append(Control(el.tag, el.get("name"), el.get("toName"), labels, smart))
+                    lab.get("smart", "").lower() == "true" for lab in el.iter("Label")
+                )
+                controls.append(Control(el.tag, name, to_name, labels, smart))
         if not images:
             raise InputError("label_config has no <Image> tag: this backend segments images")
         return cls(images, tuple(controls))
@@ -68,24 +77,18 @@ class LabelConfig:
 
     def image_key(self, to_name: str | None = None) -> str:
         """The task data key of the ``<Image>`` called ``to_name`` (default: the first one)."""
-        return self.images.get(to_name) or next(iter(self.images.values()))
-
-
-MAX_PROJECT_ID = 2**31 - 1        # Label Studio's ids are database integers
+        key = self.images.get(to_name) if to_name is not None else None
+        return key or next(iter(self.images.values()))
 
 
 def project_id(value) -> int | None:
     """``"3.1700000000"`` (LS's ``<id>.<created>``), ``3`` or ``{"id": 3}`` -> 3; None when there is
-    no usable id (missing, not a number, or outside 1 .. 2**31 - 1)."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+    no usable id (missing, not a number, or outside 1 .. 2**31 - 1). The one rule, with the reason
+    for a refusal, is ``training_runs.training_project``."""
+    try:
+        return training_project(value)
+    except InputError:
         return None
-    text = str(value).split(".", 1)[0].strip()
-    if not text.isdigit() or len(text) > 10:
-        return None
-    number = int(text)
-    return number if 1 <= number <= MAX_PROJECT_ID else None
 
 
 def task_image_url(task: dict, key: str) -> str:
@@ -100,8 +103,10 @@ def task_image_url(task: dict, key: str) -> str:
 
 
 @dataclass
-class Prompt:
-    """One object to segment: its image, label, clicks in pixels, and the original image size."""
+class ObjectClicks:
+    """One object as Label Studio sent it: its image, label, clicks and box in pixels, and the
+    image size Label Studio measured. Which click is what is :mod:`dextr_backend.service.prompts`'
+    rule, the same for every tool (:meth:`prompt`)."""
 
     to_name: str
     label: str
@@ -109,34 +114,20 @@ class Prompt:
     height: int
     points: list[tuple[float, float]] = field(default_factory=list)
     negatives: list[tuple[float, float]] = field(default_factory=list)
-    box: tuple[float, float, float, float] | None = None   # x0, y0, x1, y1 in pixels
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in pixels
 
-    @property
-    def from_box(self) -> bool:
-        """Whether a box stands in for the extreme points (fewer than four positive clicks)."""
-        return self.box is not None and len(self.points) < 4
-
-    def extreme_points(self) -> np.ndarray:
-        """The first four positive clicks, or the box's side midpoints (see README)."""
-        if self.from_box:
-            return box_points(self.box, self.width, self.height)
-        return np.asarray(self.points[:4], dtype=np.float64).reshape(-1, 2)
-
-    def corrections(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(positives, negatives)``: the positive clicks after the extreme points (all of them
-        when a box stands in) and every negative (Alt-) click, in pixels."""
-        extra = self.points if self.from_box else self.points[4:]
-        return (np.asarray(extra, dtype=np.float64).reshape(-1, 2),
-                np.asarray(self.negatives, dtype=np.float64).reshape(-1, 2))
+    def prompt(self) -> Prompt | None:
+        """The extreme points and corrections, or None while there are too few clicks."""
+        return Prompt.from_clicks(self.points, self.negatives, self.box, width=self.width, height=self.height)
 
     @property
     def ready(self) -> bool:
         return self.box is not None or len(self.points) >= 4
 
-    def size_matches(self, other: "Prompt") -> bool:
+    def size_matches(self, other: ObjectClicks) -> bool:
         return (self.width, self.height) == (other.width, other.height)
 
-    def scaled(self, width: int, height: int) -> "Prompt":
+    def scaled(self, width: int, height: int) -> ObjectClicks:
         """The same clicks for the image as it decoded (``width`` x ``height``), when Label Studio
         measured another size (e.g. EXIF rotation)."""
         sx, sy = width / self.width, height / self.height
@@ -145,10 +136,10 @@ class Prompt:
             return [(min(x * sx, width - 1.0), min(y * sy, height - 1.0)) for x, y in points]
 
         box = None if self.box is None else (self.box[0] * sx, self.box[1] * sy, self.box[2] * sx, self.box[3] * sy)
-        return Prompt(self.to_name, self.label, width, height, scale(self.points), scale(self.negatives), box)
+        return ObjectClicks(self.to_name, self.label, width, height, scale(self.points), scale(self.negatives), box)
 
 
-MAX_SIDE = 100_000      # pixels; Label Studio sizes beyond this are not images anyone annotates
+MAX_SIDE = 100_000  # pixels; Label Studio sizes beyond this are not images anyone annotates
 
 
 def _number(value, what: str) -> float:
@@ -181,7 +172,14 @@ def _pixel(value: dict, w: int, h: int) -> tuple[float, float]:
     x, y = _number(value["x"], "a point's 'x'"), _number(value["y"], "a point's 'y'")
     if not (0.0 <= x <= 100.0 and 0.0 <= y <= 100.0):
         raise InputError(f"point ({x:g}%, {y:g}%) lies outside the image")
-    return min(x * w / 100.0, w - 1.0), min(y * h / 100.0, h - 1.0)
+    return min(_from_percent(x, w), w - 1.0), min(_from_percent(y, h), h - 1.0)
+
+
+def _from_percent(value: float, size: int) -> float:
+    """Percent of ``size`` in pixels, rounded to a millionth of a pixel: Label Studio's percentages
+    of whole pixels come back a hair off (251 of 321 px reads 250.99999999999997), and a crop
+    edge floored from that would move a whole pixel."""
+    return round(value * size / 100.0, 6)
 
 
 def _label(value: dict, kind: str) -> str:
@@ -191,7 +189,7 @@ def _label(value: dict, kind: str) -> str:
     return labels[0] if labels else ""
 
 
-def prompts_from_results(results: list, *, group_keypoints: bool = False) -> list[Prompt]:
+def prompts_from_results(results: list, *, group_keypoints: bool = False) -> list[ObjectClicks]:
     """Objects in a list of LS result items (an interactive context, or a stored annotation).
 
     Keypoints of the same image and label form one object in interactive mode (LS re-sends
@@ -203,9 +201,9 @@ def prompts_from_results(results: list, *, group_keypoints: bool = False) -> lis
     """
     if not isinstance(results, list):
         raise InputError("context.result must be a list")
-    prompts: list[Prompt] = []
-    groups: dict[tuple[str, str], list[Prompt]] = {}
-    boxes: dict[tuple[str, str], Prompt] = {}
+    prompts: list[ObjectClicks] = []
+    groups: dict[tuple[str, str], list[ObjectClicks]] = {}
+    boxes: dict[tuple[str, str], ObjectClicks] = {}
     for item in results:
         if not isinstance(item, dict):
             raise InputError("every context.result item must be an object")
@@ -228,17 +226,17 @@ def prompts_from_results(results: list, *, group_keypoints: bool = False) -> lis
             bh = _number(value["height"], "a rectangle's 'height'")
             if not (0.0 <= bw <= 100.0 and 0.0 <= bh <= 100.0):
                 raise InputError("a rectangle's 'width' and 'height' must lie between 0 and 100 percent")
-            bw, bh = bw * w / 100.0, bh * h / 100.0
+            bw, bh = _from_percent(bw, w), _from_percent(bh, h)
             if _number(value.get("rotation") or 0, "a rectangle's 'rotation'") != 0:
                 raise InputError("rotated rectangles are not supported; draw the box unrotated")
-            prompts.append(Prompt(to_name, label, w, h, box=(x0, y0, x0 + bw, y0 + bh)))
+            prompts.append(ObjectClicks(to_name, label, w, h, box=(x0, y0, x0 + bw, y0 + bh)))
             boxes[(to_name, label)] = prompts[-1]
             continue
         point = _pixel(value, w, h)
         key = (to_name, label)
         open_groups = groups.setdefault(key, [])
         if not open_groups or (group_keypoints and len(open_groups[-1].points) >= 4):
-            open_groups.append(Prompt(to_name, label, w, h))
+            open_groups.append(ObjectClicks(to_name, label, w, h))
             prompts.append(open_groups[-1])
         target = open_groups[-1]
         if item.get("is_positive", True) is False:
@@ -250,7 +248,7 @@ def prompts_from_results(results: list, *, group_keypoints: bool = False) -> lis
     return prompts
 
 
-def _clicks_on_boxes(prompts: list[Prompt], boxes: dict[tuple[str, str], Prompt]) -> list[Prompt]:
+def _clicks_on_boxes(prompts: list[ObjectClicks], boxes: dict[tuple[str, str], ObjectClicks]) -> list[ObjectClicks]:
     """Interactive mode: a keypoint group of a label with fewer than four positive clicks, beside
     a rectangle of the same label and image, corrects that rectangle instead of waiting for more."""
     out = []
@@ -268,15 +266,22 @@ def _region_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def brush_result(mask: np.ndarray, prompt: Prompt, control: Control, score: float) -> dict:
-    return {"id": _region_id(), "from_name": control.name, "to_name": prompt.to_name,
-            "original_width": prompt.width, "original_height": prompt.height, "image_rotation": 0,
-            "type": "brushlabels", "value": {"format": "rle", "rle": mask_to_brush(mask),
-                                            "brushlabels": [prompt.label] if prompt.label else []},
-            "score": round(float(score), 4), "readonly": False}
+def brush_result(mask: np.ndarray, prompt: ObjectClicks, control: Control, score: float) -> dict:
+    return {
+        "id": _region_id(),
+        "from_name": control.name,
+        "to_name": prompt.to_name,
+        "original_width": prompt.width,
+        "original_height": prompt.height,
+        "image_rotation": 0,
+        "type": "brushlabels",
+        "value": {"format": "rle", "rle": mask_to_brush(mask), "brushlabels": [prompt.label] if prompt.label else []},
+        "score": round(float(score), 4),
+        "readonly": False,
+    }
 
 
-def polygon_results(mask: np.ndarray, prompt: Prompt, control: Control, score: float) -> list[dict]:
+def polygon_results(mask: np.ndarray, prompt: ObjectClicks, control: Control, score: float) -> list[dict]:
     """One polygon result per outer boundary. LS polygons cannot have holes, so each hole is
     returned as a polygon of its own, marked ``"hole": true`` in ``meta`` for downstream tools."""
     out = []
@@ -288,10 +293,18 @@ def polygon_results(mask: np.ndarray, prompt: Prompt, control: Control, score: f
             if len(ring) < 3:
                 continue
             pts = [[round(float(x) * sx, 4), round(float(y) * sy, 4)] for x, y in ring]
-            item = {"id": _region_id(), "from_name": control.name, "to_name": prompt.to_name,
-                    "original_width": prompt.width, "original_height": prompt.height, "image_rotation": 0,
-                    "type": "polygonlabels", "value": {"points": pts, "polygonlabels": label, "closed": True},
-                    "score": round(float(score), 4), "readonly": False}
+            item = {
+                "id": _region_id(),
+                "from_name": control.name,
+                "to_name": prompt.to_name,
+                "original_width": prompt.width,
+                "original_height": prompt.height,
+                "image_rotation": 0,
+                "type": "polygonlabels",
+                "value": {"points": pts, "polygonlabels": label, "closed": True},
+                "score": round(float(score), 4),
+                "readonly": False,
+            }
             if is_hole:
                 item["meta"] = {"hole": True}
             out.append(item)

@@ -16,7 +16,7 @@ from ..errors import InputError
 @dataclass
 class Region:
     label: str
-    mask: np.ndarray     # bool (H, W)
+    mask: np.ndarray  # bool (H, W)
 
 
 def _labels(value: dict, kind: str) -> str:
@@ -40,7 +40,7 @@ def brush_to_mask(value: dict, height: int, width: int) -> np.ndarray:
 # widths less one (4 bits each), then per run a series flag, the run-size index, length less one
 # and the 8-bit value, zero-padded to whole bytes (a whole byte of padding when already whole).
 _RUN_WIDTHS = (3, 4, 8, 16)
-_LONGEST_RUN = 2 ** 16
+_LONGEST_RUN = 2**16
 
 
 def mask_to_brush(mask: np.ndarray) -> list[int]:
@@ -58,11 +58,11 @@ def mask_to_brush(mask: np.ndarray) -> list[int]:
             while length > _LONGEST_RUN:
                 bits.append(f"111{_LONGEST_RUN - 1:016b}{value}")
                 length -= _LONGEST_RUN
-            index = next(i for i, w in enumerate(_RUN_WIDTHS) if length <= 2 ** w)
+            index = next(i for i, w in enumerate(_RUN_WIDTHS) if length <= 2**w)
             bits.append(f"1{index:02b}{length - 1:0{_RUN_WIDTHS[index]}b}{value}")
     text = "".join(bits)
     text += "0" * (8 - len(text) % 8)
-    return [int(text[i:i + 8], 2) for i in range(0, len(text), 8)]
+    return [int(text[i : i + 8], 2) for i in range(0, len(text), 8)]
 
 
 def polygon_to_mask(value: dict, height: int, width: int) -> np.ndarray:
@@ -101,8 +101,9 @@ def newest_first(entries: list[dict], where: str = "annotation") -> list[dict]:
                 raise InputError(f"{where} '{name}' must be a date text")
         if e.get("id") is not None and (isinstance(e["id"], bool) or not isinstance(e["id"], int)):
             raise InputError(f"{where} 'id' must be a number")
-    return sorted(entries, key=lambda e: (e.get("updated_at") or e.get("created_at") or "", e.get("id") or 0),
-                  reverse=True)
+    return sorted(
+        entries, key=lambda e: (e.get("updated_at") or e.get("created_at") or "", e.get("id") or 0), reverse=True
+    )
 
 
 def accepted_annotation(task: dict) -> dict | None:

@@ -8,12 +8,13 @@ Checking happens before anything is queued, so a bad request gets its 4xx from t
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import InputError
 from ..settings import Settings
-from .protocol import LabelConfig, Prompt, prompts_from_results
+from .protocol import LabelConfig, ObjectClicks, prompts_from_results
 from .regions import newest_first
 
 # The key under which the API hands a queued request its deadline (seconds since the epoch): the
@@ -21,8 +22,17 @@ from .regions import newest_first
 DEADLINE_KEY = "dextr_deadline"
 
 
-def parse_request(request, settings: Settings | None = None
-                  ) -> tuple[list[dict], LabelConfig, dict | None, list[list[Prompt]]]:
+class ParsedRequest(NamedTuple):
+    """A checked /predict body: its tasks, label config, interactive context (None: a batch), and
+    the objects each task asks for."""
+
+    tasks: list[dict]
+    config: LabelConfig
+    context: dict | None
+    objects: list[list[ObjectClicks]]
+
+
+def parse_request(request, settings: Settings | None = None) -> ParsedRequest:
     """Validate a /predict body: ``tasks`` (non-empty list), ``label_config``, ``params.context``,
     and the objects each task asks for, within the limits of ``settings`` (its defaults if None)."""
     settings = settings or Settings()
@@ -32,8 +42,9 @@ def parse_request(request, settings: Settings | None = None
     if not isinstance(tasks, list) or not tasks:
         raise InputError("'tasks' must be a non-empty list")
     if len(tasks) > settings.max_tasks:
-        raise InputError(f"{len(tasks)} tasks in one request exceed the limit of {settings.max_tasks} "
-                         "(DEXTR_MAX_TASKS)")
+        raise InputError(
+            f"{len(tasks)} tasks in one request exceed the limit of {settings.max_tasks} (DEXTR_MAX_TASKS)"
+        )
     if not all(isinstance(t, dict) for t in tasks):
         raise InputError("every task must be an object")
     config = LabelConfig.parse(request.get("label_config"))
@@ -51,18 +62,22 @@ def parse_request(request, settings: Settings | None = None
         per_task = [stored_prompts(task) for task in tasks]
     for task, prompts in zip(tasks, per_task):
         _check_limits(task, prompts, settings)
-    return tasks, config, context, per_task
+    return ParsedRequest(tasks, config, context, per_task)
 
 
-def _check_limits(task: dict, prompts: list[Prompt], settings: Settings) -> None:
+def _check_limits(task: dict, prompts: list[ObjectClicks], settings: Settings) -> None:
     if len(prompts) > settings.max_objects:
-        raise InputError(f"task {_task_id(task)}: {len(prompts)} objects exceed the limit of "
-                         f"{settings.max_objects} per task (DEXTR_MAX_OBJECTS)")
+        raise InputError(
+            f"task {_task_id(task)}: {len(prompts)} objects exceed the limit of "
+            f"{settings.max_objects} per task (DEXTR_MAX_OBJECTS)"
+        )
     for p in prompts:
         clicks = len(p.points) + len(p.negatives)
         if clicks > settings.max_points:
-            raise InputError(f"task {_task_id(task)}: an object with {clicks} clicks exceeds the limit of "
-                             f"{settings.max_points} (DEXTR_MAX_POINTS)")
+            raise InputError(
+                f"task {_task_id(task)}: an object with {clicks} clicks exceeds the limit of "
+                f"{settings.max_points} (DEXTR_MAX_POINTS)"
+            )
 
 
 def _task_id(task: dict) -> str:
@@ -70,7 +85,7 @@ def _task_id(task: dict) -> str:
     return str(value)[:40] if isinstance(value, (int, str)) else "?"
 
 
-def stored_prompts(task: dict) -> list[Prompt]:
+def stored_prompts(task: dict) -> list[ObjectClicks]:
     """Batch mode: extreme-point groups and rectangles already saved on the task, from its newest
     annotation, else its newest prediction."""
     for key in ("annotations", "predictions"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+
 from ..data.objects import ObjectRef, folder_hash, folder_objects
 from ..errors import InputError
 from ..redact import redact_url
@@ -34,19 +35,26 @@ def label_studio_client(settings: Settings, setups: SetupStore | None, project: 
     the project's /setup record (never from a job or a request body)."""
     conn = connection_for(settings, setups, project)
     if conn is None:
-        raise InputError(f"no Label Studio for project {project}: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY "
-                         "for the worker, or connect the backend in the project's settings so Label Studio "
-                         "calls /setup")
-    return LabelStudioClient(conn.url, conn.api_key, allowed_hosts=settings.allowed_hosts,
-                             fetch_timeout=settings.fetch_timeout)
+        raise InputError(
+            f"no Label Studio for project {project}: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY "
+            "for the worker, or connect the backend in the project's settings so Label Studio "
+            "calls /setup"
+        )
+    return LabelStudioClient(
+        conn.url, conn.api_key, allowed_hosts=settings.allowed_hosts, fetch_timeout=settings.fetch_timeout
+    )
 
 
 def export_project(settings: Settings, client: LabelStudioClient, project: int) -> tuple[list[ObjectRef], dict]:
     """The project's accepted labels as training objects, exported to an image/mask folder under
     ``DEXTR_DATA_DIR`` (refreshed in place), and the source record a model card keeps."""
     folder = export_labelstudio(client, project, settings.labelstudio_data_dir(project))
-    return folder_objects(folder, "half"), {"kind": "labelstudio", "url": redact_url(client.url), "project": project,
-                                            "hash": folder_hash(folder)}
+    return folder_objects(folder, "half"), {
+        "kind": "labelstudio",
+        "url": redact_url(client.url),
+        "project": project,
+        "hash": folder_hash(folder),
+    }
 
 
 def retrain_config(settings: Settings, objects: int):
@@ -61,8 +69,13 @@ def retrain_config(settings: Settings, objects: int):
     from ..training.trainer import TrainConfig
 
     samples = settings.train_samples or max(160, min(2000, 4 * objects))
-    return TrainConfig(epochs=settings.train_epochs, max_minutes=settings.train_max_minutes, lr=RETRAIN_LR,
-                       patience=settings.train_patience or settings.train_epochs, samples_per_epoch=samples)
+    return TrainConfig(
+        epochs=settings.train_epochs,
+        max_minutes=settings.train_max_minutes,
+        lr=RETRAIN_LR,
+        patience=settings.train_patience or settings.train_epochs,
+        samples_per_epoch=samples,
+    )
 
 
 def folds_for(settings: Settings, objects: int) -> int:
@@ -71,12 +84,18 @@ def folds_for(settings: Settings, objects: int) -> int:
     return FOLDS if objects < CROSS_VALIDATE_BELOW and not settings.train_patience else 0
 
 
-def retrain_project(settings: Settings, client: LabelStudioClient, project: int, *,
-                    last_trained: dict | None = None, stage: Callable[[str], None] = lambda name: None,
-                    progress: Callable[..., None] = lambda force=False, **fields: None) -> dict:
+def retrain_project(
+    settings: Settings,
+    client: LabelStudioClient,
+    project: int,
+    *,
+    last_trained: dict | None = None,
+    stage: Callable[[str], None] = lambda name: None,
+    progress: Callable[..., None] = lambda force=False, **fields: None,
+) -> dict:
     """Export, then train and promote; the run's summary. Skipped (``skipped: True``) when the
     labels and the starting version are those of ``last_trained``, the project's previous run."""
-    from ..training.promotion import train_and_promote
+    from ..training.promotion import TrainRequest, train_and_promote
     from ..weights.store import WeightsStore
 
     stage("exporting labels")
@@ -85,33 +104,64 @@ def retrain_project(settings: Settings, client: LabelStudioClient, project: int,
     data_hash, start = source["hash"], store.current_name()
     same = last_trained
     if same and same["data_hash"] == data_hash and start in (same["started_from"], same["version"]):
-        return {"skipped": True, "data_hash": data_hash, "started_from": start,
-                "reason": f"not trained: the labels are unchanged since run {same['run']}, which "
-                          f"trained on them from {same['started_from']} and made {same['version']} "
-                          f"(current: {start})"}
+        return {
+            "skipped": True,
+            "data_hash": data_hash,
+            "started_from": start,
+            "reason": f"not trained: the labels are unchanged since run {same['run']}, which "
+            f"trained on them from {same['started_from']} and made {same['version']} "
+            f"(current: {start})",
+        }
     config = retrain_config(settings, len(refs))
     if not settings.train_guard_dir:
-        log.warning("no guard folder (DEXTR_TRAIN_GUARD_DIR): labels that are consistently wrong (shifted or "
-                    "swapped masks) cannot be told from a new domain; only the project's own labels decide",
-                    extra={"project": project})
+        log.warning(
+            "no guard folder (DEXTR_TRAIN_GUARD_DIR): labels that are consistently wrong (shifted or "
+            "swapped masks) cannot be told from a new domain; only the project's own labels decide",
+            extra={"project": project},
+        )
     folds = folds_for(settings, len(refs))
-    epochs = config.epochs * (folds + 1 if folds else 1)      # over every training of the run
+    epochs = config.epochs * (folds + 1 if folds else 1)  # over every training of the run
     progress(objects=len(refs), epoch=0, epochs=epochs, epochs_done=0, folds=folds)
+    request = TrainRequest(
+        refs,
+        source,
+        config,
+        guard=settings.train_guard_dir or None,
+        folds=folds,
+        val_fraction=settings.train_val_fraction,
+        hold_out_objects=settings.train_min_val_objects,
+        min_val_objects=settings.train_min_val_objects,
+        keep_last=settings.train_patience == 0,
+    )
+    outcome = train_and_promote(request, store=store, listeners=_listeners(stage, progress, epochs))
+    return {**outcome.summary(), "data_hash": data_hash, "started_from": start}
+
+
+def _listeners(stage: Callable[[str], None], progress: Callable[..., None], epochs: int):
+    """The run's stages, epochs and steps as progress of the run in Redis (``/train/status``)."""
+    from ..training.promotion import Listeners
 
     def on_epoch(row: dict) -> None:
-        progress(True, epochs_done=row["epoch"], epoch=row["epoch"], epochs=row.get("epochs", epochs),
-                 part=row.get("part"), val_miou=row["val_miou"], loss=row["loss"],
-                 **({"guard_miou": row["guard_miou"]} if "guard_miou" in row else {}))
+        progress(
+            True,
+            epochs_done=row["epoch"],
+            epoch=row["epoch"],
+            epochs=row.get("epochs", epochs),
+            part=row.get("part"),
+            val_miou=row["val_miou"],
+            loss=row["loss"],
+            **({"guard_miou": row["guard_miou"]} if "guard_miou" in row else {}),
+        )
 
     def on_step(fields: dict) -> None:
         total = fields.get("epochs", epochs)
-        progress(**fields, fraction=round((fields["epoch"] - 1 + fields["step"] / fields["steps_per_epoch"])
-                                          / total, 4))
+        progress(
+            **fields, fraction=round((fields["epoch"] - 1 + fields["step"] / fields["steps_per_epoch"]) / total, 4)
+        )
 
-    outcome = train_and_promote(
-        refs, source=source, config=config, store=store, val_fraction=settings.train_val_fraction,
-        guard=settings.train_guard_dir or None, min_val_objects=settings.train_min_val_objects,
-        hold_out_objects=settings.train_min_val_objects, keep_last=settings.train_patience == 0, folds=folds,
-        on_epoch=on_epoch, on_progress=on_step, on_stage=stage,
-        on_resume=lambda epoch: progress(True, resumed_from_epoch=epoch))
-    return {**outcome.summary(), "data_hash": data_hash, "started_from": start}
+    return Listeners(
+        on_stage=stage,
+        on_epoch=on_epoch,
+        on_progress=on_step,
+        on_resume=lambda epoch: progress(True, resumed_from_epoch=epoch),
+    )

@@ -34,7 +34,7 @@ class Connection:
 
     url: str
     api_key: str | None = None
-    source: str = "settings"        # "settings" (LABEL_STUDIO_URL) or "setup" (/setup of the project)
+    source: str = "settings"  # "settings" (LABEL_STUDIO_URL) or "setup" (/setup of the project)
 
 
 def check_hostname(hostname) -> str:
@@ -43,7 +43,7 @@ def check_hostname(hostname) -> str:
         raise InputError("'hostname' must be Label Studio's base URL, e.g. http://label-studio:8080")
     try:
         parts = urllib.parse.urlsplit(hostname.strip())
-        parts.port                      # raises on a port that is not a number from 0 to 65535
+        _ = parts.port  # raises on a port that is not a number from 0 to 65535
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
@@ -62,8 +62,10 @@ class SetupStore:
         self._lock = threading.Lock()
 
     def put(self, project: int, hostname: str, access_token: str | None) -> None:
-        record = {"hostname": check_hostname(hostname),
-                  "access_token": access_token if isinstance(access_token, str) and access_token else None}
+        record = {
+            "hostname": check_hostname(hostname),
+            "access_token": access_token if isinstance(access_token, str) and access_token else None,
+        }
         if self.redis is not None:
             self.redis.set(SETUP_KEY.format(project=int(project)), json.dumps(record), ex=SETUP_TTL_SECONDS)
         else:

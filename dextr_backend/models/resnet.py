@@ -16,8 +16,9 @@ from torch import nn
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -42,18 +43,26 @@ class PSPHead(nn.Module):
     def __init__(self, in_features: int = 2048, out_features: int = 512, sizes=(1, 2, 3, 6), n_classes: int = 1):
         super().__init__()
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d((s, s)), nn.Conv2d(in_features, out_features, 1, bias=False),
-                          nn.BatchNorm2d(out_features), nn.ReLU(inplace=True))
-            for s in sizes)
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d((s, s)),
+                nn.Conv2d(in_features, out_features, 1, bias=False),
+                nn.BatchNorm2d(out_features),
+                nn.ReLU(inplace=True),
+            )
+            for s in sizes
+        )
         self.bottleneck = nn.Sequential(
             nn.Conv2d(in_features + len(sizes) * out_features, out_features, 1, bias=False),
-            nn.BatchNorm2d(out_features), nn.ReLU(inplace=True))
+            nn.BatchNorm2d(out_features),
+            nn.ReLU(inplace=True),
+        )
         self.final = nn.Conv2d(out_features, n_classes, 1)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         h, w = feats.shape[-2:]
-        priors = [F.interpolate(stage(feats), size=(h, w), mode="bilinear", align_corners=True)
-                  for stage in self.stages]
+        priors = [
+            F.interpolate(stage(feats), size=(h, w), mode="bilinear", align_corners=True) for stage in self.stages
+        ]
         return self.final(self.bottleneck(torch.cat(priors + [feats], 1)))
 
 
@@ -79,8 +88,9 @@ class DeepLabResNet(nn.Module):
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * 4 or dilation > 1:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(planes * 4))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
         layers = [Bottleneck(self.inplanes, planes, stride, dilation, downsample)]
         self.inplanes = planes * 4
         layers += [Bottleneck(self.inplanes, planes, dilation=dilation) for _ in range(1, blocks)]

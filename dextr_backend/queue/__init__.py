@@ -1,6 +1,7 @@
 """Redis + rq as transport: the queue names, the client the API enqueues and waits with, the
-worker that keeps a model resident, and the retraining runs' bookkeeping. It knows no job
-bodies: callers pass the functions to run (``dextr_backend.labelstudio.jobs``)."""
+worker that keeps a model resident, and the reaper that hands on a dead worker's jobs. It knows
+no job bodies (callers pass the functions to run: ``dextr_backend.labelstudio.jobs``) and no Label
+Studio projects: a project's training runs live in ``dextr_backend.training_runs``."""
 
 PREDICT_QUEUE = "dextr-predict"
 TRAIN_QUEUE = "dextr-train"

@@ -1,6 +1,6 @@
 """What the API does with the queue: run a job on a worker and wait for it, with a deadline;
-request training for a project (one run, plus at most one more: ``runs``); report depth,
-workers and training progress. The jobs themselves are the caller's functions.
+report depth and workers; hand on dead workers' jobs. A project's training runs live in
+``dextr_backend.training_runs``; the jobs themselves are the caller's functions.
 
 Failure is always an answer, never a hang: Redis down -> ServiceUnavailable; no worker alive ->
 ServiceUnavailable; a worker killed mid-job -> the job is re-enqueued once, then
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import cast
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -27,39 +28,48 @@ from rq.job import Job, JobStatus
 
 from ..errors import ServiceTimeout, ServiceUnavailable
 from ..redact import redact_url
-from . import PREDICT_QUEUE, TRAIN_QUEUE, liveness, runs
-from .keys import ALIVE_PREFIX, ANNOTATIONS
+from . import PREDICT_QUEUE, TRAIN_QUEUE, liveness
+from .keys import ALIVE_PREFIX
 from .reaper import LOST
 from .reconnect import BACKOFF_CAP
 
 log = logging.getLogger(__name__)
 
-LOST_GRACE_SECONDS = BACKOFF_CAP + 2.0     # a worker reconnecting after an outage beats again within this
+LOST_GRACE_SECONDS = BACKOFF_CAP + 2.0  # a worker reconnecting after an outage beats again within this
 
 
 class QueueClient:
     def __init__(self, redis_url: str):
         self.redis_url = redis_url
         # Fail fast (an outage is an answer, see above), unlike redis-py's default of 3 slow retries.
-        self.redis = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=10,
-                                          health_check_interval=10, retry=Retry(ExponentialBackoff(0.2, 0.05), 1))
+        self.redis = redis.Redis.from_url(
+            redis_url,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            health_check_interval=10,
+            retry=Retry(ExponentialBackoff(0.2, 0.05), 1),
+        )
         self.predict_queue = Queue(PREDICT_QUEUE, connection=self.redis)
         self.train_queue = Queue(TRAIN_QUEUE, connection=self.redis)
         self._alive, self._alive_checked = False, 0.0
-        self._lost_at: float | None = None      # when this process last found Redis unreachable
+        self._lost_at: float | None = None  # when this process last found Redis unreachable
 
     def _redis_ok(self) -> None:
         if self._lost_at is not None:
-            log.warning("redis back", extra={"redis": redact_url(self.redis_url),
-                                             "after_s": round(time.monotonic() - self._lost_at, 1)})
+            log.warning(
+                "redis back",
+                extra={"redis": redact_url(self.redis_url), "after_s": round(time.monotonic() - self._lost_at, 1)},
+            )
             self._lost_at = None
 
     def _redis_down(self, exc: Exception) -> ServiceUnavailable:
         if self._lost_at is None:
             self._lost_at = time.monotonic()
             log.warning("redis lost", extra={"redis": redact_url(self.redis_url), "error": str(exc)[:200]})
-        return ServiceUnavailable(f"Redis is unreachable at {redact_url(self.redis_url)} ({exc.__class__.__name__}); "
-                                  "predictions resume by themselves once it is back")
+        return ServiceUnavailable(
+            f"Redis is unreachable at {redact_url(self.redis_url)} ({exc.__class__.__name__}); "
+            "predictions resume by themselves once it is back"
+        )
 
     # ------------------------------------------------------------ health
     def ping(self) -> None:
@@ -79,9 +89,9 @@ class QueueClient:
     def _serving(self, queue: str = PREDICT_QUEUE) -> list[str]:
         names = []
         for key in self.redis.scan_iter(ALIVE_PREFIX + "*"):
-            served = (self.redis.get(key) or b"").decode().split(",")
+            served = cast(bytes, self.redis.get(key) or b"").decode().split(",")
             if queue in served:
-                names.append(key.decode()[len(ALIVE_PREFIX):])
+                names.append(key.decode()[len(ALIVE_PREFIX) :])
         return sorted(names)
 
     def _workers_recently(self, max_age: float = 1.0) -> bool:
@@ -105,8 +115,9 @@ class QueueClient:
         once; out of time is :class:`ServiceTimeout`, no worker or no Redis :class:`ServiceUnavailable`."""
         deadline = time.monotonic() + timeout
         if not self._workers_recently():
-            raise ServiceUnavailable(f"no worker is serving the {PREDICT_QUEUE!r} queue; start one with "
-                                     "`dextr-backend worker`")
+            raise ServiceUnavailable(
+                f"no worker is serving the {PREDICT_QUEUE!r} queue; start one with `dextr-backend worker`"
+            )
         try:
             job = self._enqueue(job_function, request, timeout)
         except redis.RedisError as exc:
@@ -116,30 +127,35 @@ class QueueClient:
             left = deadline - time.monotonic()
             try:
                 if left <= 0:
-                    waiting = self._waiting(job)        # counted before the cancel takes ours out
+                    waiting = self._waiting(job)  # counted before the cancel takes ours out
                     job.cancel()
-                    raise ServiceTimeout(f"no answer from a worker within {timeout:g} s ({waiting}); "
-                                         "add workers or raise DEXTR_PREDICT_TIMEOUT")
-                result = job.latest_result(timeout=1)     # a second at a time: the deadline and the worker are watched
+                    raise ServiceTimeout(
+                        f"no answer from a worker within {timeout:g} s ({waiting}); "
+                        "add workers or raise DEXTR_PREDICT_TIMEOUT"
+                    )
+                result = job.latest_result(timeout=1)  # a second at a time: the deadline and the worker are watched
                 failed = result is not None and result.type != result.Type.SUCCESSFUL
-                lost = failed and LOST in (result.exc_string or "")          # handed on by a reaper
+                lost = failed and result is not None and LOST in (result.exc_string or "")  # handed on by a reaper
                 if result is not None and not lost:
                     if result.type == result.Type.SUCCESSFUL:
-                        return result.return_value
+                        return cast(dict, result.return_value)  # what job_function returned
                     raise ServiceUnavailable(f"the worker failed on this request: {_last_line(result.exc_string)}")
                 state = "lost" if lost else watch.state(self.redis, job)
                 self._redis_ok()
                 if state == "waiting" and not self._serving():
-                    raise ServiceUnavailable(f"no worker is serving the {PREDICT_QUEUE!r} queue any more "
-                                             "(stopped or killed); start one with `dextr-backend worker`")
+                    raise ServiceUnavailable(
+                        f"no worker is serving the {PREDICT_QUEUE!r} queue any more "
+                        "(stopped or killed); start one with `dextr-backend worker`"
+                    )
                 if state == "lost":
                     if retried:
-                        raise ServiceUnavailable("the worker handling this request died twice; check the "
-                                                 "worker logs (out of memory?)")
+                        raise ServiceUnavailable(
+                            "the worker handling this request died twice; check the worker logs (out of memory?)"
+                        )
                     log.warning("worker died mid-job; retrying once", extra={"job": job.id})
                     retried, watch = True, _Watch()
                     job = self._enqueue(job_function, request, deadline - time.monotonic())
-            except redis.RedisError as exc:        # ride it out: the worker keeps the answer until Redis is back
+            except redis.RedisError as exc:  # ride it out: the worker keeps the answer until Redis is back
                 if deadline - time.monotonic() <= 0:
                     raise self._redis_down(exc) from None
                 self._redis_down(exc)
@@ -148,14 +164,20 @@ class QueueClient:
 
     def _enqueue(self, job_function: Callable[[dict], dict], request: dict, timeout: float) -> Job:
         ttl = max(1, int(timeout) + 1)
-        return self.predict_queue.enqueue_call(job_function, args=(request,),
-                                               description=job_function.__name__, ttl=ttl, result_ttl=60, failure_ttl=300,
-                                               timeout=max(5, int(timeout) + 5))
+        return self.predict_queue.enqueue_call(
+            job_function,
+            args=(request,),
+            description=job_function.__name__,
+            ttl=ttl,
+            result_ttl=60,
+            failure_ttl=300,
+            timeout=max(5, int(timeout) + 5),
+        )
 
     def _waiting(self, job: Job, limit: int = 1000) -> str:
         """The queue as this request saw it when its time ran out: live jobs only (ids of expired
         jobs linger in rq's list), this one included while it still waited."""
-        ids = self.redis.lrange(self.predict_queue.key, 0, limit - 1)
+        ids = cast("list[bytes]", self.redis.lrange(self.predict_queue.key, 0, limit - 1))
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.exists(Job.key_for(job_id.decode()))
@@ -167,43 +189,18 @@ class QueueClient:
             return f"this request was waiting in {PREDICT_QUEUE!r} and no worker took it"
         return f"{jobs} waiting in {PREDICT_QUEUE!r}, this one included"
 
-
-    # ------------------------------------------------------------ training
-    def request_training(self, job_function: Callable[[int], dict], project: int) -> dict:
-        """*Start Training*: ``job_function(project)`` on a training worker, one run per project
-        plus at most one more (atomic in Redis, see ``runs``). Jobs of training workers that
-        stopped answering are handed on first."""
-        project = runs.training_project(project)
-        try:
-            self._reap()
-            return runs.request(self.redis, self.train_queue, project, job_function)
-        except redis.RedisError as exc:
-            raise self._redis_down(exc) from None
-
-    def _reap(self) -> None:
+    # ------------------------------------------------------------ workers that died
+    def reap_dead_workers(self) -> None:
+        """Hand on the jobs of training workers that stopped answering (the reaper): asked before a
+        training request, so a press never waits behind a dead worker's run."""
         from .reaper import reap
 
         try:
             reap(self.redis, (TRAIN_QUEUE,))
-        except redis.RedisError:
-            raise
+        except redis.RedisError as exc:
+            raise self._redis_down(exc) from None
         except Exception as exc:  # noqa: BLE001 - a request must not fail because of the cleanup
             log.warning("reaping dead workers' jobs failed", extra={"error": repr(exc)})
-
-    def count_annotation(self, project: int) -> int:
-        """Shared across API processes: new or updated annotations of a project so far."""
-        project = runs.training_project(project)
-        try:
-            return int(self.redis.incr(ANNOTATIONS.format(project=project)))
-        except redis.RedisError as exc:
-            raise self._redis_down(exc) from None
-
-    def training_status(self) -> list[dict]:
-        """Every project's training: state, progress, last outcome and recent runs (``runs.status``)."""
-        try:
-            return runs.status(self.redis)
-        except redis.RedisError as exc:
-            raise self._redis_down(exc) from None
 
 
 class _Watch:
@@ -216,7 +213,7 @@ class _Watch:
 
     def state(self, conn: redis.Redis, job: Job) -> str:
         try:
-            job.refresh()                  # loads worker_name as well as the status
+            job.refresh()  # loads worker_name as well as the status
         except NoSuchJobError:
             return "lost"
         status = job.get_status(refresh=False)

@@ -7,8 +7,9 @@ started execution whose worker is not alive (no heartbeat and no open connection
 if it is still not alive ``GRACE_SECONDS`` later, one reaper claims it (SET NX) and
 
 - requeues a training job at the front of its queue (at most ``MAX_REQUEUES`` times, then fails
-  it), so a restarted worker resumes it from the run's checkpoint; the project's status says
-  "requeued after worker X stopped answering";
+  it), so a restarted worker resumes it from the run's checkpoint; in the same transaction the
+  training run is told (``TrainingRuns.job_lost``), and the project's status says "requeued after
+  worker X stopped answering";
 - fails a prediction, so the waiting API request retries once or answers 503 at once;
 - removes the dead worker from rq's registry.
 
@@ -31,17 +32,17 @@ from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry
 from rq.worker import BaseWorker
 
+from ..training_runs import TrainingRuns
 from . import PREDICT_QUEUE, TRAIN_QUEUE
 from .keys import REAPED, REAPED_TTL, SUSPECT, SUSPECT_TTL, alive_key
 from .liveness import alive
-from .runs import worker_lost
 
 log = logging.getLogger(__name__)
 
 SCAN_SECONDS = 10.0
 GRACE_SECONDS = 8.0
 MAX_REQUEUES = 2
-LOST = "stopped answering"        # in a failed prediction's error: the API retries such a job once
+LOST = "stopped answering"  # in a failed prediction's error: the API retries such a job once
 
 
 def reap(conn: redis.Redis, queue_names=(PREDICT_QUEUE, TRAIN_QUEUE)) -> list[str]:
@@ -53,21 +54,23 @@ def reap(conn: redis.Redis, queue_names=(PREDICT_QUEUE, TRAIN_QUEUE)) -> list[st
             conn.delete(SUSPECT.format(execution=composite))
             continue
         if conn.set(SUSPECT.format(execution=composite), time.time(), nx=True, ex=SUSPECT_TTL):
-            continue                                   # first sighting: look again later
+            continue  # first sighting: look again later
         first = float(conn.get(SUSPECT.format(execution=composite)) or time.time())
         if time.time() - first < GRACE_SECONDS:
             continue
-        if conn.set(REAPED.format(execution=composite), worker, nx=True, ex=REAPED_TTL):   # else another has it
+        if conn.set(REAPED.format(execution=composite), worker, nx=True, ex=REAPED_TTL):  # else another has it
             done.append(_hand_on(conn, Queue(name, connection=conn), job, execution_id, worker))
     return done
 
 
 def reap_worker(conn: redis.Redis, worker: str, queue_names=(PREDICT_QUEUE, TRAIN_QUEUE)) -> list[str]:
     """Hand on every started job of ``worker`` now, and forget it: the caller knows it is dead."""
-    done = [_hand_on(conn, Queue(name, connection=conn), job, execution_id, worker)
-            for name, job, execution_id, owner in _started(conn, queue_names)
-            if owner == worker and conn.set(REAPED.format(execution=f"{job.id}:{execution_id}"), worker, nx=True,
-                                            ex=REAPED_TTL)]
+    done = [
+        _hand_on(conn, Queue(name, connection=conn), job, execution_id, worker)
+        for name, job, execution_id, owner in _started(conn, queue_names)
+        if owner == worker
+        and conn.set(REAPED.format(execution=f"{job.id}:{execution_id}"), worker, nx=True, ex=REAPED_TTL)
+    ]
     with conn.pipeline() as pipe:
         _forget_worker(pipe, worker)
         pipe.delete(alive_key(worker))
@@ -93,13 +96,16 @@ def _hand_on(conn: redis.Redis, queue: Queue, job: Job, execution_id: str, worke
     training = queue.name == TRAIN_QUEUE
     requeues = int(job.meta.get("requeues", 0))
     requeue = training and requeues < MAX_REQUEUES
-    note = (f"requeued after worker {worker} {LOST}" if requeue
-            else f"failed: worker {worker} {LOST}" + (" (its workers died too often)" if training else ""))
+    note = (
+        f"requeued after worker {worker} {LOST}"
+        if requeue
+        else f"failed: worker {worker} {LOST}" + (" (its workers died too often)" if training else "")
+    )
     with conn.pipeline() as pipe:
         while True:
             try:
                 if training:
-                    worker_lost(conn, pipe, job, worker, requeue, note)
+                    TrainingRuns(conn).job_lost(pipe, job, requeue, note)
                 else:
                     pipe.multi()
                 Execution(execution_id, job.id, connection=conn, worker_name=worker).delete(job, pipe)

@@ -26,7 +26,7 @@ from ..redact import redact_url, shorten
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE = 0.25           # seconds: 0.5, 1, 2, 4, 4, ...
+BACKOFF_BASE = 0.25  # seconds: 0.5, 1, 2, 4, 4, ...
 BACKOFF_CAP = 4.0
 STOP_GRACE_SECONDS = 5.0
 
@@ -40,12 +40,12 @@ class Patience(Retry):
     def __init__(self, url: str):
         super().__init__(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE), -1, (ConnectionError, TimeoutError))
         self.url = redact_url(url)
-        self.outages = 0                   # ended outages, so a caller can tell that one happened
+        self.outages = 0  # ended outages, so a caller can tell that one happened
         self._lost_at: float | None = None
         self._stop_at: float | None = None
         self._lock = threading.Lock()
 
-    def __deepcopy__(self, memo) -> "Patience":
+    def __deepcopy__(self, memo) -> Patience:
         return self
 
     def stop_requested(self) -> None:
@@ -79,13 +79,16 @@ class Patience(Retry):
         with self._lock:
             if self._lost_at is None:
                 self._lost_at = time.monotonic()
-                log.warning("redis lost", extra={"redis": self.url, "error": shorten(str(error), 200),
-                                                 "retrying_every_s": BACKOFF_CAP})
+                log.warning(
+                    "redis lost",
+                    extra={"redis": self.url, "error": shorten(str(error), 200), "retrying_every_s": BACKOFF_CAP},
+                )
 
     def _came_back(self) -> None:
         with self._lock:
             if self._lost_at is not None:
-                log.warning("redis back", extra={"redis": self.url,
-                                                 "after_s": round(time.monotonic() - self._lost_at, 1)})
+                log.warning(
+                    "redis back", extra={"redis": self.url, "after_s": round(time.monotonic() - self._lost_at, 1)}
+                )
                 self._lost_at = None
                 self.outages += 1

@@ -31,6 +31,7 @@ import re
 import socket
 import threading
 import time
+from typing import cast
 
 import redis
 from rq import worker_registration
@@ -45,8 +46,8 @@ from .reconnect import Patience
 
 log = logging.getLogger(__name__)
 
-DEQUEUE_SECONDS = 1              # BLPOP timeout: one heartbeat per loop turn
-SOCKET_TIMEOUT = 30              # longer than any blocking command this worker sends
+DEQUEUE_SECONDS = 1  # BLPOP timeout: one heartbeat per loop turn
+SOCKET_TIMEOUT = 30  # longer than any blocking command this worker sends
 JOB_BEAT_SECONDS = 1.0
 
 
@@ -69,15 +70,21 @@ def connect(url: str, name: str | None = None) -> redis.Redis:
     every command retried until Redis answers (:class:`.reconnect.Patience`), and every connection
     named after the worker."""
     patience = Patience(url)
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=SOCKET_TIMEOUT,
-                                health_check_interval=10, client_name=name, retry=patience,
-                                redis_connect_func=patience.connected)
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        socket_timeout=SOCKET_TIMEOUT,
+        health_check_interval=10,
+        client_name=name,
+        retry=patience,
+        redis_connect_func=patience.connected,
+    )
 
 
 class DextrWorker(SimpleWorker):
     """A non-forking rq worker whose dequeue loop publishes the heartbeat and reaps dead workers."""
 
-    max_connection_wait_time = 5.0     # after a Redis outage, listen again within seconds
+    max_connection_wait_time = 5.0  # after a Redis outage, listen again within seconds
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -125,14 +132,14 @@ class DextrWorker(SimpleWorker):
 
         rq's own loop retries a failing dequeue internally (with a backoff of up to
         ``max_connection_wait_time``) and would keep any beat written from inside it going."""
-        if timeout is None or max_idle_time is not None:          # burst mode, or rq's idle limit
+        if timeout is None or max_idle_time is not None:  # burst mode, or rq's idle limit
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         while True:
             result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time=timeout)
             try:
                 self._beat()
             except (redis.ConnectionError, redis.TimeoutError):
-                pass                                   # the next dequeue retries, with rq's backoff
+                pass  # the next dequeue retries, with rq's backoff
             if result is not None or self._stop_requested:
                 return result
             if time.monotonic() - self._reaped_at >= SCAN_SECONDS:
@@ -167,8 +174,7 @@ class DextrWorker(SimpleWorker):
 
     def execute_job(self, job, queue):
         stop = threading.Event()
-        beat = threading.Thread(target=self._beat_during_job, args=(stop,), name="dextr-job-heartbeat",
-                                daemon=True)
+        beat = threading.Thread(target=self._beat_during_job, args=(stop,), name="dextr-job-heartbeat", daemon=True)
         beat.start()
         try:
             self._beat()
@@ -191,7 +197,7 @@ class DextrWorker(SimpleWorker):
         try:
             self.connection.delete(alive_key(self.name))
             super().teardown()
-        except redis.RedisError as exc:          # stopping during an outage: the keys expire by themselves
+        except redis.RedisError as exc:  # stopping during an outage: the keys expire by themselves
             log.warning("stopped without unregistering: Redis is unreachable", extra={"error": str(exc)[:200]})
 
 
@@ -202,7 +208,8 @@ def claim_name(conn: redis.Redis, name: str, wait: float = ALIVE_TTL + 1.0) -> l
     heartbeat nor a connection under its name shows up within ``wait`` seconds (a heartbeat
     lives ``ALIVE_TTL`` seconds). A dead one's started jobs are handed on now and its
     registration removed; returns one line per job handed on. ``conn`` must not carry the name."""
-    info = {k.decode(): v.decode() for k, v in conn.hgetall(BaseWorker.redis_worker_namespace_prefix + name).items()}
+    raw = cast("dict[bytes, bytes]", conn.hgetall(BaseWorker.redis_worker_namespace_prefix + name))
+    info = {k.decode(): v.decode() for k, v in raw.items()}
     registered = bool(info) and "death" not in info
     if not registered and not liveness.alive(conn, name):
         return []
@@ -212,12 +219,16 @@ def claim_name(conn: redis.Redis, name: str, wait: float = ALIVE_TTL + 1.0) -> l
         deadline = time.monotonic() + wait
         while liveness.alive(conn, name):
             if time.monotonic() >= deadline:
-                raise NameTaken(f"worker name {name!r} is in use by a live worker (pid {pid} on {host}); "
-                                "pick another --name, or stop that worker first")
+                raise NameTaken(
+                    f"worker name {name!r} is in use by a live worker (pid {pid} on {host}); "
+                    "pick another --name, or stop that worker first"
+                )
             time.sleep(0.25)
     handed = reap_worker(conn, name)
-    log.warning("took over the name of a dead worker", extra={"worker": name, "dead_pid": pid, "host": host,
-                                                               "jobs_handed_on": handed})
+    log.warning(
+        "took over the name of a dead worker",
+        extra={"worker": name, "dead_pid": pid, "host": host, "jobs_handed_on": handed},
+    )
     return handed
 
 

@@ -30,21 +30,29 @@ class Metrics:
                     self.buckets[route][i] += 1
 
     def render(self, gauges: dict[str, tuple[str, float, dict]]) -> str:
-        lines = ["# HELP dextr_requests_total HTTP requests by route and status.",
-                 "# TYPE dextr_requests_total counter"]
+        lines = [
+            "# HELP dextr_requests_total HTTP requests by route and status.",
+            "# TYPE dextr_requests_total counter",
+        ]
         with self._lock:
             for (route, status), n in sorted(self.requests.items()):
                 lines.append(f"dextr_requests_total{_labels({'route': route, 'status': status})} {n}")
-            lines += ["# HELP dextr_request_seconds Request latency by route.",
-                      "# TYPE dextr_request_seconds histogram"]
+            lines += [
+                "# HELP dextr_request_seconds Request latency by route.",
+                "# TYPE dextr_request_seconds histogram",
+            ]
             for route in sorted(self.counts):
                 for bound, n in zip(BUCKETS, self.buckets[route]):
                     lines.append(f"dextr_request_seconds_bucket{_labels({'route': route, 'le': bound})} {n}")
-                lines.append(f"dextr_request_seconds_bucket{_labels({'route': route, 'le': '+Inf'})} "
-                             f"{self.counts[route]}")
+                lines.append(
+                    f"dextr_request_seconds_bucket{_labels({'route': route, 'le': '+Inf'})} {self.counts[route]}"
+                )
                 lines.append(f"dextr_request_seconds_sum{_labels({'route': route})} {self.sums[route]:.6f}")
                 lines.append(f"dextr_request_seconds_count{_labels({'route': route})} {self.counts[route]}")
         for name, (help_text, value, labels) in sorted(gauges.items()):
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge",
-                      f"{name}{_labels(labels) if labels else ''} {value}"]
+            lines += [
+                f"# HELP {name} {help_text}",
+                f"# TYPE {name} gauge",
+                f"{name}{_labels(labels) if labels else ''} {value}",
+            ]
         return "\n".join(lines) + "\n"

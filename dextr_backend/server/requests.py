@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import secrets
 
 from fastapi import Request
 
 from ..errors import InputError, MalformedRequest, RequestTooLarge
 from ..labelstudio.protocol import LabelConfig
+from ..service.json_body import check_body, check_size, parse_json
 from ..settings import Settings
 
-MAX_JSON_DEPTH = 64       # Label Studio's deepest bodies nest about 8 levels
 DATA_IMAGE = "data:image/"
 
 
@@ -25,68 +24,30 @@ class UnsupportedMediaType(MalformedRequest):
     form to any site without the browser asking that site first (no CORS preflight); JSON it may not."""
 
 
-def parse_json(raw: bytes):
-    """A request body as JSON, or :class:`MalformedRequest` saying why not."""
-    def no_constants(name):
-        raise ValueError(f"{name} is not JSON")
-
-    try:
-        return json.loads(raw or b"null", parse_constant=no_constants)
-    except RecursionError:
-        raise MalformedRequest(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError as exc:
-        raise MalformedRequest(f"body is not valid JSON: {str(exc)[:200]}") from None
-
-
-def check_body(body, settings: Settings) -> None:
-    """Depth and string lengths, in one iterative walk (no recursion to exhaust). A
-    ``data:image/...`` string is an image, bounded by ``DEXTR_MAX_IMAGE_MB`` in base64 instead."""
-    limit = settings.max_string_kb * 1024
-    image_limit = 4 * (settings.max_image_mb * 1024 * 1024 + 2) // 3 + 100
-    stack = [(body, 1, ())]
-    while stack:
-        item, depth, path = stack.pop()
-        if isinstance(item, str):
-            image = item[:len(DATA_IMAGE)].lower() == DATA_IMAGE
-            if len(item) > (image_limit if image else limit):
-                where = "".join(f"[{p}]" if isinstance(p, int) else f".{p[:40]}" for p in path).lstrip(".")
-                bound = (f"{settings.max_image_mb} MB of image (DEXTR_MAX_IMAGE_MB)" if image
-                         else f"{settings.max_string_kb} KB (DEXTR_MAX_STRING_KB)")
-                raise InputError(f"the string at {where or 'the top'} is {len(item)} characters long; "
-                                 f"the limit is {bound}")
-            continue
-        if isinstance(item, dict):
-            children = list(item.items())
-            stack.extend((key, depth, path) for key in item)
-        elif isinstance(item, list):
-            children = list(enumerate(item))
-        else:
-            continue
-        if depth > MAX_JSON_DEPTH:
-            raise MalformedRequest(f"body nests deeper than {MAX_JSON_DEPTH} levels")
-        stack.extend((child, depth + 1, path + (key,)) for key, child in children
-                     if isinstance(child, (str, dict, list)))
-
-
 def check_image_urls(tasks: list[dict], config: LabelConfig, settings: Settings) -> None:
     """Every task's image URL within ``DEXTR_MAX_URL_CHARS`` (a ``data:image`` URI is the image, not a URL)."""
     keys = set(config.images.values())
     for task in tasks:
         data = task.get("data")
-        for key in keys if isinstance(data, dict) else ():
+        if not isinstance(data, dict):
+            continue
+        for key in keys:
             url = data.get(key)
-            image = isinstance(url, str) and url[:len(DATA_IMAGE)].lower() == DATA_IMAGE
+            image = isinstance(url, str) and url[: len(DATA_IMAGE)].lower() == DATA_IMAGE
             if isinstance(url, str) and len(url) > settings.max_url_chars and not image:
-                raise InputError(f"task {str(task.get('id'))[:40]}: the image URL under data[{key[:40]!r}] is "
-                                 f"{len(url)} characters long; the limit is {settings.max_url_chars} "
-                                 "(DEXTR_MAX_URL_CHARS)")
+                raise InputError(
+                    f"task {str(task.get('id'))[:40]}: the image URL under data[{key[:40]!r}] is "
+                    f"{len(url)} characters long; the limit is {settings.max_url_chars} "
+                    "(DEXTR_MAX_URL_CHARS)"
+                )
 
 
 def check_url_length(name: str, value, settings: Settings) -> None:
     """A URL field other than a task's (``/setup``'s ``hostname``) within ``DEXTR_MAX_URL_CHARS``."""
     if isinstance(value, str) and len(value) > settings.max_url_chars:
-        raise InputError(f"'{name}' is {len(value)} characters long; the limit is {settings.max_url_chars} "
-                         "(DEXTR_MAX_URL_CHARS)")
+        raise InputError(
+            f"'{name}' is {len(value)} characters long; the limit is {settings.max_url_chars} (DEXTR_MAX_URL_CHARS)"
+        )
 
 
 async def read_json(request: Request, settings: Settings):
@@ -94,12 +55,14 @@ async def read_json(request: Request, settings: Settings):
     Content-Length or as soon as it streams past the limit, then checked by :func:`check_body`."""
     media = request.headers.get("content-type", "")
     if media.split(";", 1)[0].strip().lower() != "application/json":
-        raise UnsupportedMediaType(f"{request.url.path} takes a JSON body: send Content-Type: application/json "
-                                   f"(this request said {media[:60] or 'nothing'!r})")
+        raise UnsupportedMediaType(
+            f"{request.url.path} takes a JSON body: send Content-Type: application/json "
+            f"(this request said {media[:60] or 'nothing'!r})"
+        )
     limit = settings.max_body_mb * 1024 * 1024
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise RequestTooLarge(f"body of {int(length)} bytes exceeds {settings.max_body_mb} MB (DEXTR_MAX_BODY_MB)")
+    if length.isdigit():
+        check_size(int(length), settings)
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
@@ -120,5 +83,6 @@ def authorized(request: Request, settings: Settings) -> bool:
         user, _, password = base64.b64decode(header[6:]).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return False
-    return (secrets.compare_digest(user, settings.basic_auth_user or "")
-            and secrets.compare_digest(password, settings.basic_auth_pass or ""))
+    return secrets.compare_digest(user, settings.basic_auth_user or "") and secrets.compare_digest(
+        password, settings.basic_auth_pass or ""
+    )

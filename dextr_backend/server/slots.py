@@ -18,7 +18,7 @@ class ComputeSlots:
         self.count = max(1, count)
         self._free = threading.BoundedSemaphore(self.count)
 
-    def slot(self) -> "Slot":
+    def slot(self) -> Slot:
         """A new request's claim, not yet holding a slot."""
         return Slot(self)
 
@@ -35,8 +35,10 @@ class Slot:
             return
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._slots._free.acquire(timeout=wait):
-            raise ServiceTimeout(f"all {self._slots.count} prediction slots stayed busy until the deadline "
-                                 "(DEXTR_MAX_CONCURRENT, DEXTR_PREDICT_TIMEOUT); retry, or raise them")
+            raise ServiceTimeout(
+                f"all {self._slots.count} prediction slots stayed busy until the deadline "
+                "(DEXTR_MAX_CONCURRENT, DEXTR_PREDICT_TIMEOUT); retry, or raise them"
+            )
         self.held = True
 
     def give_back(self) -> None:

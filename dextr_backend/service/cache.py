@@ -34,7 +34,7 @@ class ImageCache:
     def put(self, key: str, image: np.ndarray) -> None:
         if image.nbytes > self.max_bytes:
             return
-        image.setflags(write=False)      # shared between requests: nobody may paint on it
+        image.setflags(write=False)  # shared between requests: nobody may paint on it
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:

@@ -29,7 +29,7 @@ class ResidentPredictor:
         self.settings = settings
         self.store = store or WeightsStore.from_settings(settings)
         self._predictor: DextrPredictor | None = None
-        self._stamp = None
+        self._stamp: tuple | None = None
         self._current: str | None = None
         self._lock = threading.Lock()
 
@@ -48,8 +48,10 @@ class ResidentPredictor:
         wanted = self.version
         with self._lock:
             if self._predictor is None or self._predictor.version != wanted:
-                log.info("loading weights", extra={"version": wanted,
-                                                   "previous": self._predictor and self._predictor.version})
+                log.info(
+                    "loading weights",
+                    extra={"version": wanted, "previous": self._predictor and self._predictor.version},
+                )
                 self._predictor = build_predictor(wanted, settings=self.settings, store=self.store)
             return self._predictor
 

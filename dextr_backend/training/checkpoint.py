@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..weights.files import atomic_write
 
 NEEDED = ("model", "optimizer", "epoch", "step", "best", "bad_epochs", "history", "rng", "torch_rng")
-SETTINGS = ("arch", "resolution", "freeze")     # a run resumed with other values would be another run
+SETTINGS = ("arch", "resolution", "freeze")  # a run resumed with other values would be another run
 
 
 def plain(value):
@@ -34,10 +34,14 @@ def read_run_file(path: Path, run_dir: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - zip, pickle and torch errors all mean "not usable"
-        why = ("it holds objects other than tensors and plain data" if isinstance(exc, pickle.UnpicklingError)
-               else f"it is truncated or corrupt ({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]})")
-        raise InputError(f"cannot resume from {path}: {why}; delete {run_dir} or run `train --fresh` "
-                         "to start this run over") from None
+        why = (
+            "it holds objects other than tensors and plain data"
+            if isinstance(exc, pickle.UnpicklingError)
+            else f"it is truncated or corrupt ({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]})"
+        )
+        raise InputError(
+            f"cannot resume from {path}: {why}; delete {run_dir} or run `train --fresh` to start this run over"
+        ) from None
 
 
 def save(obj, path: Path) -> None:
@@ -75,14 +79,18 @@ class RunFolder:
             return None
         ck = read_run_file(self.checkpoint_path, self.path)
         if not isinstance(ck, dict) or any(k not in ck for k in NEEDED) or not isinstance(ck.get("config"), dict):
-            raise InputError(f"cannot resume from {self.checkpoint_path}: it is not a training checkpoint; "
-                             f"delete {self.path} or run `train --fresh` to start this run over")
+            raise InputError(
+                f"cannot resume from {self.checkpoint_path}: it is not a training checkpoint; "
+                f"delete {self.path} or run `train --fresh` to start this run over"
+            )
         before = {k: ck.get("config", {}).get(k) for k in SETTINGS}
         now = {k: settings[k] for k in SETTINGS}
         before["freeze"] = tuple(before["freeze"] or ())
         if before != now:
-            raise InputError(f"{self.path} holds a run with other settings ({before} vs {now}): "
-                             "delete that folder or give another --run-dir")
+            raise InputError(
+                f"{self.path} holds a run with other settings ({before} vs {now}): "
+                "delete that folder or give another --run-dir"
+            )
         return ck
 
 

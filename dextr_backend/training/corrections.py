@@ -10,7 +10,7 @@ closer to how people click. Everything is simulated at crop resolution on the cr
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,8 +30,9 @@ def random_click(target: np.ndarray, rng: np.random.Generator) -> tuple[int, int
     return None
 
 
-def add_click(pred: np.ndarray, target: np.ndarray, rng: np.random.Generator,
-              clicks: list[tuple[int, int, bool]], first: bool) -> bool:
+def add_click(
+    pred: np.ndarray, target: np.ndarray, rng: np.random.Generator, clicks: list[tuple[int, int, bool]], first: bool
+) -> bool:
     """Append the next click for one sample; False when there is nothing to fix (after the first)."""
     click = next_click(pred, target, rng=rng if rng.random() < 0.5 else None)
     if click is not None:
@@ -45,20 +46,32 @@ def add_click(pred: np.ndarray, target: np.ndarray, rng: np.random.Generator,
     return False
 
 
-def correction_input(x4: np.ndarray, clicks: list[tuple[int, int, bool]], previous: np.ndarray,
-                     sigma: float | None = None) -> np.ndarray:
+def correction_input(
+    x4: np.ndarray, clicks: list[tuple[int, int, bool]], previous: np.ndarray, sigma: float | None = None
+) -> np.ndarray:
     """The 7-channel ``(7, S, S)`` input from a ``(4, S, S)`` one, clicks in crop pixels and the
     pass-1 probabilities ``(S, S)``: the same channels as ``geometry.correction_channels``."""
     s = x4.shape[-1]
     pos = [(x, y) for x, y, p in clicks if p]
     neg = [(x, y) for x, y, p in clicks if not p]
-    extra = np.stack([geometry.click_map(pos, s, sigma), geometry.click_map(neg, s, sigma),
-                      np.asarray(previous, np.float32) * 255.0])
+    extra = np.stack(
+        [
+            geometry.click_map(np.asarray(pos, np.float64), s, sigma),
+            geometry.click_map(np.asarray(neg, np.float64), s, sigma),
+            np.asarray(previous, np.float32) * 255.0,
+        ]
+    )
     return np.concatenate([x4, extra], 0).astype(np.float32)
 
 
-def simulate(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-             max_clicks: int, threshold: float, rng: np.random.Generator) -> torch.Tensor:
+def simulate(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    max_clicks: int,
+    threshold: float,
+    rng: np.random.Generator,
+) -> torch.Tensor:
     """``(B, 4, S, S)`` inputs and ``(B, 1, S, S)`` targets -> ``(B, 7, S, S)`` inputs with 1 to
     ``max_clicks`` simulated corrective clicks each. ``forward`` returns probabilities, no grad."""
     xs = x.detach().cpu().numpy()

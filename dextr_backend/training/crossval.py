@@ -30,18 +30,18 @@ from ..errors import InputError
 class Part:
     """One training of a run."""
 
-    name: str                  # "fold 1 of 2", "all labels", "training"
-    folder: str                # its sub-folder of the run folder ("" = the run folder itself)
+    name: str  # "fold 1 of 2", "all labels", "training"
+    folder: str  # its sub-folder of the run folder ("" = the run folder itself)
     train: list[ObjectRef]
-    test: list[ObjectRef]      # the objects its model is examined on (none for a CV's final model)
-    validate: bool             # the trainer scores ``test`` (and the guard) after every epoch
+    test: list[ObjectRef]  # the objects its model is examined on (none for a CV's final model)
+    validate: bool  # the trainer scores ``test`` (and the guard) after every epoch
 
 
 @dataclass(frozen=True)
 class Plan:
-    parts: list[Part]          # in training order; the last one is the version shipped
-    where: str                 # the examined objects, as the decision's sentence names them
-    scheme: dict               # for the model card
+    parts: list[Part]  # in training order; the last one is the version shipped
+    where: str  # the examined objects, as the decision's sentence names them
+    scheme: dict  # for the model card
 
     @property
     def shipped(self) -> Part:
@@ -69,23 +69,40 @@ def cross_validation(refs: list[ObjectRef], folds: int) -> Plan:
     if k < 2:
         raise InputError(f"cross-validation needs objects on at least 2 images, got {len(images)}")
     fold_of = {image: i % k for i, image in enumerate(images)}
-    parts = [Part(f"fold {f + 1} of {k}", f"fold-{f + 1}", [r for r in refs if fold_of[r.image] != f],
-                  [r for r in refs if fold_of[r.image] == f], validate=False) for f in range(k)]
+    parts = [
+        Part(
+            f"fold {f + 1} of {k}",
+            f"fold-{f + 1}",
+            [r for r in refs if fold_of[r.image] != f],
+            [r for r in refs if fold_of[r.image] == f],
+            validate=False,
+        )
+        for f in range(k)
+    ]
     parts.append(Part(f"all {_count(len(refs), 'object')}", "all", list(refs), [], validate=False))
-    return Plan(parts, f"{_count(len(refs), 'labelled object')} ({k}-fold cross-validation)",
-                {"kind": "cross-validation", "folds": k, "objects": len(refs)})
+    return Plan(
+        parts,
+        f"{_count(len(refs), 'labelled object')} ({k}-fold cross-validation)",
+        {"kind": "cross-validation", "folds": k, "objects": len(refs)},
+    )
 
 
 def hold_out(refs: list[ObjectRef], val_fraction: float, hold_out_objects: int | None, val_objects: int) -> Plan:
     """One model, trained on most images and examined on the rest (``val_fraction`` of them; with
     ``hold_out_objects`` by count, at least that many objects: ``hold_out_split``), validated after
     every epoch so the best epoch can be kept."""
-    train, val = (split_for_training(refs, val_fraction) if hold_out_objects is None
-                  else hold_out_split(refs, val_fraction, hold_out_objects))
+    train, val = (
+        split_for_training(refs, val_fraction)
+        if hold_out_objects is None
+        else hold_out_split(refs, val_fraction, hold_out_objects)
+    )
     val = spread(val, val_objects)
     part = Part("training", "", train, val, validate=True)
-    return Plan([part], _count(len(val), "held-out object"),
-                {"kind": "hold-out", "val_fraction": val_fraction, "objects": len(val)})
+    return Plan(
+        [part],
+        _count(len(val), "held-out object"),
+        {"kind": "hold-out", "val_fraction": val_fraction, "objects": len(val)},
+    )
 
 
 def read_scores(folder: Path, key: dict) -> dict | None:

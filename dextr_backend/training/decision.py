@@ -21,6 +21,9 @@ interval for the mean gain. The rule, with the defaults of :class:`Rule`:
   quarter of their box -14.7 (-18.1 to -11.3); 2 points lies well between.
 
 Pure numpy and seeded: the same scores always give the same decision.
+
+It runs over 300 lines: the rule, its statistics (paired bootstrap, Student's t) and the
+sentence that explains a decision to an admin are read together.
 """
 
 from __future__ import annotations
@@ -32,14 +35,14 @@ import numpy as np
 
 WHEN_UNSURE = ("promote", "keep")
 BETTER, SAME, WORSE = "better", "no measurable difference", "worse"
-UNPROVEN = "not shown within the margin"      # a guard exam whose interval reaches below -margin
+UNPROVEN = "not shown within the margin"  # a guard exam whose interval reaches below -margin
 
 
 @dataclass(frozen=True)
 class Rule:
-    confidence: float = 0.95      # two-sided bootstrap interval of the mean paired gain
-    tolerance: float = 0.5        # mIoU points the team's objects may lose, beyond the noise
-    guard_margin: float = 2.0     # mIoU points the guard objects must be shown to lose less than
+    confidence: float = 0.95  # two-sided bootstrap interval of the mean paired gain
+    tolerance: float = 0.5  # mIoU points the team's objects may lose, beyond the noise
+    guard_margin: float = 2.0  # mIoU points the guard objects must be shown to lose less than
     when_unsure: str = "promote"  # the interval contains 0: "promote" or "keep"
     resamples: int = 4000
     seed: int = 0
@@ -52,34 +55,36 @@ class Rule:
 
     def text(self) -> str:
         """The rule in one line, as the model card and /train/status record it."""
-        unsure = ("promoted" if self.when_unsure == "promote" else "kept out")
-        return (f"promote unless measurably worse: not promoted when the {self.confidence:.0%} bootstrap "
-                f"interval of the paired mIoU gain (per object, over its click sets) lies wholly below "
-                f"-{self.tolerance:g} points on the team's objects, or when on the guard objects it does not "
-                f"lie wholly above -{self.guard_margin:g}; on the team's objects an interval containing 0 "
-                f"(no measurable difference) is {unsure}")
+        unsure = "promoted" if self.when_unsure == "promote" else "kept out"
+        return (
+            f"promote unless measurably worse: not promoted when the {self.confidence:.0%} bootstrap "
+            f"interval of the paired mIoU gain (per object, over its click sets) lies wholly below "
+            f"-{self.tolerance:g} points on the team's objects, or when on the guard objects it does not "
+            f"lie wholly above -{self.guard_margin:g}; on the team's objects an interval containing 0 "
+            f"(no measurable difference) is {unsure}"
+        )
 
 
 @dataclass(frozen=True)
 class Exam:
     """One comparison on one set of objects: means, the paired gain and its interval (points)."""
 
-    name: str                # "labels", "guard", "labels after 2 corrections"
-    where: str               # e.g. "25 labelled objects (2-fold cross-validation)"
+    name: str  # "labels", "guard", "labels after 2 corrections"
+    where: str  # e.g. "25 labelled objects (2-fold cross-validation)"
     objects: int
-    variants: int            # click sets per object
+    variants: int  # click sets per object
     candidate: float
     incumbent: float | None
     gain: float | None
     low: float | None
     high: float | None
-    allowed: float           # the loss tolerated (team's objects: beyond the noise; guard: shown)
+    allowed: float  # the loss tolerated (team's objects: beyond the noise; guard: shown)
     confidence: float = 0.95
     must_show: bool = False  # the guard: the interval must lie above -allowed, not only reach above it
 
     @property
     def verdict(self) -> str:
-        if self.gain is None:
+        if self.gain is None or self.low is None or self.high is None:  # no incumbent: nothing compared
             return SAME
         if self.high < -self.allowed:
             return WORSE
@@ -95,25 +100,30 @@ class Exam:
         out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
         for key in ("low", "high"):
             if isinstance(out[key], float) and not math.isfinite(out[key]):
-                out[key] = None           # one object: no interval (JSON has no infinity)
+                out[key] = None  # one object: no interval (JSON has no infinity)
         return {**out, "verdict": self.verdict}
 
     def numbers(self, current: str | None = None) -> str:
         """``79.9 vs 74.8 for v2 (+5.1 points, 95 % interval +3.2 to +7.0)``."""
-        if self.gain is None:
+        if self.gain is None or self.low is None or self.high is None:  # no incumbent: nothing compared
             return f"{self.candidate:.1f}"
-        span = ("one object: no interval" if not math.isfinite(self.low)
-                else f"{self.confidence:.0%} interval {self.low:+.1f} to {self.high:+.1f}")
-        return (f"{self.candidate:.1f} vs {self.incumbent:.1f}{f' for {current}' if current else ''} "
-                f"({self.gain:+.1f} points, {span})")
+        span = (
+            "one object: no interval"
+            if not math.isfinite(self.low)
+            else f"{self.confidence:.0%} interval {self.low:+.1f} to {self.high:+.1f}"
+        )
+        return (
+            f"{self.candidate:.1f} vs {self.incumbent:.1f}{f' for {current}' if current else ''} "
+            f"({self.gain:+.1f} points, {span})"
+        )
 
 
 @dataclass(frozen=True)
 class Decision:
     promoted: bool
-    verdict: str                  # better | no measurable difference | worse | not shown within the margin |
-                                  # too little evidence | first version
-    sentence: str                 # for the admin, with the numbers that decided
+    verdict: str  # better | no measurable difference | worse | not shown within the margin |
+    # too little evidence | first version
+    sentence: str  # for the admin, with the numbers that decided
     rule: str
     exams: tuple[Exam, ...] = field(default_factory=tuple)
     forced: bool = False
@@ -122,8 +132,14 @@ class Decision:
         return next((e for e in self.exams if e.name == name), None)
 
     def to_dict(self) -> dict:
-        return {"promoted": self.promoted, "verdict": self.verdict, "sentence": self.sentence, "rule": self.rule,
-                "forced": self.forced, "exams": [e.to_dict() for e in self.exams]}
+        return {
+            "promoted": self.promoted,
+            "verdict": self.verdict,
+            "sentence": self.sentence,
+            "rule": self.rule,
+            "forced": self.forced,
+            "exams": [e.to_dict() for e in self.exams],
+        }
 
 
 def as_scores(values, what: str) -> np.ndarray:
@@ -144,7 +160,7 @@ def student_t(q: float, df: int) -> float:
     x = np.linspace(0.0, 400.0, 400_001)
     pdf = c * (1 + x * x / df) ** (-(df + 1) / 2)
     cdf = 0.5 + np.concatenate([[0.0], np.cumsum((pdf[1:] + pdf[:-1]) / 2 * (x[1] - x[0]))])
-    return float(x[min(np.searchsorted(cdf, q), len(x) - 1)])
+    return float(x[min(int(np.searchsorted(cdf, q)), len(x) - 1)])
 
 
 def paired_interval(candidate, incumbent, rule: Rule = Rule()) -> tuple[float, float, float]:
@@ -180,16 +196,41 @@ def _erfinv(y: float) -> float:
     return (lo + hi) / 2
 
 
-def examine(name: str, where: str, candidate, incumbent, allowed: float, rule: Rule = Rule(),
-            must_show: bool = False) -> Exam:
+def examine(
+    name: str, where: str, candidate, incumbent, allowed: float, rule: Rule = Rule(), must_show: bool = False
+) -> Exam:
     """One exam; ``incumbent`` None (nothing current yet) records the candidate's mean alone."""
     cand = as_scores(candidate, name)
     if incumbent is None:
-        return Exam(name, where, cand.shape[0], cand.shape[1], float(cand.mean()), None, None, None, None,
-                    allowed, rule.confidence, must_show)
+        return Exam(
+            name,
+            where,
+            cand.shape[0],
+            cand.shape[1],
+            float(cand.mean()),
+            None,
+            None,
+            None,
+            None,
+            allowed,
+            rule.confidence,
+            must_show,
+        )
     gain, low, high = paired_interval(cand, incumbent, rule)
-    return Exam(name, where, cand.shape[0], cand.shape[1], float(cand.mean()), float(np.mean(incumbent)),
-                gain, low, high, allowed, rule.confidence, must_show)
+    return Exam(
+        name,
+        where,
+        cand.shape[0],
+        cand.shape[1],
+        float(cand.mean()),
+        float(np.mean(incumbent)),
+        gain,
+        low,
+        high,
+        allowed,
+        rule.confidence,
+        must_show,
+    )
 
 
 def _points(n: float) -> str:
@@ -198,18 +239,23 @@ def _points(n: float) -> str:
 
 def _loss(exam: Exam, current: str | None) -> str:
     """Why a failed exam stops the promotion, in words and numbers."""
-    hint = ("labels that teach something other than the objects' outlines, such as shifted or swapped masks, "
-            "do this")
-    if exam.name == "guard" and exam.verdict == UNPROVEN and exam.high < 0:
-        return (f"on the {exam.objects} guard objects it scores {exam.numbers(current)}: it lost there beyond the "
-                f"noise, and cannot show the loss is under the {_points(exam.allowed)} allowed ({hint})")
+    hint = "labels that teach something other than the objects' outlines, such as shifted or swapped masks, do this"
+    if exam.name == "guard" and exam.verdict == UNPROVEN and exam.high is not None and exam.high < 0:
+        return (
+            f"on the {exam.objects} guard objects it scores {exam.numbers(current)}: it lost there beyond the "
+            f"noise, and cannot show the loss is under the {_points(exam.allowed)} allowed ({hint})"
+        )
     if exam.name == "guard" and exam.verdict == UNPROVEN:
-        return (f"on the {exam.objects} guard objects it scores {exam.numbers(current)}: the guard cannot show it "
-                f"lost less than the {_points(exam.allowed)} allowed there (too few guard objects to tell, or a "
-                f"real loss)")
+        return (
+            f"on the {exam.objects} guard objects it scores {exam.numbers(current)}: the guard cannot show it "
+            f"lost less than the {_points(exam.allowed)} allowed there (too few guard objects to tell, or a "
+            f"real loss)"
+        )
     if exam.name == "guard":
-        return (f"on the {exam.objects} guard objects it scores {exam.numbers(current)}: it lost more than the "
-                f"{_points(exam.allowed)} allowed there ({hint})")
+        return (
+            f"on the {exam.objects} guard objects it scores {exam.numbers(current)}: it lost more than the "
+            f"{_points(exam.allowed)} allowed there ({hint})"
+        )
     after = " after 2 corrective clicks" if exam.name != "labels" else ""
     return f"on the {exam.where}{after} it scores {exam.numbers(current)}: measurably worse"
 
@@ -227,23 +273,31 @@ def _account(exams: list[Exam], current: str | None, skip: set[str]) -> str:
     return "; ".join(parts)
 
 
-def _settle(exams: list[Exam], current: str | None, blockers: tuple[str, ...], force: bool,
-            rule: Rule) -> tuple[bool, str, str, bool]:
+def _settle(
+    exams: list[Exam], current: str | None, blockers: tuple[str, ...], force: bool, rule: Rule
+) -> tuple[bool, str, str, bool]:
     """``(promoted, verdict, sentence, forced)``."""
     labels = exams[0]
     worse = [e for e in exams if not e.passed]
     unsure_kept = not worse and labels.gain is not None and labels.verdict == SAME and rule.when_unsure == "keep"
     stays = f"{current} stays current" if current else "nothing becomes current"
     if labels.gain is None and not blockers:
-        return True, "first version", ("Promoted: there is no current version to compare with; "
-                                       + _account(exams, None, set()) + "."), False
+        return (
+            True,
+            "first version",
+            ("Promoted: there is no current version to compare with; " + _account(exams, None, set()) + "."),
+            False,
+        )
     why = list(blockers) + [_loss(e, current) for e in worse]
     if unsure_kept:
-        why.append(f"on the {labels.where} it scores {labels.numbers(current)}: no measurable difference, and "
-                   f"this rule keeps the current version unless the new one is measurably better")
+        why.append(
+            f"on the {labels.where} it scores {labels.numbers(current)}: no measurable difference, and "
+            f"this rule keeps the current version unless the new one is measurably better"
+        )
     failed = {e.verdict for e in worse}
-    verdict = ("too little evidence" if blockers else WORSE if WORSE in failed else UNPROVEN if failed
-               else labels.verdict)
+    verdict = (
+        "too little evidence" if blockers else WORSE if WORSE in failed else UNPROVEN if failed else labels.verdict
+    )
     told = {e.name for e in worse} | ({"labels"} if unsure_kept else set())
     rest = _account(exams, current, told)
     if why and force:
@@ -252,21 +306,42 @@ def _settle(exams: list[Exam], current: str | None, blockers: tuple[str, ...], f
         return False, verdict, f"Not promoted: {'; '.join(why)}" + (f"; {rest}" if rest else "") + f"; {stays}.", False
     if labels.verdict == BETTER:
         how = "measurably better"
-    elif labels.high < 0:
+    elif labels.high is not None and labels.high < 0:
         how = f"a loss within the {_points(labels.allowed)} the rule tolerates beyond the noise"
     else:
         how = "no measurable difference, and the rule promotes unless the new version is measurably worse"
     guard = [e for e in exams if e.name == "guard"]
-    tail = (f"; on the {guard[0].objects} guard objects {guard[0].numbers()}, shown to lose less than the "
-            f"{_points(guard[0].allowed)} allowed" if guard and guard[0].gain is not None else "")
+    tail = (
+        f"; on the {guard[0].objects} guard objects {guard[0].numbers()}, shown to lose less than the "
+        f"{_points(guard[0].allowed)} allowed"
+        if guard and guard[0].gain is not None
+        else ""
+    )
     more = _account(exams, current, {"labels", "guard"})
-    return True, verdict, (f"Promoted: on the {labels.where} it scores {labels.numbers(current)}: {how}{tail}"
-                           + (f"; {more}" if more else "") + "."), False
+    return (
+        True,
+        verdict,
+        (
+            f"Promoted: on the {labels.where} it scores {labels.numbers(current)}: {how}{tail}"
+            + (f"; {more}" if more else "")
+            + "."
+        ),
+        False,
+    )
 
 
-def decide(candidate, incumbent, *, where: str = "held-out objects", guard: tuple | None = None,
-           corrected: tuple | None = None, current: str | None = None, blockers: tuple[str, ...] = (),
-           force: bool = False, rule: Rule = Rule()) -> Decision:
+def decide(
+    candidate,
+    incumbent,
+    *,
+    where: str = "held-out objects",
+    guard: tuple | None = None,
+    corrected: tuple | None = None,
+    current: str | None = None,
+    blockers: tuple[str, ...] = (),
+    force: bool = False,
+    rule: Rule = Rule(),
+) -> Decision:
     """Whether to promote, from per-object, per-click-set scores (percent) of the new version
     (``candidate``) and the current one (``incumbent``, None when nothing is current).
 
@@ -279,11 +354,28 @@ def decide(candidate, incumbent, *, where: str = "held-out objects", guard: tupl
     objects); ``force`` overrides them and the scores. ``current`` names the current version."""
     exams = [examine("labels", where, candidate, incumbent, rule.tolerance, rule)]
     if guard is not None:
-        exams.append(examine("guard", "guard objects", guard[0], guard[1] if incumbent is not None else None,
-                             rule.guard_margin, rule, must_show=True))
+        exams.append(
+            examine(
+                "guard",
+                "guard objects",
+                guard[0],
+                guard[1] if incumbent is not None else None,
+                rule.guard_margin,
+                rule,
+                must_show=True,
+            )
+        )
     if corrected is not None:
-        exams.append(examine("labels after 2 corrections", where, corrected[0],
-                             corrected[1] if incumbent is not None else None, rule.tolerance, rule))
+        exams.append(
+            examine(
+                "labels after 2 corrections",
+                where,
+                corrected[0],
+                corrected[1] if incumbent is not None else None,
+                rule.tolerance,
+                rule,
+            )
+        )
     promoted, verdict, sentence, forced = _settle(exams, current, tuple(blockers), force, rule)
     return Decision(promoted, verdict, sentence, rule.text(), tuple(exams), forced)
 

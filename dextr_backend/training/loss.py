@@ -21,8 +21,9 @@ def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return loss.mean(1).mean()
 
 
-def correction_bce(logits: torch.Tensor, target: torch.Tensor, previous: torch.Tensor,
-                   error_weight: float = 1.0) -> torch.Tensor:
+def correction_bce(
+    logits: torch.Tensor, target: torch.Tensor, previous: torch.Tensor, error_weight: float = 1.0
+) -> torch.Tensor:
     """``balanced_bce`` with the pixels the previous mask (pass 1, bool) got wrong weighted
     ``error_weight`` times the others, renormalised per image so the loss keeps its scale.
 

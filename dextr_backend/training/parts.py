@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -46,7 +46,6 @@ def is_backbone(name: str) -> bool:
     if "backbone" in parts[:-1]:
         return True
     return parts[0] in ("conv1", "bn1") or (parts[0].startswith("layer") and parts[0] != "layer5")
-
 
 
 def param_groups(model: torch.nn.Module, lr: float, backbone_lr_scale: float) -> list[dict]:

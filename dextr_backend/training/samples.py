@@ -20,12 +20,12 @@ class Augment:
     scale: tuple[float, float] = (0.75, 1.25)
     rotate: float = 20.0
     flip: bool = True
-    margin: tuple[int, int] = (40, 60)   # px around the points; inference uses geometry.PAD = 50
+    margin: tuple[int, int] = (40, 60)  # px around the points; inference uses geometry.PAD = 50
     jitter: int = 5
-    color: float = 0.0                   # 0 = off (the paper has none)
+    color: float = 0.0  # 0 = off (the paper has none)
 
     @classmethod
-    def none(cls) -> "Augment":
+    def none(cls) -> Augment:
         return cls(scale=(1.0, 1.0), rotate=0.0, flip=False, margin=(geometry.PAD, geometry.PAD), jitter=0)
 
 
@@ -36,7 +36,7 @@ def _warp(image: np.ndarray, mask: np.ndarray, aug: Augment, rng: np.random.Gene
     if abs(s - 1.0) > 1e-3 or abs(angle) > 1e-3:
         ys, xs = np.nonzero(mask)
         centre = (float(xs.mean()), float(ys.mean()))
-        m = cv2.getRotationMatrix2D(centre, angle, s)
+        m: np.ndarray = cv2.getRotationMatrix2D(centre, angle, s)
         h, w = mask.shape
         size = (int(round(w * s)), int(round(h * s)))
         m[:, 2] += (np.array(size) - np.array([w, h])) / 2.0
@@ -59,8 +59,9 @@ def _recolour(image: np.ndarray, strength: float, rng: np.random.Generator) -> n
     return np.clip(img, 0, 255).astype(image.dtype)
 
 
-def make_sample(image: np.ndarray, mask: np.ndarray, resolution: int, aug: Augment,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+def make_sample(
+    image: np.ndarray, mask: np.ndarray, resolution: int, aug: Augment, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray] | None:
     """``(input SxSx4 float32, target SxS float32)``, or None if augmentation lost the object."""
     image, mask = _warp(image, mask, aug, rng)
     if aug.color > 0:

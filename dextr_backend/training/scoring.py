@@ -4,7 +4,8 @@ promotion pairs between two versions (``decision``)."""
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import numpy as np
 
@@ -26,25 +27,42 @@ def _miou(result, clicks: int | None = None) -> float:
     return float(value) if value is not None else float("nan")
 
 
-def score_objects(predictor: DextrPredictor, val_refs: Sequence[ObjectRef], guard_objects: Sequence | None,
-                  seed: int = 0, clicks: int | None = None) -> dict:
+def score_objects(
+    predictor: DextrPredictor,
+    val_refs: Sequence[ObjectRef],
+    guard_objects: Sequence | None,
+    seed: int = 0,
+    clicks: int | None = None,
+) -> dict:
     """``val_miou`` and ``guard_miou`` (percent; None where there is nothing to score), as
     ``evaluate`` computes them; with ``clicks`` (e.g. 6) also ``val_miou_6`` and ``guard_miou_6``,
     the mIoU after that many clicks, from the same runs."""
     out = {}
-    runs = {"val_miou": (as_eval_objects(list(val_refs)), seed) if val_refs else None,
-            "guard_miou": (guard_objects, 0) if guard_objects else None}
+    runs = {
+        "val_miou": (as_eval_objects(list(val_refs)), seed) if val_refs else None,
+        "guard_miou": (guard_objects, 0) if guard_objects else None,
+    }
     for key, run in runs.items():
-        result = None if run is None else evaluate_objects(predictor, run[0], seed=run[1], progress=False,
-                                                           warmup=False, max_clicks=clicks or 4)
+        result = (
+            None
+            if run is None
+            else evaluate_objects(predictor, run[0], seed=run[1], progress=False, warmup=False, max_clicks=clicks or 4)
+        )
         out[key] = None if result is None else _miou(result)
         if clicks:
             out[f"{key}_{clicks}"] = None if result is None else _miou(result, clicks)
     return out
 
 
-def paired_scores(predictor: DextrPredictor, objects: Iterable, *, seed: int = 0, click_sets: int = CLICK_SETS,
-                  jitter: int = CLICK_JITTER, clicks: int | None = None) -> dict[int, np.ndarray]:
+def paired_scores(
+    predictor: DextrPredictor,
+    objects: Iterable,
+    *,
+    seed: int = 0,
+    click_sets: int = CLICK_SETS,
+    jitter: int = CLICK_JITTER,
+    clicks: int | None = None,
+) -> dict[int, np.ndarray]:
     """IoU in percent of every object under every click set, ``(objects, click_sets)``: key 4 holds
     the extreme points' masks, and with ``clicks`` (e.g. 6) key ``clicks`` the masks after the
     corrective clicks up to that count.
@@ -56,23 +74,41 @@ def paired_scores(predictor: DextrPredictor, objects: Iterable, *, seed: int = 0
     keys = [4] + ([clicks] if clicks else [])
     out = {key: np.zeros((len(objects), click_sets)) for key in keys}
     for k in range(click_sets if objects else 0):
-        result = evaluate_objects(predictor, objects, jitter=jitter if k else 0, seed=seed + k, progress=False,
-                                  warmup=False, max_clicks=clicks or 4)
-        out[4][:, k] = [100.0 * row.iou for row in result.rows]
+        result = evaluate_objects(
+            predictor,
+            objects,
+            jitter=jitter if k else 0,
+            seed=seed + k,
+            progress=False,
+            warmup=False,
+            max_clicks=clicks or 4,
+        )
+        # a model was given, so every row has its IoU, and its IoUs per click count when clicks > 4
+        out[4][:, k] = [100.0 * cast(float, row.iou) for row in result.rows]
         if clicks:
-            out[clicks][:, k] = [100.0 * row.ious[clicks - 4] for row in result.rows]
+            out[clicks][:, k] = [100.0 * cast("list[float]", row.ious)[clicks - 4] for row in result.rows]
     return out
 
 
-def set_scores(predictor: DextrPredictor, object_sets: list, *, seed: int = 0,
-               clicks: int | None = None) -> list[dict | None]:
+def set_scores(
+    predictor: DextrPredictor, object_sets: list, *, seed: int = 0, clicks: int | None = None
+) -> list[dict | None]:
     """``paired_scores`` on each list of objects (an empty list or None gives None)."""
-    return [paired_scores(predictor, objects, seed=seed, clicks=clicks) if objects else None
-            for objects in object_sets]
+    return [paired_scores(predictor, objects, seed=seed, clicks=clicks) if objects else None for objects in object_sets]
 
 
-def version_scores(arch: str, state: dict, size: int, threshold: float, trim: int, object_sets: list, *,
-                   seed: int = 0, device: str = "auto", clicks: int | None = None) -> list[dict | None]:
+def version_scores(
+    arch: str,
+    state: dict,
+    size: int,
+    threshold: float,
+    trim: int,
+    object_sets: list,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    clicks: int | None = None,
+) -> list[dict | None]:
     """``set_scores`` of weights not yet a version, from a predictor that works as the version will:
     its size, threshold and trim."""
     predictor = make_predictor(model_from(arch, state), arch, size, threshold, trim, device=device)
@@ -89,5 +125,14 @@ def guard_miou(predictor: DextrPredictor, objects: Sequence) -> float:
     return score_objects(predictor, [], objects)["guard_miou"]
 
 
-__all__ = ["CLICK_JITTER", "CLICK_SETS", "CORRECTION_CLICKS", "guard_miou", "paired_scores", "score_objects",
-           "set_scores", "validation_miou", "version_scores"]
+__all__ = [
+    "CLICK_JITTER",
+    "CLICK_SETS",
+    "CORRECTION_CLICKS",
+    "guard_miou",
+    "paired_scores",
+    "score_objects",
+    "set_scores",
+    "validation_miou",
+    "version_scores",
+]

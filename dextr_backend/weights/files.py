@@ -10,9 +10,10 @@ import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import torch
 
@@ -27,7 +28,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_temp(directory: Path, write_fn: Callable[[BinaryIO], None], stem: str = "weights") -> Path:
+def write_temp(directory: Path, write_fn: Callable[[BinaryIO], object], stem: str = "weights") -> Path:
     """Write via ``write_fn(fileobj)`` to a fsynced temp file in ``directory``; the caller renames
     it (or lets ``atomic_write`` do so). Nothing is left behind when ``write_fn`` fails."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,7 @@ def replace(tmp: Path, dest: Path) -> None:
     fsync_dir(dest.parent)
 
 
-def atomic_write(dest: Path | str, write_fn: Callable[[BinaryIO], None]) -> None:
+def atomic_write(dest: Path | str, write_fn: Callable[[BinaryIO], object]) -> None:
     """Temp file beside ``dest``, fsync, rename over it, fsync the folder: readers see the old
     file or the new one, never a mix, even across a crash."""
     dest = Path(dest)
@@ -97,8 +98,7 @@ def load_tensors(path: Path, what: str = "file"):
         raise WeightsError(f"{what} {path} is a folder, not a file") from None
     except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors all mean the same here
         if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
-            reason = ("it holds Python objects besides tensors, which are refused because loading them could "
-                      "run code")
+            reason = "it holds Python objects besides tensors, which are refused because loading them could run code"
         else:
             reason = "not a PyTorch file, or truncated or corrupt"
         raise WeightsError(f"cannot read {what} {path}: {reason}") from None
@@ -116,12 +116,25 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "optimizer" in obj:
         obj = obj["ema"] if isinstance(obj.get("ema"), dict) else obj["model"]
-    if not isinstance(obj, dict) or not obj or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise WeightsError(f"weights file {path} holds no state dict (expected a dict of tensors, "
-                           "a dict with a 'state_dict' key, or a training run's checkpoint.pt)")
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
+        raise WeightsError(
+            f"weights file {path} holds no state dict (expected a dict of tensors, "
+            "a dict with a 'state_dict' key, or a training run's checkpoint.pt)"
+        )
     return obj
 
 
-__all__ = ["atomic_write", "fsync_dir", "load_tensors", "locked", "read_state_file", "replace", "sha256_file",
-           "write_temp"]
+__all__ = [
+    "atomic_write",
+    "fsync_dir",
+    "load_tensors",
+    "locked",
+    "read_state_file",
+    "replace",
+    "sha256_file",
+    "write_temp",
+]

@@ -21,7 +21,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import torch
 
@@ -29,17 +29,29 @@ from ..errors import WeightsError
 from ..models import detect_architecture, get_architecture
 from .files import atomic_write, locked, read_state_file, sha256_file, write_temp
 from .registry import KNOWN_WEIGHTS, default_threshold
-from .versions import (NAME_RE, RECORD_FIELDS, LoadedWeights, Version, check_fits, check_name, check_trim,
-                       read_version_state, utc_now, verify_file)
+from .versions import (
+    NAME_RE,
+    RECORD_FIELDS,
+    LoadedWeights,
+    Version,
+    check_fits,
+    check_name,
+    check_trim,
+    read_version_state,
+    utc_now,
+    verify_file,
+)
 
 DEFAULT_ROOT = Path("~/.cache/dextr-backend/weights")
 MANIFEST = "manifest.json"
 INDEX = "index.json"
 LOCK = ".manifest.lock"
 MANIFEST_FORMAT = 1
-_CHECKED: dict[str, tuple] = {}   # weights file -> (path, sha256, size, mtime) last verified by check()
-GET_STARTED = ("run `dextr-backend weights download dextr_pascal-sbd` for the official model, "
-               "or `dextr-backend weights import PATH` for a file you have")
+_CHECKED: dict[str, tuple] = {}  # weights file -> (path, sha256, size, mtime) last verified by check()
+GET_STARTED = (
+    "run `dextr-backend weights download dextr_pascal-sbd` for the official model, "
+    "or `dextr-backend weights import PATH` for a file you have"
+)
 
 
 def default_shipped_dir() -> Path | None:
@@ -70,10 +82,10 @@ class WeightsStore:
     def __init__(self, root: Path | str | None = None, shipped_dir: Path | str | None = None):
         self.root = Path(root if root is not None else DEFAULT_ROOT).expanduser()
         self.shipped_dir = Path(shipped_dir) if shipped_dir is not None else default_shipped_dir()
-        self._cache: tuple | None = None      # (stamp, manifest, index, shipped versions, user versions)
+        self._cache: tuple | None = None  # (stamp, manifest, index, shipped versions, user versions)
 
     @classmethod
-    def from_settings(cls, settings) -> "WeightsStore":
+    def from_settings(cls, settings) -> WeightsStore:
         return cls(settings.weights_dir or None)
 
     # ----------------------------------------------------------------- reading
@@ -108,9 +120,14 @@ class WeightsStore:
         stamp = self.stamp()
         if self._cache is None or self._cache[0] != stamp:
             manifest, index = self._fresh_manifest(), self._fresh_index()
-            shipped = ([] if self.shipped_dir is None else
-                       [Version.from_record(r, self.shipped_dir, shipped=True, origin=self.shipped_dir / INDEX)
-                        for r in index["versions"]])
+            shipped = (
+                []
+                if self.shipped_dir is None
+                else [
+                    Version.from_record(r, self.shipped_dir, shipped=True, origin=self.shipped_dir / INDEX)
+                    for r in index["versions"]
+                ]
+            )
             self._cache = (stamp, manifest, index, shipped, self._user_versions(manifest))
         return self._cache
 
@@ -131,11 +148,13 @@ class WeightsStore:
         if found is not None:
             return found
         if name in KNOWN_WEIGHTS:
-            raise WeightsError(f"weights {name!r} are known but not downloaded yet; "
-                               f"run `dextr-backend weights download {name}`")
+            raise WeightsError(
+                f"weights {name!r} are known but not downloaded yet; run `dextr-backend weights download {name}`"
+            )
         known = ", ".join(v.name for v in self.versions()) or "none installed"
-        raise WeightsError(f"unknown weights version {name!r}; installed: {known}; "
-                           f"downloadable: {', '.join(KNOWN_WEIGHTS)}")
+        raise WeightsError(
+            f"unknown weights version {name!r}; installed: {known}; downloadable: {', '.join(KNOWN_WEIGHTS)}"
+        )
 
     def current_name(self) -> str | None:
         """The name ``current()`` would return, or None when nothing is installed."""
@@ -158,11 +177,19 @@ class WeightsStore:
         """Verify the file of a version (default: current) as a load would, but only once per
         change of the file (keyed by path, size and mtime), so ``/health`` can ask on every call."""
         if version is not None and self.find(version) is None and self._is_path(version):
-            path = Path(version).expanduser()
-            if not path.is_file():
-                raise WeightsError(f"no weights file at {path}")
-            meta = Version(name=path.name, arch="?", input_size=0, threshold=0.5, file=str(path), sha256=None,
-                           size=None, path=path)
+            given = Path(version).expanduser()
+            if not given.is_file():
+                raise WeightsError(f"no weights file at {given}")
+            meta = Version(
+                name=given.name,
+                arch="?",
+                input_size=0,
+                threshold=0.5,
+                file=str(given),
+                sha256=None,
+                size=None,
+                path=given,
+            )
         else:
             meta = self.current() if version is None else self.get(version)
         path = meta.path
@@ -173,8 +200,8 @@ class WeightsStore:
         key = (str(path), meta.sha256, stat and stat.st_size, stat and stat.st_mtime_ns)
         if _CHECKED.get(str(path)) != key:
             verify_file(meta)
-            if meta.sha256 is None:        # nothing pinned: at least it must read as weights
-                read_state_file(path)
+            if meta.sha256 is None:  # nothing pinned: at least it must read as weights
+                read_state_file(cast(Path, path))  # verify_file refused a version without a file
             _CHECKED[str(path)] = key
         return meta
 
@@ -199,9 +226,17 @@ class WeightsStore:
             raise WeightsError(f"no weights file at {path}")
         state = read_state_file(path)
         arch = detect_architecture(state)
-        meta = Version(name=path.name, arch=arch, input_size=get_architecture(arch).input_size,
-                       threshold=default_threshold(arch), file=str(path), sha256=None,
-                       size=path.stat().st_size, source=str(path.resolve()), path=path)
+        meta = Version(
+            name=path.name,
+            arch=arch,
+            input_size=get_architecture(arch).input_size,
+            threshold=default_threshold(arch),
+            file=str(path),
+            sha256=None,
+            size=path.stat().st_size,
+            source=str(path.resolve()),
+            path=path,
+        )
         return LoadedWeights(meta.name, arch, meta.input_size, meta.threshold, state, meta)
 
     # ----------------------------------------------------------------- writing
@@ -251,10 +286,22 @@ class WeightsStore:
             staged.unlink(missing_ok=True)
         return self.get(name)
 
-    def add_version(self, state_dict: dict[str, torch.Tensor], arch: str, *, name: str | None = None,
-                    parent: str | None = None, metrics: dict | None = None, card: dict | None = None,
-                    threshold: float | None = None, input_size: int | None = None, source: str = "training",
-                    make_current: bool = False, trim: int = 0, corrector: str | None = None) -> Version:
+    def add_version(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        arch: str,
+        *,
+        name: str | None = None,
+        parent: str | None = None,
+        metrics: dict | None = None,
+        card: dict | None = None,
+        threshold: float | None = None,
+        input_size: int | None = None,
+        source: str = "training",
+        make_current: bool = False,
+        trim: int = 0,
+        corrector: str | None = None,
+    ) -> Version:
         """Save a new version (what training calls); ``name=None`` picks the next free ``vN``.
         ``input_size`` is the crop side it was trained for (default: the architecture's); ``corrector``
         how it serves corrective clicks (default: as its parent does, so retraining keeps them)."""
@@ -264,20 +311,35 @@ class WeightsStore:
         state = {k: v.detach().cpu() for k, v in state_dict.items()}
         check_fits(state, arch)
         staged = self.stage(lambda fh: torch.save(state, fh))
-        fields = {"arch": arch, "input_size": int(input_size or spec.input_size),
-                  "threshold": float(threshold if threshold is not None else default_threshold(arch)),
-                  "trim": check_trim(trim), "sha256": sha256_file(staged), "size": staged.stat().st_size,
-                  "metrics": dict(metrics or {}), "parent": parent, "source": source, "card": dict(card or {}),
-                  "corrector": corrector if corrector is not None else self._corrector_of(parent)}
+        fields = {
+            "arch": arch,
+            "input_size": int(input_size or spec.input_size),
+            "threshold": float(threshold if threshold is not None else default_threshold(arch)),
+            "trim": check_trim(trim),
+            "sha256": sha256_file(staged),
+            "size": staged.stat().st_size,
+            "metrics": dict(metrics or {}),
+            "parent": parent,
+            "source": source,
+            "card": dict(card or {}),
+            "corrector": corrector if corrector is not None else self._corrector_of(parent),
+        }
         return self.commit(staged, ".pt", fields, name, make_current)
 
     def _corrector_of(self, name: str | None) -> str | None:
         found = self.find(name) if name else None
         return found.corrector if found is not None else None
 
-    def import_file(self, path: Path | str, name: str | None = None, arch: str | None = None,
-                    make_current: bool = False, input_size: int | None = None,
-                    threshold: float | None = None, trim: int = 0) -> Version:
+    def import_file(
+        self,
+        path: Path | str,
+        name: str | None = None,
+        arch: str | None = None,
+        make_current: bool = False,
+        input_size: int | None = None,
+        threshold: float | None = None,
+        trim: int = 0,
+    ) -> Version:
         """Copy a weights file into the store after checking it strictly fits its architecture.
         ``input_size`` and ``threshold`` are what the file was trained and tuned for (default: the
         architecture's)."""
@@ -307,11 +369,18 @@ class WeightsStore:
                     fh.write(chunk)
 
         staged = self.stage(copy)
-        fields = {"arch": arch, "input_size": int(input_size or spec.input_size),
-                  "threshold": float(threshold if threshold is not None else default_threshold(arch)),
-                  "trim": trim, "sha256": digest.hexdigest(), "size": staged.stat().st_size, "metrics": {},
-                  "parent": None, "source": str(src.resolve()),
-                  "card": {"imported_from": str(src.resolve())}}
+        fields = {
+            "arch": arch,
+            "input_size": int(input_size or spec.input_size),
+            "threshold": float(threshold if threshold is not None else default_threshold(arch)),
+            "trim": trim,
+            "sha256": digest.hexdigest(),
+            "size": staged.stat().st_size,
+            "metrics": {},
+            "parent": None,
+            "source": str(src.resolve()),
+            "card": {"imported_from": str(src.resolve())},
+        }
         return self.commit(staged, ".pt", fields, name, make_current)
 
     def use(self, name: str) -> Version:

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -16,8 +17,23 @@ from .files import read_state_file, sha256_file
 from .registry import KNOWN_WEIGHTS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RECORD_FIELDS = ("name", "arch", "input_size", "threshold", "trim", "file", "sha256", "size", "metrics",
-                 "parent", "created", "source", "card", "base", "corrector")
+RECORD_FIELDS = (
+    "name",
+    "arch",
+    "input_size",
+    "threshold",
+    "trim",
+    "file",
+    "sha256",
+    "size",
+    "metrics",
+    "parent",
+    "created",
+    "source",
+    "card",
+    "base",
+    "corrector",
+)
 
 
 def utc_now() -> str:
@@ -43,8 +59,10 @@ def check_sha256(value: str | None) -> str | None:
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise WeightsError(f"invalid version name {name!r}: use up to 64 letters, digits, '.', '_' or '-', "
-                           "starting with a letter or digit")
+        raise WeightsError(
+            f"invalid version name {name!r}: use up to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
     return name
 
 
@@ -66,11 +84,11 @@ class Version:
     card: dict = field(default_factory=dict, hash=False)
     path: Path | None = field(default=None, compare=False)
     shipped: bool = field(default=False, compare=False)
-    trim: int = 0      # pixels eroded off each mask's boundary after thresholding (PostProcess.trim)
+    trim: int = 0  # pixels eroded off each mask's boundary after thresholding (PostProcess.trim)
     # A version that grows a frozen parent (lite0h) may keep only what it adds in ``file`` and name
     # the parent's file here, ``{"file", "sha256", "size"}``, so the parent is never stored twice.
     base: dict | None = field(default=None, hash=False)
-    corrector: str | None = None   # how it serves corrective clicks by default (DEXTR_CORRECTOR=auto)
+    corrector: str | None = None  # how it serves corrective clicks by default (DEXTR_CORRECTOR=auto)
 
     @property
     def takes_corrections(self) -> bool:
@@ -87,19 +105,30 @@ class Version:
         return self.path.parent / str(self.base["file"])
 
     @classmethod
-    def from_record(cls, record: dict, directory: Path, *, shipped: bool = False, origin: Path) -> "Version":
+    def from_record(cls, record: dict, directory: Path, *, shipped: bool = False, origin: Path) -> Version:
         try:
             card = record.get("card") or {}
-            if isinstance(card, str):           # a shipped model card kept as a markdown file
+            if isinstance(card, str):  # a shipped model card kept as a markdown file
                 card = {"file": card}
-            return cls(name=str(record["name"]), arch=str(record["arch"]),
-                       input_size=int(record["input_size"]), threshold=float(record["threshold"]),
-                       file=str(record["file"]), sha256=record.get("sha256"), size=record.get("size"),
-                       metrics=dict(record.get("metrics") or {}), parent=record.get("parent"),
-                       created=record.get("created"), source=record.get("source"), card=dict(card),
-                       path=directory / str(record["file"]), shipped=shipped,
-                       trim=check_trim(record.get("trim") or 0, ValueError), base=_base(record.get("base")),
-                       corrector=record.get("corrector"))
+            return cls(
+                name=str(record["name"]),
+                arch=str(record["arch"]),
+                input_size=int(record["input_size"]),
+                threshold=float(record["threshold"]),
+                file=str(record["file"]),
+                sha256=record.get("sha256"),
+                size=record.get("size"),
+                metrics=dict(record.get("metrics") or {}),
+                parent=record.get("parent"),
+                created=record.get("created"),
+                source=record.get("source"),
+                card=dict(card),
+                path=directory / str(record["file"]),
+                shipped=shipped,
+                trim=check_trim(record.get("trim") or 0, ValueError),
+                base=_base(record.get("base")),
+                corrector=record.get("corrector"),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"{origin} has a malformed version record ({exc!r}); fix or remove it") from None
 
@@ -142,9 +171,10 @@ def verify_file(meta: Version) -> None:
 
 def read_version_state(meta: Version) -> dict[str, torch.Tensor]:
     """The whole state dict of a verified version: its file, under its parent's file where it has one."""
-    state = read_state_file(meta.path)
+    # ``verify_file`` refused a version whose file (or parent's file) has no path.
+    state = read_state_file(cast(Path, meta.path))
     if meta.base:
-        parent = read_state_file(meta.base_path)
+        parent = read_state_file(cast(Path, meta.base_path))
         state = {f"base.{k}": v for k, v in parent.items()} | state
     return state
 
@@ -157,19 +187,36 @@ def _verify(meta: Version, path: Path | None, sha256: str | None, size: int | No
     else:
         redo = "import or train it again"
     if path is None or not path.is_file():
-        raise WeightsError(f"weights file {path} of version {meta.name!r} is missing; {redo}, "
-                           "or pick another with `dextr-backend weights use VERSION`")
+        raise WeightsError(
+            f"weights file {path} of version {meta.name!r} is missing; {redo}, "
+            "or pick another with `dextr-backend weights use VERSION`"
+        )
     if sha256 is None:
         return
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
-        raise WeightsError(f"weights file {path} of version {meta.name!r} is truncated or corrupt "
-                           f"({actual_size} bytes, expected {size}) and was not loaded; {redo}")
+        raise WeightsError(
+            f"weights file {path} of version {meta.name!r} is truncated or corrupt "
+            f"({actual_size} bytes, expected {size}) and was not loaded; {redo}"
+        )
     actual = sha256_file(path)
     if actual != sha256:
-        raise WeightsError(f"weights file {path} of version {meta.name!r} is corrupt (sha256 {actual[:12]}..., "
-                           f"expected {sha256[:12]}...) and was not loaded; {redo}")
+        raise WeightsError(
+            f"weights file {path} of version {meta.name!r} is corrupt (sha256 {actual[:12]}..., "
+            f"expected {sha256[:12]}...) and was not loaded; {redo}"
+        )
 
 
-__all__ = ["LoadedWeights", "NAME_RE", "RECORD_FIELDS", "Version", "check_fits", "check_name", "check_sha256",
-           "check_trim", "read_version_state", "utc_now", "verify_file"]
+__all__ = [
+    "LoadedWeights",
+    "NAME_RE",
+    "RECORD_FIELDS",
+    "Version",
+    "check_fits",
+    "check_name",
+    "check_sha256",
+    "check_trim",
+    "read_version_state",
+    "utc_now",
+    "verify_file",
+]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-for path in (str(HERE.parent), str(HERE)):       # services, labelstudio_server; lsui
+for path in (str(HERE.parent), str(HERE)):  # services, labelstudio_server; lsui
     if path not in sys.path:
         sys.path.insert(0, path)
 
@@ -90,16 +90,23 @@ def pytest_runtest_makereport(item, call):
             lines.append(f"(no screenshot at failure: {str(exc).splitlines()[0][:200]})")
         lines += [str(p) for p in person.screenshots]
         report.sections.append(("screenshots", "\n".join(lines) or "(none)"))
-        calls = [f"{len(i.points)} point(s) {i.kinds[:1]} -> HTTP {i.status}, "
-                 f"{'no result' if i.result is None else f'{len(i.result)} region(s)'}"
-                 f"{f', errors {i.errors}' if i.errors else ''}, {i.seconds:.2f} s" for i in person.interactions]
+        calls = [
+            f"{len(i.points)} point(s) {i.kinds[:1]} -> HTTP {i.status}, "
+            f"{'no result' if i.result is None else f'{len(i.result)} region(s)'}"
+            f"{f', errors {i.errors}' if i.errors else ''}, {i.seconds:.2f} s"
+            for i in person.interactions
+        ]
         if person.lost_clicks:
             calls.append(f"{person.lost_clicks} click(s) placed nothing and were made again: {person.lost_click_notes}")
         report.sections.append(("interactive-annotating calls", "\n".join(calls) or "(none)"))
         if person.api_errors:
             report.sections.append(("Label Studio API errors seen by the page", "\n".join(person.api_errors[-20:])))
-    logs = [str(b.log) for name in ("inprocess_backend", "queue_stack")
-            for b in _backends(getattr(item, "funcargs", {}).get(name)) if getattr(b, "log", None)]
+    logs = [
+        str(b.log)
+        for name in ("inprocess_backend", "queue_stack")
+        for b in _backends(getattr(item, "funcargs", {}).get(name))
+        if getattr(b, "log", None)
+    ]
     if logs:
         report.sections.append(("logs", "\n".join(logs)))
 

@@ -30,15 +30,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 VIEWPORT = {"width": 1400, "height": 900}
-PARK = (700, 20)          # the pointer rests here between actions: the breadcrumb bar, no tooltips
+PARK = (700, 20)  # the pointer rests here between actions: the breadcrumb bar, no tooltips
 
 # Where Label Studio shows errors: its toasts (error kinds), and its error modal.
-ERROR_SELECTORS = ("[class*=messageToast_error]", "[class*=messageToast_alertError]",
-                   "[class*=error-message]")
+ERROR_SELECTORS = ("[class*=messageToast_error]", "[class*=messageToast_alertError]", "[class*=error-message]")
 
 
 def find_chromium() -> str | None:
@@ -66,12 +73,11 @@ def browser_unavailable() -> str | None:
 
 def launch(playwright, executable: str | None = None):
     """A headless Chromium from the system; Playwright gives it a fresh profile of its own."""
-    return playwright.chromium.launch(executable_path=executable or find_chromium(), headless=True,
-                                      args=CHROMIUM_ARGS)
+    return playwright.chromium.launch(executable_path=executable or find_chromium(), headless=True, args=CHROMIUM_ARGS)
 
 
 # --------------------------------------------------------------------------- Label Studio via its API
-def create_project(ls, title: str, config: str, images: list[tuple[str, "object"]]) -> tuple[int, list[dict]]:
+def create_project(ls, title: str, config: str, images: list[tuple[str, object]]) -> tuple[int, list[dict]]:
     """A project with one task per ``(file name, BGR image)``; returns its id and tasks (by id)."""
     import cv2
 
@@ -84,8 +90,7 @@ def create_project(ls, title: str, config: str, images: list[tuple[str, "object"
 
 
 def project_tasks(ls, pid: int) -> list[dict]:
-    return sorted(ls.api("GET", f"/api/tasks?project={pid}&fields=all&page_size=100")["tasks"],
-                  key=lambda t: t["id"])
+    return sorted(ls.api("GET", f"/api/tasks?project={pid}&fields=all&page_size=100")["tasks"], key=lambda t: t["id"])
 
 
 def connect_backend(ls, pid: int, url: str, title: str = "dextr") -> dict:
@@ -96,9 +101,15 @@ def connect_backend(ls, pid: int, url: str, title: str = "dextr") -> dict:
 def backend_env(label_studio, root: Path, **extra) -> dict:
     """The backend's environment: images from this Label Studio with its token, a private weights
     store (the shipped default version), CPU."""
-    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
-           "DEXTR_WEIGHTS_DIR": str(root / "store"), "DEXTR_DATA_DIR": str(root / "data"),
-           "DEXTR_DEVICE": "cpu", "LOG_LEVEL": "INFO", "REDIS_URL": ""}
+    env = {
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+        "DEXTR_WEIGHTS_DIR": str(root / "store"),
+        "DEXTR_DATA_DIR": str(root / "data"),
+        "DEXTR_DEVICE": "cpu",
+        "LOG_LEVEL": "INFO",
+        "REDIS_URL": "",
+    }
     env.update(extra)
     return env
 
@@ -108,12 +119,12 @@ def backend_env(label_studio, root: Path, **extra) -> dict:
 class Interaction:
     """One ``interactive-annotating`` round trip as the page saw it."""
 
-    points: list[tuple[float, float]]        # percent, in the order sent
-    kinds: list[str]                          # context item types
+    points: list[tuple[float, float]]  # percent, in the order sent
+    kinds: list[str]  # context item types
     status: int
-    body: object                              # Label Studio's JSON answer to the page
-    seconds: float                            # request sent -> response finished (Playwright timing)
-    positive: list[bool] = field(default_factory=list)   # per point: False for an Alt-click (negative)
+    body: object  # Label Studio's JSON answer to the page
+    seconds: float  # request sent -> response finished (Playwright timing)
+    positive: list[bool] = field(default_factory=list)  # per point: False for an Alt-click (negative)
 
     @property
     def result(self):
@@ -173,10 +184,16 @@ class Annotator:
             body = None
         timing = response.request.timing
         seconds = (timing["responseEnd"] - timing["requestStart"]) / 1000 if timing.get("responseEnd", -1) > 0 else -1
-        self.interactions.append(Interaction(
-            points=[(i["value"].get("x"), i["value"].get("y")) for i in items if isinstance(i.get("value"), dict)],
-            kinds=[i.get("type") for i in items], status=response.status, body=body, seconds=seconds,
-            positive=[i.get("is_positive", True) is not False for i in items if isinstance(i.get("value"), dict)]))
+        self.interactions.append(
+            Interaction(
+                points=[(i["value"].get("x"), i["value"].get("y")) for i in items if isinstance(i.get("value"), dict)],
+                kinds=[i.get("type") for i in items],
+                status=response.status,
+                body=body,
+                seconds=seconds,
+                positive=[i.get("is_positive", True) is not False for i in items if isinstance(i.get("value"), dict)],
+            )
+        )
 
     def screenshot(self, name: str) -> Path:
         path = self.shots / f"{len(self.screenshots):02d}-{name}.png"
@@ -188,7 +205,8 @@ class Annotator:
         """Evaluate ``expression`` against Label Studio's editor store (``s``) and its selected
         annotation (``a``); read-only use."""
         return self.page.evaluate(
-            f"() => {{ const s = window.Htx; const a = s && s.annotationStore.selected; return ({expression}); }}")
+            f"() => {{ const s = window.Htx; const a = s && s.annotationStore.selected; return ({expression}); }}"
+        )
 
     # ------------------------------------------------------------------ navigation
     def login(self, user: str, password: str):
@@ -209,7 +227,9 @@ class Annotator:
                 f"""() => {{ const s = window.Htx; const a = s && s.annotationStore.selected;
                       const img = document.querySelector('img[alt=image]');
                       return a && s.task && s.task.id === {int(task_id)} && img && img.complete && img.naturalWidth > 0
-                             && document.querySelector('.konvajs-content'); }}""", timeout=60_000)
+                             && document.querySelector('.konvajs-content'); }}""",
+                timeout=60_000,
+            )
         except Exception as exc:  # noqa: BLE001 - Playwright's TimeoutError
             raise AssertionError(f"task {task_id} did not open with its image within 60 s") from exc
         self.settle()
@@ -228,17 +248,23 @@ class Annotator:
                 self.page.wait_for_function(
                     "() => { const i = window.Htx.annotationStore.selected.objects.find(o => o.type === 'image');"
                     " return i && Math.abs(i.zoomScale - 1) < 1e-6 && i.zoomingPositionX === 0"
-                    " && i.zoomingPositionY === 0; }", timeout=2_000)
+                    " && i.zoomingPositionY === 0; }",
+                    timeout=2_000,
+                )
                 return
             except Exception:  # noqa: BLE001 - Playwright's TimeoutError: press again
                 pass
-        state = self.store("(() => { const i = a.objects.find(o => o.type === 'image');"
-                           " return [i.zoomScale, i.zoomingPositionX, i.zoomingPositionY]; })()")
+        state = self.store(
+            "(() => { const i = a.objects.find(o => o.type === 'image');"
+            " return [i.zoomScale, i.zoomingPositionX, i.zoomingPositionY]; })()"
+        )
         raise AssertionError(f"Zoom to fit (Shift+1) left the image zoomed (scale, x, y) = {state}")
 
     def focus_canvas_area(self):
         """Hotkeys go to the page only when no checkbox or input has the focus."""
-        self.page.evaluate("() => document.activeElement && document.activeElement.blur && document.activeElement.blur()")
+        self.page.evaluate(
+            "() => document.activeElement && document.activeElement.blur && document.activeElement.blur()"
+        )
 
     # ------------------------------------------------------------------ bottom bar toggles
     def _toggle(self, testid: str, on: bool):
@@ -248,7 +274,8 @@ class Annotator:
         if box.is_checked() != on:
             box.click()
             self.page.wait_for_function(
-                f"() => document.querySelector('input[data-testid={testid}]').checked === {str(on).lower()}")
+                f"() => document.querySelector('input[data-testid={testid}]').checked === {str(on).lower()}"
+            )
         self.focus_canvas_area()
 
     def set_auto_annotation(self, on: bool = True):
@@ -261,8 +288,10 @@ class Annotator:
     # ------------------------------------------------------------------ tools and labels
     def selected_tool(self) -> str | None:
         """The image's selected tool as Label Studio names it (``KeyPointTool-dynamic`` is the smart one)."""
-        return self.store("(() => { const t = a.objects.find(o => o.type === 'image').getToolsManager()"
-                          ".findSelectedTool(); return t ? t.fullName : null; })()")
+        return self.store(
+            "(() => { const t = a.objects.find(o => o.type === 'image').getToolsManager()"
+            ".findSelectedTool(); return t ? t.fullName : null; })()"
+        )
 
     def pick_smart_tool(self, tool: str = "KeyPointTool"):
         """Click Auto-Detect (the magic wand; hotkey M) until its smart ``tool`` is the selected one
@@ -275,7 +304,7 @@ class Annotator:
         for _ in range(6):
             current = self.selected_tool()
             if current == wanted:
-                self.settle(300)          # the tool change unselects labels a moment later
+                self.settle(300)  # the tool change unselects labels a moment later
                 return
             seen.append(current)
             auto_detect.click()
@@ -287,7 +316,10 @@ class Annotator:
         self.page.locator(f"button.lsf-tool:not(.lsf-tool_smart)[aria-label={tool}]").click()
 
     def label(self, hotkey: str):
-        return self.page.locator(".lsf-labels .lsf-label", has=self.page.locator(".lsf-label__hotkey", has_text=re.compile(f"^{re.escape(hotkey)}$")))
+        return self.page.locator(
+            ".lsf-labels .lsf-label",
+            has=self.page.locator(".lsf-label__hotkey", has_text=re.compile(f"^{re.escape(hotkey)}$")),
+        )
 
     def select_label(self, hotkey: str):
         """Pick the label whose hotkey is ``hotkey`` (Label Studio unselects it after each point):
@@ -305,8 +337,9 @@ class Annotator:
         if not wait:
             return "lsf-label_selected" in (label.get_attribute("class") or "")
         try:
-            self.page.wait_for_function("(e) => e.classList.contains('lsf-label_selected')",
-                                        arg=label.element_handle(), timeout=2_000)
+            self.page.wait_for_function(
+                "(e) => e.classList.contains('lsf-label_selected')", arg=label.element_handle(), timeout=2_000
+            )
             return True
         except Exception:  # noqa: BLE001 - Playwright's TimeoutError
             return False
@@ -314,7 +347,9 @@ class Annotator:
     # ------------------------------------------------------------------ the image
     def image_rect(self) -> tuple[float, float, float, float]:
         """Where the image is drawn on screen (x, y, width, height), zoom included."""
-        return self._read("img[alt=image]", "e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }")
+        return self._read(
+            "img[alt=image]", "e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }"
+        )
 
     def natural_size(self) -> tuple[int, int]:
         return tuple(self._read("img[alt=image]", "e => [e.naturalWidth, e.naturalHeight]"))
@@ -342,7 +377,7 @@ class Annotator:
         for _ in range(12):
             rx, ry, rw, rh = self.image_rect()
             w, h = self.natural_size()
-            sx = min(rx + x * rw / w, rx + rw - 0.5)       # LS reads a click at sx as pixel x exactly
+            sx = min(rx + x * rw / w, rx + rw - 0.5)  # LS reads a click at sx as pixel x exactly
             sy = min(ry + y * rh / h, ry + rh - 0.5)
             covered = self.page.evaluate(_AT_POINT, [sx, sy])
             if covered is None:
@@ -350,13 +385,18 @@ class Annotator:
             if not self._zoomed_to_fit():
                 self.zoom_to_fit()
             elif not self.page.evaluate(_SCROLL_TO, sy):
-                self.page.wait_for_timeout(250)            # something transient on top (layout settling)
-        raise AssertionError(f"image pixel ({x:g}, {y:g}) is not clickable: at ({sx:.0f}, {sy:.0f}) the page "
-                             f"shows {covered}")
+                self.page.wait_for_timeout(250)  # something transient on top (layout settling)
+        raise AssertionError(
+            f"image pixel ({x:g}, {y:g}) is not clickable: at ({sx:.0f}, {sy:.0f}) the page shows {covered}"
+        )
 
     def _zoomed_to_fit(self) -> bool:
-        return bool(self.store("(() => { const i = a.objects.find(o => o.type === 'image'); return i && "
-                               "Math.abs(i.zoomScale - 1) < 1e-6 && i.zoomingPositionX === 0 && i.zoomingPositionY === 0; })()"))
+        return bool(
+            self.store(
+                "(() => { const i = a.objects.find(o => o.type === 'image'); return i && "
+                "Math.abs(i.zoomScale - 1) < 1e-6 && i.zoomingPositionX === 0 && i.zoomingPositionY === 0; })()"
+            )
+        )
 
     def click_image(self, x: float, y: float, *, label: str | None = None, alt: bool = False):
         """Select ``label`` (if given), then click image pixel (x, y); ``alt`` holds the Alt key, which
@@ -365,7 +405,7 @@ class Annotator:
             self.select_label(label)
         point = self.screen_point(x, y)
         if label is not None and not self._selected(self.label(label)):
-            self.select_label(label)      # a tool change settling late unselects labels
+            self.select_label(label)  # a tool change settling late unselects labels
         if not alt:
             self.page.mouse.click(*point)
             return
@@ -381,12 +421,14 @@ class Annotator:
         for _ in range(3):
             points = self._count_regions()
             self.click_image(x, y, label=label)
-            if self._poll(lambda: self._count_regions() > points, 3.0):
+            if self._poll(lambda points=points: self._count_regions() > points, 3.0):
                 return
             self.lost_clicks += 1
             self.lost_click_notes.append(self._why_no_point(label))
-        raise AssertionError(f"three clicks at image pixel ({x:g}, {y:g}) placed no point "
-                             f"(selected tool {self.selected_tool()}, regions {self.regions()})")
+        raise AssertionError(
+            f"three clicks at image pixel ({x:g}, {y:g}) placed no point "
+            f"(selected tool {self.selected_tool()}, regions {self.regions()})"
+        )
 
     def smart_click(self, x: float, y: float, label: str, timeout: float = 60.0, alt: bool = False) -> Interaction:
         """Click a smart keypoint and wait for Label Studio's answer to be applied on the page.
@@ -398,13 +440,15 @@ class Annotator:
         for _ in range(3):
             points = self._count_regions()
             self.click_image(x, y, label=label, alt=alt)
-            if self._poll(lambda: len(self.interactions) > sent or self._count_regions() > points, 3.0):
+            if self._poll(lambda points=points: len(self.interactions) > sent or self._count_regions() > points, 3.0):
                 break
             self.lost_clicks += 1
             self.lost_click_notes.append(self._why_no_point(label))
         else:
-            raise AssertionError(f"three clicks at image pixel ({x:g}, {y:g}) placed no point and sent nothing "
-                                 f"(selected tool {self.selected_tool()}, regions {self.regions()})")
+            raise AssertionError(
+                f"three clicks at image pixel ({x:g}, {y:g}) placed no point and sent nothing "
+                f"(selected tool {self.selected_tool()}, regions {self.regions()})"
+            )
         if not self._poll(lambda: len(self.interactions) > sent, timeout):
             raise AssertionError(f"no answer to the click at ({x:g}, {y:g}) within {timeout:g} s")
         self.wait_idle()
@@ -412,12 +456,14 @@ class Annotator:
 
     def _why_no_point(self, label: str) -> str:
         try:
-            state = self.store("(() => { const i = a.objects.find(o => o.type === 'image');"
-                               " const t = i.getToolsManager().findSelectedTool();"
-                               " return {tool: t && t.fullName, drawing: a.isDrawing, readOnly: a.isReadOnly(),"
-                               " toolDrawing: t && t.isDrawing, regions: a.regions.length,"
-                               " selectedControls: Array.from(a.names.values()).filter(n => n.isSelected).map(n => n.name)};"
-                               " })()")
+            state = self.store(
+                "(() => { const i = a.objects.find(o => o.type === 'image');"
+                " const t = i.getToolsManager().findSelectedTool();"
+                " return {tool: t && t.fullName, drawing: a.isDrawing, readOnly: a.isReadOnly(),"
+                " toolDrawing: t && t.isDrawing, regions: a.regions.length,"
+                " selectedControls: Array.from(a.names.values()).filter(n => n.isSelected).map(n => n.name)};"
+                " })()"
+            )
         except Exception as exc:  # noqa: BLE001
             state = f"(state unreadable: {exc})"
         return f"label {label} {'selected' if self._selected(self.label(label)) else 'not selected'}; {state}"
@@ -435,8 +481,9 @@ class Annotator:
                 return False
             self.page.wait_for_timeout(40)
 
-    def drag_box(self, x0: float, y0: float, x1: float, y1: float, *, label: str | None = None,
-                 timeout: float = 60.0) -> Interaction:
+    def drag_box(
+        self, x0: float, y0: float, x1: float, y1: float, *, label: str | None = None, timeout: float = 60.0
+    ) -> Interaction:
         """Draw a (smart) rectangle from image pixel (x0, y0) to (x1, y1) and wait for the answer."""
         if label is not None:
             self.select_label(label)
@@ -480,8 +527,10 @@ class Annotator:
 
     def regions(self) -> list[dict]:
         """What the region list is drawn from: each region's type and label names."""
-        return self.store("a.regions.map(r => ({type: r.type, labels: r.labeling ? r.labeling.selectedLabels.map(l => l.value) : [], "
-                          "dynamic: !!r.dynamic, id: r.cleanId || r.id}))")
+        return self.store(
+            "a.regions.map(r => ({type: r.type, labels: r.labeling ? r.labeling.selectedLabels.map(l => l.value) : [], "
+            "dynamic: !!r.dynamic, id: r.cleanId || r.id}))"
+        )
 
     def select_region_in_list(self, index: int = 0) -> bool:
         """Click a region list entry; True when the region became selected."""
@@ -492,8 +541,9 @@ class Annotator:
     def submit(self, timeout: float = 60.0) -> dict:
         """Submit; returns the annotation Label Studio saved (its JSON answer)."""
         with self.page.expect_response(
-                lambda r: re.search(r"/api/tasks/\d+/annotations", r.url) and r.request.method == "POST",
-                timeout=timeout * 1000) as info:
+            lambda r: re.search(r"/api/tasks/\d+/annotations", r.url) and r.request.method == "POST",
+            timeout=timeout * 1000,
+        ) as info:
             self.page.click("[data-testid=bottombar-submit-button]")
         response = info.value
         assert response.status in (200, 201), f"submit answered {response.status}: {response.text()[:300]}"
@@ -522,17 +572,23 @@ class Annotator:
         page.click("[aria-label='Select all rows']")
         page.click("[aria-label='Tasks Actions']")
         page.get_by_text("Retrieve Predictions", exact=True).click()
-        with page.expect_response(lambda r: "/api/dm/actions" in r.url and "retrieve_tasks_predictions" in r.url
-                                  and r.request.method == "POST", timeout=timeout * 1000) as info:
+        with page.expect_response(
+            lambda r: (
+                "/api/dm/actions" in r.url and "retrieve_tasks_predictions" in r.url and r.request.method == "POST"
+            ),
+            timeout=timeout * 1000,
+        ) as info:
             page.click("[data-testid=dialog-ok-button]")
         response = info.value
         assert response.status == 200, f"Retrieve Predictions answered {response.status}: {response.text()[:300]}"
         return response.json()
 
 
-_AT_POINT = """([x, y]) => { const c = document.querySelector('.konvajs-content'); const e = document.elementFromPoint(x, y);
+_AT_POINT = """([x, y]) => { const c = document.querySelector('.konvajs-content');
+  const e = document.elementFromPoint(x, y);
   if (c && e && c.contains(e)) return null;
-  return e ? `${e.tagName.toLowerCase()}.${String(e.className).split(' ').join('.')} "${(e.innerText || '').slice(0, 60)}"` : 'nothing'; }"""
+  return e ? `${e.tagName.toLowerCase()}.${String(e.className).split(' ').join('.')} `
+           + `"${(e.innerText || '').slice(0, 60)}"` : 'nothing'; }"""
 _SCROLL_TO = """(y) => { let el = document.querySelector('.konvajs-content');
   while (el && !(el.scrollHeight > el.clientHeight + 1 && /(auto|scroll)/.test(getComputedStyle(el).overflowY))) {
     el = el.parentElement; }

@@ -18,11 +18,11 @@ import os
 import time
 
 import cv2
+import lsui
 import numpy as np
 import pytest
-
-import lsui
 from labelstudio_server import SMART_KEYPOINTS_CONFIG
+
 from dextr_backend.geometry import extreme_points
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.browser]
@@ -42,12 +42,12 @@ POLYGONS = """<View>
     <Label value="Object" smart="true" background="#000000" showInline="true"/>
   </KeyPointLabels>
 </View>"""
-SMART_LABEL = "2"           # hotkey of the smart label in every config above
-MIN_IOU = 0.85              # mask vs ground truth (this network measures 0.91-0.97 on these pictures)
-SAME_MASK = 0.99            # what Label Studio saved vs what the backend answered
+SMART_LABEL = "2"  # hotkey of the smart label in every config above
+MIN_IOU = 0.85  # mask vs ground truth (this network measures 0.91-0.97 on these pictures)
+SAME_MASK = 0.99  # what Label Studio saved vs what the backend answered
 IDLE_SECONDS = float(os.environ.get("DEXTR_BROWSER_IDLE_S", "180"))
 CLICK_LIMIT = float(os.environ.get("DEXTR_BROWSER_CLICK_LIMIT_S", "15"))
-CORRECTED_STEM = "271008"     # a GrabCut picture whose four-click mask covers some background
+CORRECTED_STEM = "271008"  # a GrabCut picture whose four-click mask covers some background
 
 
 # --------------------------------------------------------------------------- data and helpers
@@ -74,10 +74,12 @@ def check_points_sent(interaction, clicked, size):
     assert len(interaction.points) == len(clicked), (
         f"click {len(clicked)} sent {len(interaction.points)} point(s) instead of {len(clicked)}: Label Studio "
         "re-sends every smart keypoint of the label, so the earlier ones were deleted from the page "
-        "(an answer to fewer than four points was accepted and took the keypoints with it)")
+        "(an answer to fewer than four points was accepted and took the keypoints with it)"
+    )
     for (px, py), (x, y) in zip(interaction.points, clicked):
-        assert abs(px * w / 100 - x) <= 1.5 and abs(py * h / 100 - y) <= 1.5, \
+        assert abs(px * w / 100 - x) <= 1.5 and abs(py * h / 100 - y) <= 1.5, (
             f"sent ({px * w / 100:.1f}, {py * h / 100:.1f}) px for a click at ({x}, {y})"
+        )
 
 
 def check_clean(person, moment):
@@ -115,8 +117,12 @@ def keypoint_object(person, truth, *, auto_accept=False, limit=None):
             kept = [r for r in regions_of(person, "keypointregion") if r["labels"] == ["Object"]]
             assert len(kept) == i + 1, (
                 f"after click {i + 1} the page keeps {len(kept)} keypoint(s) (regions {person.regions()})"
-                + (": the answer to too few points was auto-accepted, and accepting deletes the smart keypoints"
-                   if auto_accept else ""))
+                + (
+                    ": the answer to too few points was auto-accepted, and accepting deletes the smart keypoints"
+                    if auto_accept
+                    else ""
+                )
+            )
         person.screenshot(f"click-{i + 1}")
     assert it.result, f"no mask after four extreme points: {lsui.dump(it.body)}"
     return it.result
@@ -133,8 +139,9 @@ def accept_and_check_regions(person, kind, *, auto_accept):
         person.accept_suggestions()
     person.screenshot("accepted")
     regions = person.regions()
-    assert regions and all(r["type"] == kind and r["labels"] == ["Object"] for r in regions), \
+    assert regions and all(r["type"] == kind and r["labels"] == ["Object"] for r in regions), (
         f"region list after accepting: {regions}"
+    )
     listed = person.region_list()
     assert len(listed) == len(regions) and all("Object" in item for item in listed), listed
     assert person.select_region_in_list(0), "the region cannot be selected in the region list"
@@ -154,8 +161,21 @@ def submitted_masks(ls, person, kind, answer, size):
     return lsui.polygon_mask(saved, h, w), lsui.polygon_mask([r for r in answer if r["type"] == kind], h, w)
 
 
-def keypoint_case(ls, backend, person, shared_data, stem, *, auto_accept, config=KEYPOINTS, kind="brushlabels",
-                  region="brushregion", idle=0.0, limit=None, title="browser"):
+def keypoint_case(
+    ls,
+    backend,
+    person,
+    shared_data,
+    stem,
+    *,
+    auto_accept,
+    config=KEYPOINTS,
+    kind="brushlabels",
+    region="brushregion",
+    idle=0.0,
+    limit=None,
+    title="browser",
+):
     pid, tasks, _, (truth,) = fresh_task(ls, backend, shared_data, config, [stem], title)
     h, w = truth.shape
     person.open_task(pid, tasks[0]["id"])
@@ -181,22 +201,37 @@ def keypoint_case(ls, backend, person, shared_data, stem, *, auto_accept, config
 def test_a_keypoint_clicks_suggestion_accept_submit(inprocess_backend, label_studio, annotator, shared_data):
     """(a) Auto-Annotation, Auto-Detect's keypoint tool, four extreme clicks (label re-picked each
     time): the mask is offered as a suggestion, accepted, submitted and saved as returned."""
-    keypoint_case(label_studio, inprocess_backend, annotator, shared_data, "106024", auto_accept=False,
-                  title="browser-a-keypoints")
+    keypoint_case(
+        label_studio,
+        inprocess_backend,
+        annotator,
+        shared_data,
+        "106024",
+        auto_accept=False,
+        title="browser-a-keypoints",
+    )
 
 
 def test_b_auto_accept_keeps_the_clicks(inprocess_backend, label_studio, annotator, shared_data):
     """(b) The same with Auto-Accept Suggestions on: answers to 1-3 points must not delete the
     keypoints (each request carries all clicks so far) and the mask is accepted by itself."""
-    keypoint_case(label_studio, inprocess_backend, annotator, shared_data, "208001", auto_accept=True,
-                  title="browser-b-auto-accept")
+    keypoint_case(
+        label_studio,
+        inprocess_backend,
+        annotator,
+        shared_data,
+        "208001",
+        auto_accept=True,
+        title="browser-b-auto-accept",
+    )
 
 
 def test_c_smart_rectangle(inprocess_backend, label_studio, annotator, shared_data):
     """(c) A smart rectangle drawn around the object becomes its mask."""
     ls, person = label_studio, annotator
-    pid, tasks, _, (truth,) = fresh_task(ls, inprocess_backend, shared_data, RECTANGLE, ["86016"],
-                                         "browser-c-rectangle")
+    pid, tasks, _, (truth,) = fresh_task(
+        ls, inprocess_backend, shared_data, RECTANGLE, ["86016"], "browser-c-rectangle"
+    )
     h, w = truth.shape
     person.open_task(pid, tasks[0]["id"])
     person.set_auto_annotation(True)
@@ -222,8 +257,9 @@ def test_g_an_alt_click_corrects_the_mask(inprocess_backend, label_studio, annot
     from dextr_backend.evaluation.clicks import next_click
 
     ls, person = label_studio, annotator
-    pid, tasks, _, (truth,) = fresh_task(ls, inprocess_backend, shared_data, KEYPOINTS, [CORRECTED_STEM],
-                                         "browser-g-alt-click")
+    pid, tasks, _, (truth,) = fresh_task(
+        ls, inprocess_backend, shared_data, KEYPOINTS, [CORRECTED_STEM], "browser-g-alt-click"
+    )
     h, w = truth.shape
     person.open_task(pid, tasks[0]["id"])
     person.set_auto_annotation(True)
@@ -237,8 +273,9 @@ def test_g_an_alt_click_corrects_the_mask(inprocess_backend, label_studio, annot
     assert it.result, f"no mask after the Alt-click: {lsui.dump(it.body)}"
     fixed = lsui.brush_mask([r for r in it.result if r["type"] == "brushlabels"][0], h, w)
     assert lsui.iou(fixed, first) < SAME_MASK, "the Alt-click did not change the mask"
-    assert lsui.iou(fixed, truth) > lsui.iou(first, truth), \
+    assert lsui.iou(fixed, truth) > lsui.iou(first, truth), (
         f"IoU {lsui.iou(first, truth):.3f} -> {lsui.iou(fixed, truth):.3f}: the correction made it worse"
+    )
     accept_and_check_regions(person, "brushregion", auto_accept=False)
     check_clean(person, "before submitting")
     saved, _ = submitted_masks(ls, person, "brushlabels", it.result, (w, h))
@@ -248,8 +285,18 @@ def test_g_an_alt_click_corrects_the_mask(inprocess_backend, label_studio, annot
 
 def test_d_polygon_labels(inprocess_backend, label_studio, annotator, shared_data):
     """(d) With PolygonLabels (no BrushLabels) the clicks come back as polygons with the label."""
-    keypoint_case(label_studio, inprocess_backend, annotator, shared_data, "124080", auto_accept=False,
-                  config=POLYGONS, kind="polygonlabels", region="polygonregion", title="browser-d-polygons")
+    keypoint_case(
+        label_studio,
+        inprocess_backend,
+        annotator,
+        shared_data,
+        "124080",
+        auto_accept=False,
+        config=POLYGONS,
+        kind="polygonlabels",
+        region="polygonregion",
+        title="browser-d-polygons",
+    )
 
 
 def test_e_clicked_tasks_convert_with_retrieve_predictions(inprocess_backend, label_studio, annotator, shared_data):
@@ -273,10 +320,19 @@ def test_e_clicked_tasks_convert_with_retrieve_predictions(inprocess_backend, la
         check_clean(person, f"on task {task['id']}")
     assert not person.interactions, "the plain keypoint tool sent interactive requests"
     h, w = truths[3].shape
-    items = [{"original_width": w, "original_height": h, "image_rotation": 0, "from_name": "tag2",
-              "to_name": "image", "type": "keypointlabels", "origin": "manual",
-              "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": ["Object"]}}
-             for x, y in extreme_points(truths[3]).tolist()]
+    items = [
+        {
+            "original_width": w,
+            "original_height": h,
+            "image_rotation": 0,
+            "from_name": "tag2",
+            "to_name": "image",
+            "type": "keypointlabels",
+            "origin": "manual",
+            "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": ["Object"]},
+        }
+        for x, y in extreme_points(truths[3]).tolist()
+    ]
     ls.api("POST", f"/api/tasks/{tasks[3]['id']}/annotations", {"result": items})
 
     person.open_data_manager(pid)
@@ -291,8 +347,10 @@ def test_e_clicked_tasks_convert_with_retrieve_predictions(inprocess_backend, la
         empty = [p for p in predictions if not p["result"]]
         masks = [r for p in predictions for r in p["result"] if r["type"] == "brushlabels"]
         if empty:
-            problems.append(f"task {task['id']}: an empty prediction (model version {empty[0]['model_version']}) was "
-                            "stored when the task was opened, so Retrieve Predictions skipped the task")
+            problems.append(
+                f"task {task['id']}: an empty prediction (model version {empty[0]['model_version']}) was "
+                "stored when the task was opened, so Retrieve Predictions skipped the task"
+            )
         if len(masks) != 1:
             problems.append(f"task {task['id']}: {len(masks)} mask(s) among {len(predictions)} prediction(s)")
             continue
@@ -322,5 +380,14 @@ def queue_stack(chromium, label_studio, redis_server, tmp_path):
 def test_f_queue_mode_after_three_idle_minutes(queue_stack, label_studio, annotator, shared_data):
     """(f) Queue mode with a worker: the task is opened, then nobody clicks for three minutes;
     the clicks that follow are each answered within seconds and the mask is saved."""
-    keypoint_case(label_studio, queue_stack["backend"], annotator, shared_data, "86016", auto_accept=False,
-                  idle=IDLE_SECONDS, limit=CLICK_LIMIT, title="browser-f-queue")
+    keypoint_case(
+        label_studio,
+        queue_stack["backend"],
+        annotator,
+        shared_data,
+        "86016",
+        auto_accept=False,
+        idle=IDLE_SECONDS,
+        limit=CLICK_LIMIT,
+        title="browser-f-queue",
+    )

@@ -24,11 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from labelstudio_server import SMART_KEYPOINTS_CONFIG
+from services import poll
 
 from dextr_backend.geometry import extreme_points
 from dextr_backend.labelstudio.regions import brush_to_mask
-from labelstudio_server import SMART_KEYPOINTS_CONFIG
-from services import poll
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -37,12 +37,12 @@ OVERRIDE = Path(__file__).with_name("compose.smoke.yml")
 SHARED_DATA = Path(os.environ.get("DEXTR_SHARED_DATA", REPO.parent / "shared" / "data"))
 REQUIRED = os.environ.get("DEXTR_REQUIRE_CONTAINERS") == "1"
 IMAGE = "dextr-backend:cpu"
-STEMS = ("106024", "124080", "153077")          # GrabCut pictures (../shared/data), as tests/test_e2e_labelstudio.py
+STEMS = ("106024", "124080", "153077")  # GrabCut pictures (../shared/data), as tests/test_e2e_labelstudio.py
 TOKEN = "dextrsmoketoken0123456789abcdef01234567"
 CONFIG = SMART_KEYPOINTS_CONFIG
 MAX_IMAGE_GB = 1.5
-BACKEND = ("redis", "api", "worker", "trainer", "images")   # the stack without Label Studio
-REPORT: list[str] = []            # printed in the run's summary (conftest.py)
+BACKEND = ("redis", "api", "worker", "trainer", "images")  # the stack without Label Studio
+REPORT: list[str] = []  # printed in the run's summary (conftest.py)
 
 
 def say(line: str) -> None:
@@ -111,9 +111,21 @@ class Stack:
         self.env_file = workdir / "smoke.env"
         self.pictures: list[tuple[str, np.ndarray, np.ndarray]] = []
         self.health: dict = {}
-        self.compose = [*compose, "-p", self.project, "--env-file", str(self.env_file),
-                        "-f", str(DOCKER / "docker-compose.yml"), "-f", str(DOCKER / "docker-compose.cpu.yml"),
-                        "-f", str(OVERRIDE), "--profile", "label-studio"]
+        self.compose = [
+            *compose,
+            "-p",
+            self.project,
+            "--env-file",
+            str(self.env_file),
+            "-f",
+            str(DOCKER / "docker-compose.yml"),
+            "-f",
+            str(DOCKER / "docker-compose.cpu.yml"),
+            "-f",
+            str(OVERRIDE),
+            "--profile",
+            "label-studio",
+        ]
 
     # ---------------------------------------------------------------- commands
     def run(self, argv: list[str], timeout: float = 600, check: bool = True, cwd: Path = REPO) -> str:
@@ -129,8 +141,18 @@ class Stack:
         self.run([*self.compose, "up", "-d", "--no-build", *(["--no-deps"] if no_deps else []), *services])
 
     def container(self, service: str) -> str:
-        out = self.run([self.engine, "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={self.project}",
-                        "--filter", f"label=com.docker.compose.service={service}"]).split()
+        out = self.run(
+            [
+                self.engine,
+                "ps",
+                "-a",
+                "-q",
+                "--filter",
+                f"label=com.docker.compose.project={self.project}",
+                "--filter",
+                f"label=com.docker.compose.service={service}",
+            ]
+        ).split()
         assert out, f"no container for service {service}"
         return out[0]
 
@@ -138,51 +160,84 @@ class Stack:
         return self.run([self.engine, "inspect", "--format", template, self.container(service)]).strip()
 
     def logs(self, service: str) -> str:
-        proc = subprocess.run([self.engine, "logs", self.container(service)], capture_output=True, text=True,
-                              env=self.env, timeout=60)
+        proc = subprocess.run(
+            [self.engine, "logs", self.container(service)], capture_output=True, text=True, env=self.env, timeout=60
+        )
         return proc.stdout + proc.stderr
 
     def leftovers(self) -> list[str]:
         label = f"label=com.docker.compose.project={self.project}"
         found = []
-        for kind, argv in (("container", ["ps", "-a", "-q", "--filter", label]),
-                           ("volume", ["volume", "ls", "-q", "--filter", label]),
-                           ("network", ["network", "ls", "-q", "--filter", label])):
+        for kind, argv in (
+            ("container", ["ps", "-a", "-q", "--filter", label]),
+            ("volume", ["volume", "ls", "-q", "--filter", label]),
+            ("network", ["network", "ls", "-q", "--filter", label]),
+        ):
             out = subprocess.run([self.engine, *argv], capture_output=True, text=True, env=self.env).stdout
             found += [f"{kind} {name}" for name in out.split()]
         if self.engine == "podman":
-            out = subprocess.run(["podman", "pod", "ps", "-q", "--filter", f"name=pod_{self.project}"],
-                                 capture_output=True, text=True, env=self.env).stdout
+            out = subprocess.run(
+                ["podman", "pod", "ps", "-q", "--filter", f"name=pod_{self.project}"],
+                capture_output=True,
+                text=True,
+                env=self.env,
+            ).stdout
             found += [f"pod {name}" for name in out.split()]
         return found
 
     def anonymous_volumes(self) -> set[str]:
         """Volumes the project's containers mount that carry no project label (an image's VOLUME)."""
-        ids = subprocess.run([self.engine, "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={self.project}"],
-                             capture_output=True, text=True, env=self.env).stdout.split()
+        ids = subprocess.run(
+            [self.engine, "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={self.project}"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+        ).stdout.split()
         if not ids:
             return set()
-        out = subprocess.run([self.engine, "inspect", "--format",
-                              '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}', *ids],
-                             capture_output=True, text=True, env=self.env).stdout
-        named = set(subprocess.run([self.engine, "volume", "ls", "-q", "--filter",
-                                    f"label=com.docker.compose.project={self.project}"],
-                                   capture_output=True, text=True, env=self.env).stdout.split())
+        out = subprocess.run(
+            [
+                self.engine,
+                "inspect",
+                "--format",
+                '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}',
+                *ids,
+            ],
+            capture_output=True,
+            text=True,
+            env=self.env,
+        ).stdout
+        named = set(
+            subprocess.run(
+                [self.engine, "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={self.project}"],
+                capture_output=True,
+                text=True,
+                env=self.env,
+            ).stdout.split()
+        )
         return set(out.split()) - named
 
     def down(self) -> list[str]:
         """``down -v``, then whatever is still there removed by force; returns what ``down`` left."""
         anonymous = self.anonymous_volumes()
-        subprocess.run([*self.compose, "down", "-v", "--remove-orphans", "-t", "5"], capture_output=True,
-                       env=self.env, timeout=300)
+        subprocess.run(
+            [*self.compose, "down", "-v", "--remove-orphans", "-t", "5"], capture_output=True, env=self.env, timeout=300
+        )
         left = self.leftovers()
-        existing = set(subprocess.run([self.engine, "volume", "ls", "-q"], capture_output=True, text=True,
-                                      env=self.env).stdout.split())
+        existing = set(
+            subprocess.run(
+                [self.engine, "volume", "ls", "-q"], capture_output=True, text=True, env=self.env
+            ).stdout.split()
+        )
         left += [f"volume {name}" for name in sorted(anonymous & existing)]
         for item in left:
             kind, name = item.split(" ", 1)
-            argv = {"container": ["rm", "-f", "-v"], "volume": ["volume", "rm", "-f"],
-                    "network": ["network", "rm", "-f"], "pod": ["pod", "rm", "-f"]}[kind]
+            argv = {
+                "container": ["rm", "-f", "-v"],
+                "volume": ["volume", "rm", "-f"],
+                "network": ["network", "rm", "-f"],
+                "pod": ["pod", "rm", "-f"],
+            }[kind]
             subprocess.run([self.engine, *argv, name], capture_output=True, env=self.env, timeout=120)
         return left
 
@@ -195,8 +250,12 @@ class Stack:
             return exc.code, json.loads(exc.read() or b"null")
 
     def post(self, url: str, payload, headers=None, timeout: float = 120) -> tuple[int, dict]:
-        req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+        req = urllib.request.Request(
+            url,
+            data=json.dumps(payload).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, json.loads(r.read() or b"null")
@@ -224,8 +283,10 @@ class Stack:
             except (OSError, ValueError) as exc:
                 last = repr(exc)
             time.sleep(1)
-        raise AssertionError(f"/health not 200 with {workers} worker(s) within {timeout:.0f} s: {last}\n"
-                             f"worker log:\n{self.logs('worker')[-2000:]}\napi log:\n{self.logs('api')[-2000:]}")
+        raise AssertionError(
+            f"/health not 200 with {workers} worker(s) within {timeout:.0f} s: {last}\n"
+            f"worker log:\n{self.logs('worker')[-2000:]}\napi log:\n{self.logs('api')[-2000:]}"
+        )
 
 
 def free_port() -> int:
@@ -249,8 +310,9 @@ def pictures() -> list[tuple[str, np.ndarray, np.ndarray]]:
             out.append((f"{stem}.jpg", image, truth))
         return out
     out = []
-    for i, (center, axes, angle) in enumerate((((160, 120), (90, 60), 20), ((150, 130), (70, 80), 0),
-                                                ((170, 110), (100, 45), -30))):
+    for i, (center, axes, angle) in enumerate(
+        (((160, 120), (90, 60), 20), ((150, 130), (70, 80), 0), ((170, 110), (100, 45), -30))
+    ):
         image = np.full((240, 320, 3), (60 + 20 * i, 110, 40), np.uint8)
         cv2.ellipse(image, center, axes, angle, 0, 360, (40, 40, 220), -1)
         truth = np.zeros(image.shape[:2], np.uint8)
@@ -261,11 +323,27 @@ def pictures() -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 def keypoints(points, w: int, h: int) -> list[dict]:
     """Four clicks as Label Studio's labeling page sends them (KeyPointLabels, percent of the image)."""
-    return [{"original_width": w, "original_height": h, "image_rotation": 0, "id": f"kp{i}",
-             "from_name": "tag2", "to_name": "image", "type": "keypointlabels", "origin": "manual",
-             "is_positive": True, "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5,
-                                            "keypointlabels": ["Object"], "labels": ["Object"]}}
-            for i, (x, y) in enumerate(points)]
+    return [
+        {
+            "original_width": w,
+            "original_height": h,
+            "image_rotation": 0,
+            "id": f"kp{i}",
+            "from_name": "tag2",
+            "to_name": "image",
+            "type": "keypointlabels",
+            "origin": "manual",
+            "is_positive": True,
+            "value": {
+                "x": 100 * x / w,
+                "y": 100 * y / h,
+                "width": 0.5,
+                "keypointlabels": ["Object"],
+                "labels": ["Object"],
+            },
+        }
+        for i, (x, y) in enumerate(points)
+    ]
 
 
 def iou_of(result: list[dict], truth: np.ndarray) -> float:
@@ -291,10 +369,18 @@ def yaml_build() -> dict:
 def write_env_file(s: Stack) -> None:
     """docker/.env.example with the ports, token and small retraining settings of this run."""
     lines = (DOCKER / ".env.example").read_text(encoding="utf-8").splitlines()
-    overrides = {"DEXTR_API_PORT": s.api_port, "LABEL_STUDIO_PORT": s.ls_port, "LABEL_STUDIO_USER_TOKEN": TOKEN,
-                 "LABEL_STUDIO_PASSWORD": secrets.token_hex(8), "DEXTR_ALLOWED_HOSTS": "images:8000",
-                 "DEXTR_TRAIN_EPOCHS": 1, "DEXTR_TRAIN_SAMPLES": 8, "DEXTR_TRAIN_MAX_MINUTES": 2,
-                 "LOG_FORMAT": "text", "DEXTR_SMOKE_IMAGES": s.images}
+    overrides = {
+        "DEXTR_API_PORT": s.api_port,
+        "LABEL_STUDIO_PORT": s.ls_port,
+        "LABEL_STUDIO_USER_TOKEN": TOKEN,
+        "LABEL_STUDIO_PASSWORD": secrets.token_hex(8),
+        "DEXTR_ALLOWED_HOSTS": "images:8000",
+        "DEXTR_TRAIN_EPOCHS": 1,
+        "DEXTR_TRAIN_SAMPLES": 8,
+        "DEXTR_TRAIN_MAX_MINUTES": 2,
+        "LOG_FORMAT": "text",
+        "DEXTR_SMOKE_IMAGES": s.images,
+    }
     out = []
     for line in lines:
         name = line.partition("=")[0].strip()
@@ -308,14 +394,16 @@ def wait_for(predicate, timeout: float, describe, what: str):
         raise AssertionError(f"{what}: not within {timeout:.0f} s\n{describe()}")
 
 
-
-
 def predict(stack: Stack, name: str, truth: np.ndarray) -> float:
     """``POST /predict`` as Label Studio sends it, for 4 keypoints on the object's extreme points;
     the worker fetches the picture from the ``images`` service. Returns the mask's IoU."""
     h, w = truth.shape
-    payload = {"tasks": [{"id": 1, "data": {"image": f"http://images:8000/{name}"}}], "project": "1.1700000000",
-               "label_config": CONFIG, "params": {"context": {"result": keypoints(extreme_points(truth), w, h)}}}
+    payload = {
+        "tasks": [{"id": 1, "data": {"image": f"http://images:8000/{name}"}}],
+        "project": "1.1700000000",
+        "label_config": CONFIG,
+        "params": {"context": {"result": keypoints(extreme_points(truth), w, h)}},
+    }
     status, body = stack.post(stack.api + "/predict", payload)
     assert status == 200, body
     (entry,) = body["results"]

@@ -27,7 +27,11 @@ import os
 import signal
 import time
 
+import pytest
+
 from .smoke_stack import IMAGE, MAX_IMAGE_GB, predict, say, training_entry, wait_for
+
+pytestmark = pytest.mark.containers
 
 # A project id of no Label Studio: this stack has none (test_label_studio_profile.py trains for real).
 PROJECT = 9999
@@ -36,20 +40,35 @@ PROJECT = 9999
 # --------------------------------------------------------------------------- the checks
 def test_cpu_image_is_cpu_only_and_small(stack):
     """No nvidia-* wheels, a +cpu torch, one numpy, no source tree, and at most 1.5 GB."""
-    listing = stack.run([stack.engine, "run", "--rm", "--entrypoint", "python3", IMAGE, "-c",
-                         "import importlib.metadata as m, json, os; "
-                         "print(json.dumps({'dists': sorted(d.metadata['Name'] for d in m.distributions()), "
-                         "'torch': m.version('torch'), 'src': os.path.exists('/src')}))"])
+    listing = stack.run(
+        [
+            stack.engine,
+            "run",
+            "--rm",
+            "--entrypoint",
+            "python3",
+            IMAGE,
+            "-c",
+            "import importlib.metadata as m, json, os; "
+            "print(json.dumps({'dists': sorted(d.metadata['Name'] for d in m.distributions()), "
+            "'torch': m.version('torch'), 'src': os.path.exists('/src')}))",
+        ]
+    )
     found = json.loads(listing.strip().splitlines()[-1])
     names = [n.lower().replace("_", "-") for n in found["dists"]]
     assert not [n for n in names if n.startswith("nvidia-") or n.startswith("cuda-")], names
     assert found["torch"].endswith("+cpu"), found["torch"]
     assert names.count("numpy") == 1 and not found["src"]
     size = int(stack.run([stack.engine, "image", "inspect", "--format", "{{.Size}}", IMAGE]).strip())
-    base = int(stack.run([stack.engine, "image", "inspect", "--format", "{{.Size}}",
-                          "docker.io/library/python:3.11-slim"]).strip())
-    say(f"{IMAGE}: {size / 1e9:.2f} GB, of which {(size - base) / 1e9:.2f} GB above python:3.11-slim "
-        f"({base / 1e6:.0f} MB here); torch {found['torch']}")
+    base = int(
+        stack.run(
+            [stack.engine, "image", "inspect", "--format", "{{.Size}}", "docker.io/library/python:3.11-slim"]
+        ).strip()
+    )
+    say(
+        f"{IMAGE}: {size / 1e9:.2f} GB, of which {(size - base) / 1e9:.2f} GB above python:3.11-slim "
+        f"({base / 1e6:.0f} MB here); torch {found['torch']}"
+    )
     # A stand-in base is larger than the real python:3.11-slim (about 130 MB): judge what the
     # Dockerfile adds, on top of the real base.
     assert (size - base) / 1e9 + 0.13 <= MAX_IMAGE_GB, f"{size / 1e9:.2f} GB"
@@ -75,17 +94,42 @@ def test_killed_worker_comes_back(stack):
     assert pid > 0
     t = time.monotonic()
     try:
-        os.kill(pid, signal.SIGKILL)            # the engine runs on this machine (rootful or rootless)
+        os.kill(pid, signal.SIGKILL)  # the engine runs on this machine (rootful or rootless)
     except (PermissionError, ProcessLookupError):
         # Docker Desktop and the like: the process lives in the engine's VM; kill it from there.
-        stack.run([stack.engine, "run", "--rm", "--pid", "host", "--privileged", "--user", "0", "--entrypoint",
-                   "python3", IMAGE, "-c", f"import os; os.kill({pid}, 9)"])
-    wait_for(lambda: stack.inspect("worker", "{{.RestartCount}}") != before
-             and stack.inspect("worker", "{{.State.Running}}") == "true", 120,
-             lambda: stack.inspect("worker", "{{json .State}}"), "the killed worker is restarted")
-    wait_for(lambda: stack.logs("worker").count("worker starting") > starts, 180,
-             lambda: stack.logs("worker")[-3000:], "the restarted worker serves the queue")
-    time.sleep(4)                           # the killed worker's heartbeat (3 s) has expired
+        stack.run(
+            [
+                stack.engine,
+                "run",
+                "--rm",
+                "--pid",
+                "host",
+                "--privileged",
+                "--user",
+                "0",
+                "--entrypoint",
+                "python3",
+                IMAGE,
+                "-c",
+                f"import os; os.kill({pid}, 9)",
+            ]
+        )
+    wait_for(
+        lambda: (
+            stack.inspect("worker", "{{.RestartCount}}") != before
+            and stack.inspect("worker", "{{.State.Running}}") == "true"
+        ),
+        120,
+        lambda: stack.inspect("worker", "{{json .State}}"),
+        "the killed worker is restarted",
+    )
+    wait_for(
+        lambda: stack.logs("worker").count("worker starting") > starts,
+        180,
+        lambda: stack.logs("worker")[-3000:],
+        "the restarted worker serves the queue",
+    )
+    time.sleep(4)  # the killed worker's heartbeat (3 s) has expired
     stack.wait_health(180)
     name, _, truth = stack.pictures[0]
     assert predict(stack, name, truth) > 0.8
@@ -108,5 +152,7 @@ def test_start_training_reaches_the_trainer(stack):
     wait_for(ended, 180, lambda: f"{entry}\ntrainer log:\n{stack.logs('trainer')[-3000:]}", "the training run ends")
     trainer = stack.inspect("trainer", "{{.Config.Hostname}}")
     assert entry["runs"] and entry["runs"][0]["worker"].startswith(trainer + "-"), (entry["runs"], trainer)
-    say(f"START_TRAINING for project {PROJECT} ran on the trainer: {entry['status']}, "
-        f"{entry.get('error') or entry.get('result')}"[:300])
+    say(
+        f"START_TRAINING for project {PROJECT} ran on the trainer: {entry['status']}, "
+        f"{entry.get('error') or entry.get('result')}"[:300]
+    )

@@ -26,15 +26,19 @@ import pytest
 
 from dextr_backend.geometry import extreme_points
 from dextr_backend.labelstudio.regions import mask_to_brush
+
 from .smoke_stack import CONFIG, TOKEN, TOOL, iou_of, keypoints, say, training_entry, unavailable, wait_for
+
+pytestmark = pytest.mark.containers
 
 
 @pytest.fixture(scope="module")
 def label_studio(stack):
     """Label Studio of the profile: up, with a project of the pictures and the backend at http://api:9090."""
     t = time.monotonic()
-    proc = subprocess.run([str(TOOL), "images", "label-studio"], capture_output=True, text=True, env=stack.env,
-                          timeout=1800)
+    proc = subprocess.run(
+        [str(TOOL), "images", "label-studio"], capture_output=True, text=True, env=stack.env, timeout=1800
+    )
     if proc.returncode != 0:
         unavailable(f"Label Studio image: {proc.stderr.strip()[-500:]}")
     say(f"base image {proc.stdout.strip()}, ready in {time.monotonic() - t:.0f} s")
@@ -62,18 +66,28 @@ def label_studio(stack):
     assert status == 200, tasks
     tasks = sorted(tasks["tasks"], key=lambda task: task["id"])
     # Label Studio checks the backend when it is added: /health and /setup, from its own container.
-    status, ml = stack.post(stack.ls + "/api/ml", {"project": project["id"], "url": "http://api:9090",
-                                                   "is_interactive": True, "title": "dextr"}, headers)
+    status, ml = stack.post(
+        stack.ls + "/api/ml",
+        {"project": project["id"], "url": "http://api:9090", "is_interactive": True, "title": "dextr"},
+        headers,
+    )
     assert status == 201, f"Label Studio could not connect http://api:9090: {ml}"
     return {"project": project["id"], "tasks": tasks, "ml": ml["id"], "headers": headers}
 
 
 def upload(url: str, name: str, content: bytes, headers: dict) -> None:
     boundary = "dextrsmoke" + secrets.token_hex(8)
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     with urllib.request.urlopen(req, timeout=120) as r:
         assert r.status == 201
 
@@ -82,10 +96,11 @@ def test_label_studio_gets_a_mask_for_four_keypoints(stack, label_studio):
     """Label Studio -> http://api:9090 -> worker, which fetches the task image from http://label-studio:8080."""
     name, _, truth = stack.pictures[0]
     h, w = truth.shape
-    status, answer = stack.post(stack.ls + f"/api/ml/{label_studio['ml']}/interactive-annotating",
-                                {"task": label_studio["tasks"][0]["id"],
-                                 "context": {"result": keypoints(extreme_points(truth), w, h)}},
-                                label_studio["headers"])
+    status, answer = stack.post(
+        stack.ls + f"/api/ml/{label_studio['ml']}/interactive-annotating",
+        {"task": label_studio["tasks"][0]["id"], "context": {"result": keypoints(extreme_points(truth), w, h)}},
+        label_studio["headers"],
+    )
     assert status == 200, answer
     iou = iou_of(answer["data"]["result"], truth)
     say(f"Label Studio, 4 keypoints on {name}: IoU {iou:.3f}")
@@ -95,15 +110,28 @@ def test_label_studio_gets_a_mask_for_four_keypoints(stack, label_studio):
 def test_start_training_trains_on_the_trainer(stack, label_studio):
     """Accepted labels in Label Studio, then START_TRAINING at /webhook: the trainer trains and finishes."""
     for task, (_, _, truth) in zip(label_studio["tasks"], stack.pictures):
-        status, _ = stack.post(stack.ls + f"/api/tasks/{task['id']}/annotations", {"result": [{
-            "from_name": "tag", "to_name": "image", "type": "brushlabels", "original_width": truth.shape[1],
-            "original_height": truth.shape[0], "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask_to_brush(truth), "brushlabels": ["Object"]}}]},
-            label_studio["headers"])
+        status, _ = stack.post(
+            stack.ls + f"/api/tasks/{task['id']}/annotations",
+            {
+                "result": [
+                    {
+                        "from_name": "tag",
+                        "to_name": "image",
+                        "type": "brushlabels",
+                        "original_width": truth.shape[1],
+                        "original_height": truth.shape[0],
+                        "image_rotation": 0,
+                        "value": {"format": "rle", "rle": mask_to_brush(truth), "brushlabels": ["Object"]},
+                    }
+                ]
+            },
+            label_studio["headers"],
+        )
         assert status == 201
     t = time.monotonic()
-    status, body = stack.post(stack.api + "/webhook", {"action": "START_TRAINING",
-                                                      "project": {"id": label_studio["project"]}})
+    status, body = stack.post(
+        stack.api + "/webhook", {"action": "START_TRAINING", "project": {"id": label_studio["project"]}}
+    )
     assert status == 201, body
     entry = {}
 
@@ -117,5 +145,4 @@ def test_start_training_trains_on_the_trainer(stack, label_studio):
     trainer = stack.inspect("trainer", "{{.Config.Hostname}}")
     assert entry["runs"][0]["worker"].startswith(trainer + "-"), (entry["runs"][0]["worker"], trainer)
     outcome = entry["result"]["ok"]
-    say(f"START_TRAINING ran on the trainer in {time.monotonic() - t:.0f} s: "
-        f"{outcome.get('reason') or outcome}"[:300])
+    say(f"START_TRAINING ran on the trainer in {time.monotonic() - t:.0f} s: {outcome.get('reason') or outcome}"[:300])

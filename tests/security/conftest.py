@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # tests/: services, test_* helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: services, test_* helpers
 
-from hostile import GarbageServer, Server   # noqa: E402
+from hostile import GarbageServer, Server  # noqa: E402
 
 
 @pytest.fixture()

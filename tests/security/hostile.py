@@ -17,9 +17,13 @@ import cv2
 import numpy as np
 
 LEGACY_TOKEN = "legacy-token-4f9d2c7a1b3e5f60"
-PAT = ("eyJhbGciOiJIUzI1NiJ9."
-       + base64.urlsafe_b64encode(json.dumps({"token_type": "refresh", "jti": "pat-secret-77"}).encode())
-       .decode().rstrip("=") + ".c2lnbmF0dXJlLXNlY3JldA")
+PAT = (
+    "eyJhbGciOiJIUzI1NiJ9."
+    + base64.urlsafe_b64encode(json.dumps({"token_type": "refresh", "jti": "pat-secret-77"}).encode())
+    .decode()
+    .rstrip("=")
+    + ".c2lnbmF0dXJlLXNlY3JldA"
+)
 ACCESS_TOKEN = "access-token-9b8a7c6d5e4f"
 SECRETS = (LEGACY_TOKEN, PAT, ACCESS_TOKEN, "pat-secret-77")
 
@@ -36,7 +40,7 @@ class Server:
     def __init__(self, address: str = "127.0.0.1"):
         self.routes: dict[str, object] = {}
         self.log: list[dict] = []
-        self.token: str | None = None        # when set, /api/ and /data/ need it (like Label Studio)
+        self.token: str | None = None  # when set, /api/ and /data/ need it (like Label Studio)
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -46,9 +50,15 @@ class Server:
             def handle_one(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                outer.log.append({"line": self.requestline, "headers": str(self.headers),
-                                  "authorization": self.headers.get("Authorization"), "body": body,
-                                  "cookie": self.headers.get("Cookie")})
+                outer.log.append(
+                    {
+                        "line": self.requestline,
+                        "headers": str(self.headers),
+                        "authorization": self.headers.get("Authorization"),
+                        "body": body,
+                        "cookie": self.headers.get("Cookie"),
+                    }
+                )
                 path = self.path
                 route = outer.routes.get(path) or outer.routes.get(path.split("?")[0])
                 if outer.token and path.startswith(("/api/", "/data/")) and path != "/api/token/refresh/":
@@ -92,6 +102,7 @@ class Server:
 
     def trickle(self, path: str, total: int = 100, every: float = 0.5) -> str:
         """Headers at once, then one byte every ``every`` seconds."""
+
         def send(handler, _):
             handler.send_response(200)
             handler.send_header("Content-Length", str(total))
@@ -103,6 +114,7 @@ class Server:
                     time.sleep(every)
             except OSError:
                 pass
+
         self.routes[path] = send
         return self.url + path
 
@@ -113,6 +125,7 @@ class Server:
 
     def unbounded(self, path: str, size: int) -> str:
         """``size`` bytes without a Content-Length: the end is where the connection closes."""
+
         def send(handler, _):
             handler.send_response(200)
             handler.end_headers()
@@ -121,6 +134,7 @@ class Server:
                 handler.wfile.write(b"y" * size)
             except OSError:
                 pass
+
         self.routes[path] = send
         return self.url + path
 
@@ -178,9 +192,14 @@ def fake_label_studio(server: Server, token: str, *, pat: bool = False) -> Serve
     refresh endpoint that trades the personal access token for :data:`ACCESS_TOKEN`."""
     server.token = ACCESS_TOKEN if pat else token
     if pat:
+
         def refresh(handler, body):
             ok = json.loads(body or b"{}").get("refresh") == token
-            handler.answer(200 if ok else 401, json.dumps({"access": ACCESS_TOKEN} if ok else {}).encode(),
-                           {"Content-Type": "application/json"})
+            handler.answer(
+                200 if ok else 401,
+                json.dumps({"access": ACCESS_TOKEN} if ok else {}).encode(),
+                {"Content-Type": "application/json"},
+            )
+
         server.routes["/api/token/refresh/"] = refresh
     return server

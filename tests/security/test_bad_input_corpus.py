@@ -18,7 +18,6 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-
 from hostile import GarbageServer, Server
 from services import served_in_mode
 
@@ -52,7 +51,7 @@ def image_host():
     host.file("/corrupt.png", b"\x89PNG\r\n\x1a\n not really a picture")
     host.file("/empty.png", b"")
     host.file("/bomb.png", _png(np.zeros((10000, 9000), np.uint8)))
-    host.file("/oversized.png", _png(rng.integers(0, 255, (800, 800, 3), dtype=np.uint8)))   # ~1.9 MB
+    host.file("/oversized.png", _png(rng.integers(0, 255, (800, 800, 3), dtype=np.uint8)))  # ~1.9 MB
     host.file("/text.png", b"hello, I am text", "text/plain")
     host.trickle("/trickle.png", total=60, every=0.5)
     host.redirect("/loop.png", "/loop.png")
@@ -68,9 +67,16 @@ def image_host():
 
 # --------------------------------------------------------------------------- the corpus
 def kp(x, y, **over):
-    item = {"original_width": W, "original_height": H, "image_rotation": 0, "from_name": "kp", "to_name": "image",
-            "type": "keypointlabels", "is_positive": True,
-            "value": {"x": 100 * x / W, "y": 100 * y / H, "width": 0.5, "keypointlabels": ["Object"]}}
+    item = {
+        "original_width": W,
+        "original_height": H,
+        "image_rotation": 0,
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "is_positive": True,
+        "value": {"x": 100 * x / W, "y": 100 * y / H, "width": 0.5, "keypointlabels": ["Object"]},
+    }
     item.update(over)
     return item
 
@@ -89,8 +95,12 @@ def with_field(body: dict, key: str, value) -> dict:
 
 def predict_body(host, *, result=CLICKS, image="/ok.png", task=None, **extra):
     task = task if task is not None else {"id": 1, "data": {"image": f"http://{host}{image}"}}
-    body = {"tasks": [task], "project": "3.1700000000", "label_config": CONFIG,
-            "params": {"context": {"result": result} if result is not None else None}}
+    body = {
+        "tasks": [task],
+        "project": "3.1700000000",
+        "label_config": CONFIG,
+        "params": {"context": {"result": result} if result is not None else None},
+    }
     body.update(extra)
     return body
 
@@ -108,12 +118,24 @@ def corpus(host: str) -> list[tuple[str, str, str, bytes]]:
 
     # 1. not JSON, or JSON of the wrong shape, on every POST route
     broken = {
-        "empty": b"", "brace": b"{", "null": b"null", "list": b"[]", "number": b"1", "string": b'"tasks"',
-        "bad-utf8": b'{"tasks": "\xff\xfe"}', "trailing-garbage": b'{"tasks": []} trailing',
-        "deep-list": b"[" * 100_000 + b"]" * 100_000, "deep-dict": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
-        "deep-but-parseable": b"[" * 500 + b"]" * 500, "huge-int": b'{"tasks": ' + b"1" * 400 + b"}",
-        "huge-float": b'{"tasks": 1e999}', "nan-literal": b'{"tasks": NaN}', "bom": b"\xef\xbb\xbf{}",
-        "single-quotes": b"{'tasks': []}", "unterminated-string": b'{"tasks": "', "control-chars": b'{"a": "\x00"}',
+        "empty": b"",
+        "brace": b"{",
+        "null": b"null",
+        "list": b"[]",
+        "number": b"1",
+        "string": b'"tasks"',
+        "bad-utf8": b'{"tasks": "\xff\xfe"}',
+        "trailing-garbage": b'{"tasks": []} trailing',
+        "deep-list": b"[" * 100_000 + b"]" * 100_000,
+        "deep-dict": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        "deep-but-parseable": b"[" * 500 + b"]" * 500,
+        "huge-int": b'{"tasks": ' + b"1" * 400 + b"}",
+        "huge-float": b'{"tasks": 1e999}',
+        "nan-literal": b'{"tasks": NaN}',
+        "bom": b"\xef\xbb\xbf{}",
+        "single-quotes": b"{'tasks': []}",
+        "unterminated-string": b'{"tasks": "',
+        "control-chars": b'{"a": "\x00"}',
     }
     for route in ("/predict", "/setup", "/webhook"):
         for name, raw in broken.items():
@@ -121,61 +143,112 @@ def corpus(host: str) -> list[tuple[str, str, str, bytes]]:
 
     # 2. /predict: the request's own fields
     ok_task = {"id": 1, "data": {"image": f"http://{host}/ok.png"}}
-    for name, tasks in {"missing": None, "object": {}, "empty": [], "string": "x", "number": 5,
-                        "list-of-int": [1], "list-of-null": [None], "list-of-list": [[]],
-                        "too-many": [ok_task] * 101}.items():
+    for name, tasks in {
+        "missing": None,
+        "object": {},
+        "empty": [],
+        "string": "x",
+        "number": 5,
+        "list-of-int": [1],
+        "list-of-null": [None],
+        "list-of-list": [[]],
+        "too-many": [ok_task] * 101,
+    }.items():
         add(f"tasks {name}", with_field(predict_body(host), "tasks", tasks))
-    for name, cfg in {"missing": None, "empty": "", "number": 5, "list": ["<View/>"], "not-xml": "<View",
-                      "no-image": "<View><Text name='t' value='$t'/></View>",
-                      "no-outputs": "<View><Image name='image' value='$image'/></View>",
-                      "billion-laughs": '<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
-                                        + "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'
-                                                  for i in range(8))
-                                        + "]><View><Image name='image' value='$image'/>&i;</View>",
-                      "external-entity": '<?xml version="1.0"?><!DOCTYPE v [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-                                         "<View><Image name='image' value='$image'/>&x;</View>"}.items():
+    for name, cfg in {
+        "missing": None,
+        "empty": "",
+        "number": 5,
+        "list": ["<View/>"],
+        "not-xml": "<View",
+        "no-image": "<View><Text name='t' value='$t'/></View>",
+        "no-outputs": "<View><Image name='image' value='$image'/></View>",
+        "billion-laughs": '<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+        + "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8))
+        + "]><View><Image name='image' value='$image'/>&i;</View>",
+        "external-entity": '<?xml version="1.0"?><!DOCTYPE v [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        "<View><Image name='image' value='$image'/>&x;</View>",
+    }.items():
         add(f"label_config {name}", with_field(predict_body(host), "label_config", cfg))
-    for name, params in {"string": "x", "list": [], "number": 3, "context-string": {"context": "x"},
-                         "context-list": {"context": []}, "result-string": {"context": {"result": "x"}},
-                         "result-number": {"context": {"result": 5}},
-                         "result-items-null": {"context": {"result": [None, None, None, None]}},
-                         "result-items-int": {"context": {"result": [1, 2, 3, 4]}}}.items():
+    for name, params in {
+        "string": "x",
+        "list": [],
+        "number": 3,
+        "context-string": {"context": "x"},
+        "context-list": {"context": []},
+        "result-string": {"context": {"result": "x"}},
+        "result-number": {"context": {"result": 5}},
+        "result-items-null": {"context": {"result": [None, None, None, None]}},
+        "result-items-int": {"context": {"result": [1, 2, 3, 4]}},
+    }.items():
         body = predict_body(host)
         body["params"] = params
         add(f"params {name}", body)
 
     # 3. task data and image URLs
-    for name, data in {"string": "http://x/y.png", "number": 5, "list": [], "null": None, "no-image-key": {},
-                       "image-int": {"image": 5}, "image-list": {"image": ["a"]}, "image-empty": {"image": ""},
-                       "image-dict": {"image": {"url": "x"}}}.items():
+    for name, data in {
+        "string": "http://x/y.png",
+        "number": 5,
+        "list": [],
+        "null": None,
+        "no-image-key": {},
+        "image-int": {"image": 5},
+        "image-list": {"image": ["a"]},
+        "image-empty": {"image": ""},
+        "image-dict": {"image": {"url": "x"}},
+    }.items():
         add(f"task data {name}", predict_body(host, task={"id": 1, "data": data}))
-    for name, task in {"id-dict": {"id": {"x": 1}, "data": 5}, "id-huge": {"id": 10**400, "data": 5},
-                       "id-list": {"id": [1], "data": {}}}.items():
+    for name, task in {
+        "id-dict": {"id": {"x": 1}, "data": 5},
+        "id-huge": {"id": 10**400, "data": 5},
+        "id-list": {"id": [1], "data": {}},
+    }.items():
         add(f"task {name}", predict_body(host, task=task))
     urls = {
-        "file": "file:///etc/passwd", "ftp": "ftp://127.0.0.1/x.png", "gopher": "gopher://127.0.0.1:70/_x",
-        "javascript": "javascript:alert(1)", "data-url": "data:image/png;base64,iVBORw0KGgo=",
-        "relative-without-ls": "/data/upload/1/x.png", "not-allowed-host": "http://10.1.2.3/x.png",
-        "loopback-port": "http://127.0.0.1:6379/", "localhost": "http://localhost:1/x.png",
-        "ipv6-loopback": "http://[::1]:1/x.png", "userinfo": f"http://user:pw@{host}/ok.png",
-        "crlf": f"http://{host}/ok.png\r\nX-Injected: 1", "lf": f"http://{host}/ok\n.png",
-        "space": f"http://{host}/o k.png", "tab": f"http://{host}/ok\t.png", "nul": f"http://{host}/ok\x00.png",
-        "unicode-host": "http://exämple.invalid/x.png", "long-url": f"http://{host}/" + "a" * 20_000,
-        "no-host": "http:///x.png", "bad-port": f"http://{host.split(':')[0]}:99999/x.png",
-        "port-text": "http://127.0.0.1:abc/x.png", "scheme-only": "http:", "s3": "s3://bucket/x.png",
-        "missing": f"http://{host}/missing.png", "server-error": f"http://{host}/error.png",
-        "corrupt": f"http://{host}/corrupt.png", "empty-file": f"http://{host}/empty.png",
-        "text-file": f"http://{host}/text.png", "bomb": f"http://{host}/bomb.png",
-        "oversized": f"http://{host}/oversized.png", "trickle": f"http://{host}/trickle.png",
-        "redirect-loop": f"http://{host}/loop.png", "redirect-internal": f"http://{host}/to-internal.png",
-        "redirect-file": f"http://{host}/to-file.png", "redirect-ftp": f"http://{host}/to-ftp.png",
+        "file": "file:///etc/passwd",
+        "ftp": "ftp://127.0.0.1/x.png",
+        "gopher": "gopher://127.0.0.1:70/_x",
+        "javascript": "javascript:alert(1)",
+        "data-url": "data:image/png;base64,iVBORw0KGgo=",
+        "relative-without-ls": "/data/upload/1/x.png",
+        "not-allowed-host": "http://10.1.2.3/x.png",
+        "loopback-port": "http://127.0.0.1:6379/",
+        "localhost": "http://localhost:1/x.png",
+        "ipv6-loopback": "http://[::1]:1/x.png",
+        "userinfo": f"http://user:pw@{host}/ok.png",
+        "crlf": f"http://{host}/ok.png\r\nX-Injected: 1",
+        "lf": f"http://{host}/ok\n.png",
+        "space": f"http://{host}/o k.png",
+        "tab": f"http://{host}/ok\t.png",
+        "nul": f"http://{host}/ok\x00.png",
+        "unicode-host": "http://exämple.invalid/x.png",
+        "long-url": f"http://{host}/" + "a" * 20_000,
+        "no-host": "http:///x.png",
+        "bad-port": f"http://{host.split(':')[0]}:99999/x.png",
+        "port-text": "http://127.0.0.1:abc/x.png",
+        "scheme-only": "http:",
+        "s3": "s3://bucket/x.png",
+        "missing": f"http://{host}/missing.png",
+        "server-error": f"http://{host}/error.png",
+        "corrupt": f"http://{host}/corrupt.png",
+        "empty-file": f"http://{host}/empty.png",
+        "text-file": f"http://{host}/text.png",
+        "bomb": f"http://{host}/bomb.png",
+        "oversized": f"http://{host}/oversized.png",
+        "trickle": f"http://{host}/trickle.png",
+        "redirect-loop": f"http://{host}/loop.png",
+        "redirect-internal": f"http://{host}/to-internal.png",
+        "redirect-file": f"http://{host}/to-file.png",
+        "redirect-ftp": f"http://{host}/to-ftp.png",
         "redirect-crlf": f"http://{host}/to-crlf.png",
     }
     stored = [{"id": 1, "result": [{k: v for k, v in c.items() if k != "is_positive"} for c in CLICKS]}]
     for name, url in urls.items():
         add(f"image url {name}", predict_body(host, task={"id": 1, "data": {"image": url}}))
-        add(f"batch image url {name}", predict_body(host, result=None,
-                                                    task={"id": 1, "data": {"image": url}, "annotations": stored}))
+        add(
+            f"batch image url {name}",
+            predict_body(host, result=None, task={"id": 1, "data": {"image": url}, "annotations": stored}),
+        )
 
     # 4. the clicks (interactive context)
     def with_value(**value):
@@ -183,23 +256,50 @@ def corpus(host: str) -> list[tuple[str, str, str, bytes]]:
         item["value"] = {**item["value"], **value}
         return [item] + CLICKS[1:]
 
-    bad_coordinates = {"string": "10", "null": None, "bool": True, "list": [1], "negative": -5, "over": 100.5,
-                       "huge": 10**400, "inf": float("inf"), "ninf": float("-inf"), "dict": {"a": 1},
-                       "tiny-negative": -1e-9}
+    bad_coordinates = {
+        "string": "10",
+        "null": None,
+        "bool": True,
+        "list": [1],
+        "negative": -5,
+        "over": 100.5,
+        "huge": 10**400,
+        "inf": float("inf"),
+        "ninf": float("-inf"),
+        "dict": {"a": 1},
+        "tiny-negative": -1e-9,
+    }
     for axis in ("x", "y"):
         for name, value in bad_coordinates.items():
             add(f"click {axis}-{name}", predict_body(host, result=with_value(**{axis: value})))
-    for name, value in {"labels-dict": {"keypointlabels": {"a": 1}}, "labels-int": {"keypointlabels": 5},
-                        "labels-list-of-int": {"keypointlabels": [5]}}.items():
+    for name, value in {
+        "labels-dict": {"keypointlabels": {"a": 1}},
+        "labels-int": {"keypointlabels": 5},
+        "labels-list-of-int": {"keypointlabels": [5]},
+    }.items():
         add(f"click {name}", predict_body(host, result=with_value(**value)))
     missing_xy = kp(30, 60)
     missing_xy["value"] = {"keypointlabels": ["Object"]}
     add("click value without x and y", predict_body(host, result=[missing_xy] + CLICKS[1:]))
-    for name, over in {"value-null": {"value": None}, "value-list": {"value": [1, 2]},
-                       "value-string": {"value": "x"}}.items():
+    for name, over in {
+        "value-null": {"value": None},
+        "value-list": {"value": [1, 2]},
+        "value-string": {"value": "x"},
+    }.items():
         add(f"click {name}", predict_body(host, result=[kp(30, 60, **over)] + CLICKS[1:]))
-    sizes = {"zero": 0, "negative": -1, "huge": 10**400, "inf": float("inf"), "ninf": float("-inf"),
-             "string": "abc", "null": None, "fraction": 1.5, "list": [160], "bool": True, "over-limit": 100_001}
+    sizes = {
+        "zero": 0,
+        "negative": -1,
+        "huge": 10**400,
+        "inf": float("inf"),
+        "ninf": float("-inf"),
+        "string": "abc",
+        "null": None,
+        "fraction": 1.5,
+        "list": [160],
+        "bool": True,
+        "over-limit": 100_001,
+    }
     for name, size in sizes.items():
         add(f"original_width {name}", predict_body(host, result=[kp(30, 60, original_width=size)] + CLICKS[1:]))
         add(f"original_height {name}", predict_body(host, result=[kp(30, 60, original_height=size)] + CLICKS[1:]))
@@ -209,21 +309,41 @@ def corpus(host: str) -> list[tuple[str, str, str, bytes]]:
     for name, type_ in {"list": ["keypointlabels"], "dict": {"a": 1}, "number": 5}.items():
         add(f"click type {name}", predict_body(host, result=[kp(30, 60, type=type_)] + CLICKS[1:]))
     add("too many clicks for one object", predict_body(host, result=[kp(30 + i % 100, 60) for i in range(65)]))
-    add("points outside (percent over 100)", predict_body(host, result=[kp(30, 60)] * 3 + [
-        {**kp(80, 100), "value": {"x": 50, "y": 250, "keypointlabels": ["Object"]}}]))
+    add(
+        "points outside (percent over 100)",
+        predict_body(
+            host,
+            result=[kp(30, 60)] * 3 + [{**kp(80, 100), "value": {"x": 50, "y": 250, "keypointlabels": ["Object"]}}],
+        ),
+    )
 
     # 5. rectangles
     def rect(**value):
         base = {"x": 20, "y": 15, "width": 60, "height": 70, "rotation": 0, "rectanglelabels": ["Object"]}
         base.update(value)
-        return [{"original_width": W, "original_height": H, "from_name": "box", "to_name": "image",
-                 "type": "rectanglelabels", "value": base}]
+        return [
+            {
+                "original_width": W,
+                "original_height": H,
+                "from_name": "box",
+                "to_name": "image",
+                "type": "rectanglelabels",
+                "value": base,
+            }
+        ]
 
-    for name, value in {"rotation-string": {"rotation": "abc"}, "rotation-list": {"rotation": [1]},
-                        "rotation-inf": {"rotation": 1e999}, "rotation-45": {"rotation": 45},
-                        "width-string": {"width": "60"}, "width-negative": {"width": -10},
-                        "width-huge": {"width": 10**400}, "height-null": {"height": None},
-                        "height-over": {"height": 500}, "x-string": {"x": "a"}}.items():
+    for name, value in {
+        "rotation-string": {"rotation": "abc"},
+        "rotation-list": {"rotation": [1]},
+        "rotation-inf": {"rotation": 1e999},
+        "rotation-45": {"rotation": 45},
+        "width-string": {"width": "60"},
+        "width-negative": {"width": -10},
+        "width-huge": {"width": 10**400},
+        "height-null": {"height": None},
+        "height-over": {"height": 500},
+        "x-string": {"x": "a"},
+    }.items():
         add(f"rectangle {name}", predict_body(host, result=rect(**value)))
     no_size = rect()
     no_size[0]["value"].pop("width")
@@ -236,51 +356,75 @@ def corpus(host: str) -> list[tuple[str, str, str, bytes]]:
 
     # 6. batch mode: what is stored on a task
     stored_clicks = [{k: v for k, v in c.items() if k != "is_positive"} for c in CLICKS]
-    for name, anns in {"number": 5, "string": "x", "dict": {"result": []}, "list-of-int": [5],
-                       "result-number": [{"result": 5}], "result-string": [{"result": "x"}],
-                       "result-items-int": [{"result": [1, 2]}],
-                       "mixed-dates": [{"id": 1, "updated_at": 5, "result": stored_clicks},
-                                       {"id": 2, "updated_at": "2026-01-01", "result": stored_clicks}],
-                       "mixed-ids": [{"id": "a", "result": stored_clicks}, {"id": 2, "result": stored_clicks}],
-                       "too-many-objects": [{"result": stored_clicks * 101}],
-                       "clicks-huge-size": [{"result": [{**c, "original_width": 10**400} for c in stored_clicks]}]}.items():
+    for name, anns in {
+        "number": 5,
+        "string": "x",
+        "dict": {"result": []},
+        "list-of-int": [5],
+        "result-number": [{"result": 5}],
+        "result-string": [{"result": "x"}],
+        "result-items-int": [{"result": [1, 2]}],
+        "mixed-dates": [
+            {"id": 1, "updated_at": 5, "result": stored_clicks},
+            {"id": 2, "updated_at": "2026-01-01", "result": stored_clicks},
+        ],
+        "mixed-ids": [{"id": "a", "result": stored_clicks}, {"id": 2, "result": stored_clicks}],
+        "too-many-objects": [{"result": stored_clicks * 101}],
+        "clicks-huge-size": [{"result": [{**c, "original_width": 10**400} for c in stored_clicks]}],
+    }.items():
         for key in ("annotations", "predictions"):
             task = {"id": 1, "data": {"image": f"http://{host}/ok.png"}, key: anns}
             add(f"batch {key} {name}", predict_body(host, result=None, task=task))
 
     # 7. /setup
-    for name, body in {"not-object": [1], "hostname-ftp": {"project": "1.1", "hostname": "ftp://x"},
-                       "hostname-number": {"project": "1.1", "hostname": 5},
-                       "hostname-crlf": {"project": "1.1", "hostname": "http://a\r\nb"},
-                       "hostname-userinfo": {"project": "1.1", "hostname": "http://u:p@ls:8080"},
-                       "hostname-no-host": {"project": "1.1", "hostname": "http://"},
-                       "hostname-list": {"project": "1.1", "hostname": ["http://ls"]},
-                       "hostname-javascript": {"project": "1.1", "hostname": "javascript:alert(1)"},
-                       "hostname-file": {"project": "1.1", "hostname": "file:///etc"},
-                       "hostname-bad-port": {"project": "1.1", "hostname": "http://ls:99999"},
-                       "hostname-open-bracket": {"project": "1.1", "hostname": "http://[::1"},
-                       "hostname-space": {"project": "1.1", "hostname": "http://l s:8080"},
-                       "hostname-dict": {"project": "1.1", "hostname": {"url": "http://ls"}},
-                       "hostname-true": {"project": "1.1", "hostname": True},
-                       "hostname-no-scheme": {"project": "1.1", "hostname": "ls:8080"}}.items():
+    for name, body in {
+        "not-object": [1],
+        "hostname-ftp": {"project": "1.1", "hostname": "ftp://x"},
+        "hostname-number": {"project": "1.1", "hostname": 5},
+        "hostname-crlf": {"project": "1.1", "hostname": "http://a\r\nb"},
+        "hostname-userinfo": {"project": "1.1", "hostname": "http://u:p@ls:8080"},
+        "hostname-no-host": {"project": "1.1", "hostname": "http://"},
+        "hostname-list": {"project": "1.1", "hostname": ["http://ls"]},
+        "hostname-javascript": {"project": "1.1", "hostname": "javascript:alert(1)"},
+        "hostname-file": {"project": "1.1", "hostname": "file:///etc"},
+        "hostname-bad-port": {"project": "1.1", "hostname": "http://ls:99999"},
+        "hostname-open-bracket": {"project": "1.1", "hostname": "http://[::1"},
+        "hostname-space": {"project": "1.1", "hostname": "http://l s:8080"},
+        "hostname-dict": {"project": "1.1", "hostname": {"url": "http://ls"}},
+        "hostname-true": {"project": "1.1", "hostname": True},
+        "hostname-no-scheme": {"project": "1.1", "hostname": "ls:8080"},
+    }.items():
         add(f"setup {name}", body, "/setup")
 
     # 8. /webhook
-    for name, body in {"no-action": {}, "action-number": {"action": 5}, "action-list": {"action": ["START_TRAINING"]},
-                       "train-no-project": {"action": "START_TRAINING"},
-                       "train-project-huge": {"action": "START_TRAINING", "project": {"id": 10**30}},
-                       "train-project-negative": {"action": "START_TRAINING", "project": {"id": -1}},
-                       "train-project-string": {"action": "START_TRAINING", "project": {"id": "abc"}},
-                       "train-project-list": {"action": "START_TRAINING", "project": [1]},
-                       "train-project-float": {"action": "START_TRAINING", "project": 1e999},
-                       "annotation-garbage": {"action": "ANNOTATION_CREATED", "project": "x", "annotation": 5},
-                       "not-object": [1, 2]}.items():
+    for name, body in {
+        "no-action": {},
+        "action-number": {"action": 5},
+        "action-list": {"action": ["START_TRAINING"]},
+        "train-no-project": {"action": "START_TRAINING"},
+        "train-project-huge": {"action": "START_TRAINING", "project": {"id": 10**30}},
+        "train-project-negative": {"action": "START_TRAINING", "project": {"id": -1}},
+        "train-project-string": {"action": "START_TRAINING", "project": {"id": "abc"}},
+        "train-project-list": {"action": "START_TRAINING", "project": [1]},
+        "train-project-float": {"action": "START_TRAINING", "project": 1e999},
+        "annotation-garbage": {"action": "ANNOTATION_CREATED", "project": "x", "annotation": 5},
+        "not-object": [1, 2],
+    }.items():
         add(f"webhook {name}", body, "/webhook")
 
     # 9. methods and routes
-    for method, path in (("GET", "/predict"), ("PUT", "/setup"), ("DELETE", "/health"), ("PATCH", "/webhook"),
-                         ("GET", "/nope"), ("POST", "/health/../predict"), ("GET", "/" + "a" * 5000),
-                         ("POST", "/versions"), ("POST", "/train/status"), ("POST", "/metrics")):
+    for method, path in (
+        ("GET", "/predict"),
+        ("PUT", "/setup"),
+        ("DELETE", "/health"),
+        ("PATCH", "/webhook"),
+        ("GET", "/nope"),
+        ("POST", "/health/../predict"),
+        ("GET", "/" + "a" * 5000),
+        ("POST", "/versions"),
+        ("POST", "/train/status"),
+        ("POST", "/metrics"),
+    ):
         cases.append((f"{method} {path[:40]}", method, path, b"{}"))
 
     # 10. size
@@ -302,10 +446,19 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def _env(tmp_path, image_host, **extra) -> dict:
-    return {"DEXTR_WEIGHTS_DIR": str(tmp_path / "store"), "DEXTR_DEVICE": "cpu", "DEXTR_THREADS": "1",
-            "DEXTR_ALLOWED_HOSTS": image_host, "DEXTR_FETCH_TIMEOUT": "2", "DEXTR_PREDICT_TIMEOUT": "10",
-            "DEXTR_MAX_IMAGE_MB": "1", "DEXTR_MAX_BODY_MB": "1", "LABEL_STUDIO_API_KEY": TOKEN,
-            "LOG_LEVEL": "WARNING", **extra}
+    return {
+        "DEXTR_WEIGHTS_DIR": str(tmp_path / "store"),
+        "DEXTR_DEVICE": "cpu",
+        "DEXTR_THREADS": "1",
+        "DEXTR_ALLOWED_HOSTS": image_host,
+        "DEXTR_FETCH_TIMEOUT": "2",
+        "DEXTR_PREDICT_TIMEOUT": "10",
+        "DEXTR_MAX_IMAGE_MB": "1",
+        "DEXTR_MAX_BODY_MB": "1",
+        "LABEL_STUDIO_API_KEY": TOKEN,
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
 
 
 @pytest.fixture(params=["in-process", "queue"])
@@ -314,9 +467,10 @@ def backend(request, tmp_path, image_host):
     yield from served_in_mode(request.param, _env(tmp_path, image_host), tmp_path, redis_url)
 
 
+@pytest.mark.slow
 def test_every_bad_request_gets_a_clear_4xx_never_a_500(backend, image_host):
     mode, server, worker = backend
-    busy = worker.proc.pid if worker else server.proc.pid       # the process that loads images and computes
+    busy = worker.proc.pid if worker else server.proc.pid  # the process that loads images and computes
     with httpx.Client(base_url=server.url, timeout=35) as http:
         assert http.post("/predict", json=predict_body(image_host)).status_code == 200
         rss_before, api_before = _rss_mb(busy), _rss_mb(server.proc.pid)
@@ -343,8 +497,10 @@ def test_every_bad_request_gets_a_clear_4xx_never_a_500(backend, image_host):
         assert http.post("/predict", json=predict_body(image_host)).status_code == 200
         assert http.get("/health").status_code == 200
         rss_after, peak = _rss_mb(busy), _rss_mb(busy, "VmHWM")
-        print(f"\n{mode}: RSS after the first request {rss_before:.0f} MB, after {len(corpus(image_host))} bad "
-              f"requests {rss_after:.0f} MB (+{rss_after - rss_before:.0f} MB), peak {peak:.0f} MB")
+        print(
+            f"\n{mode}: RSS after the first request {rss_before:.0f} MB, after {len(corpus(image_host))} bad "
+            f"requests {rss_after:.0f} MB (+{rss_after - rss_before:.0f} MB), peak {peak:.0f} MB"
+        )
         if worker:
             print(f"queue: the API server's RSS {api_before:.0f} -> {_rss_mb(server.proc.pid):.0f} MB")
         assert rss_after - rss_before < 200, f"{mode}: RSS grew by {rss_after - rss_before:.0f} MB over the corpus"

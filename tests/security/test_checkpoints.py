@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_training import make_shapes, small_config
 
 from dextr_backend.cli import main
-from dextr_backend.errors import InputError
 from dextr_backend.data.objects import folder_objects
 from dextr_backend.data.splits import split
+from dextr_backend.errors import InputError
 from dextr_backend.training.trainer import Trainer
-from test_training import make_shapes, small_config
 
 
 class Planted:
@@ -57,8 +57,8 @@ def test_a_planted_best_weights_file_is_refused_too(shapes, tmp_path):
     marker = tmp_path / "marker"
     train, val = split(folder_objects(shapes))
     trainer = Trainer(small_config(), train, val, tmp_path / "run")
-    plant(tmp_path / "run", marker, "best.pt")     # appears while the run goes on
-    trainer.best = 1e9                             # so no epoch rewrites best.pt before it is read
+    plant(tmp_path / "run", marker, "best.pt")  # appears while the run goes on
+    trainer.best = 1e9  # so no epoch rewrites best.pt before it is read
     with pytest.raises(InputError, match="best.pt"):
         trainer.run()
     assert not marker.exists()
@@ -68,9 +68,27 @@ def test_train_command_refuses_then_starts_fresh(shapes, tmp_path, weights_dir, 
     marker = tmp_path / "marker"
     run_dir = tmp_path / "run"
     plant(run_dir, marker)
-    args = ["train", "--dataset", str(shapes), "--init", "imagenet:lite0", "--epochs", "1", "--threads", "1",
-            "--samples-per-epoch", "8", "--batch-size", "4", "--val-objects", "2", "--resolution", "64",
-            "--run-dir", str(run_dir)]
+    args = [
+        "train",
+        "--dataset",
+        str(shapes),
+        "--init",
+        "imagenet:lite0",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--samples-per-epoch",
+        "8",
+        "--batch-size",
+        "4",
+        "--val-objects",
+        "2",
+        "--resolution",
+        "64",
+        "--run-dir",
+        str(run_dir),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--fresh" in err and "Traceback" not in err
@@ -78,6 +96,7 @@ def test_train_command_refuses_then_starts_fresh(shapes, tmp_path, weights_dir, 
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_truncated_checkpoint_is_one_line_then_fresh_starts_over(shapes, tmp_path, weights_dir, capsys):
     run_dir = tmp_path / "run"
     Trainer(small_config(epochs=1), folder_objects(shapes), [], run_dir).run()
@@ -86,9 +105,27 @@ def test_a_truncated_checkpoint_is_one_line_then_fresh_starts_over(shapes, tmp_p
     with pytest.raises(InputError, match="truncated or corrupt") as err:
         Trainer(small_config(epochs=2), folder_objects(shapes), [], run_dir)
     assert "\n" not in str(err.value) and "train --fresh" in str(err.value)
-    args = ["train", "--dataset", str(shapes), "--init", "imagenet:lite0", "--epochs", "1", "--threads", "1",
-            "--samples-per-epoch", "8", "--batch-size", "4", "--val-objects", "2", "--resolution", "64",
-            "--run-dir", str(run_dir)]
+    args = [
+        "train",
+        "--dataset",
+        str(shapes),
+        "--init",
+        "imagenet:lite0",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--samples-per-epoch",
+        "8",
+        "--batch-size",
+        "4",
+        "--val-objects",
+        "2",
+        "--resolution",
+        "64",
+        "--run-dir",
+        str(run_dir),
+    ]
     assert main(args) == 2
     assert "truncated or corrupt" in capsys.readouterr().err
     assert main(args + ["--fresh"]) == 0

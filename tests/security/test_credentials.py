@@ -16,7 +16,6 @@ import httpx
 import numpy as np
 import pytest
 import redis
-
 from hostile import Server
 from services import Backend, RedisServer, Worker
 
@@ -68,13 +67,24 @@ def carried(host, secret: str) -> bool:
 
 
 def kp(x, y):
-    return {"original_width": W, "original_height": H, "from_name": "kp", "to_name": "image", "type": "keypointlabels",
-            "value": {"x": 100 * x / W, "y": 100 * y / H, "keypointlabels": ["Object"]}}
+    return {
+        "original_width": W,
+        "original_height": H,
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "value": {"x": 100 * x / W, "y": 100 * y / H, "keypointlabels": ["Object"]},
+    }
 
 
 def predict(server, image=IMAGE, **extra) -> httpx.Response:
-    body = {"tasks": [{"id": 1, "data": {"image": image}}], "project": "3.1700000000", "label_config": CONFIG,
-            "params": {"context": {"result": [kp(30, 60), kp(130, 62), kp(80, 20), kp(82, 100)]}}, **extra}
+    body = {
+        "tasks": [{"id": 1, "data": {"image": image}}],
+        "project": "3.1700000000",
+        "label_config": CONFIG,
+        "params": {"context": {"result": [kp(30, 60), kp(130, 62), kp(80, 20), kp(82, 100)]}},
+        **extra,
+    }
     return httpx.post(server.url + "/predict", json=body, timeout=30)
 
 
@@ -85,10 +95,17 @@ def pat(subject: str = "user") -> str:
 
 
 def _env(tmp_path, **extra):
-    return {"DEXTR_WEIGHTS_DIR": str(tmp_path / "store"), "DEXTR_DEVICE": "cpu", "DEXTR_THREADS": "1",
-            "DEXTR_FETCH_TIMEOUT": "3", "LOG_LEVEL": "INFO", **extra}
+    return {
+        "DEXTR_WEIGHTS_DIR": str(tmp_path / "store"),
+        "DEXTR_DEVICE": "cpu",
+        "DEXTR_THREADS": "1",
+        "DEXTR_FETCH_TIMEOUT": "3",
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", [TOKEN, pat("server")])
 def test_a_request_body_never_chooses_where_the_server_key_goes(tmp_path, hosts, key):
     """LABEL_STUDIO_URL unset: the server's key is used nowhere, whatever /predict or /setup say."""
@@ -117,12 +134,13 @@ def test_setup_hostname_and_token_are_used_together_for_their_project_only(tmp_p
         assert authorizations(ls) == [f"Token {SETUP_TOKEN}"]
         assert not carried(ls, TOKEN)
         other = dict(project="4.17")
-        r = predict(server, **other)          # another project never borrows project 3's Label Studio
+        r = predict(server, **other)  # another project never borrows project 3's Label Studio
         assert r.status_code == 422
     finally:
         server.stop()
 
 
+@pytest.mark.slow
 def test_the_configured_label_studio_wins_over_setup(tmp_path, hosts):
     ls, evil = hosts("127.0.0.2"), hosts("127.0.0.4")
     server = Backend(_env(tmp_path, LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=TOKEN)).start()
@@ -135,6 +153,7 @@ def test_the_configured_label_studio_wins_over_setup(tmp_path, hosts):
         server.stop()
 
 
+@pytest.mark.slow
 def test_setup_state_is_shared_by_every_api_process_through_redis(tmp_path, hosts, redis_server):
     """/setup answered by one server process, /predict by another and a worker: same Label Studio."""
     ls = hosts("127.0.0.3")
@@ -149,7 +168,7 @@ def test_setup_state_is_shared_by_every_api_process_through_redis(tmp_path, host
         answer = predict(second)
         assert answer.status_code == 200, answer.text
         assert authorizations(ls) == [f"Token {SETUP_TOKEN}"]
-        for key in conn.scan_iter("rq:*"):      # queued jobs carry no credentials
+        for key in conn.scan_iter("rq:*"):  # queued jobs carry no credentials
             if conn.type(key) == b"hash":
                 assert SETUP_TOKEN.encode() not in b"".join(conn.hgetall(key).values())
     finally:
@@ -159,6 +178,7 @@ def test_setup_state_is_shared_by_every_api_process_through_redis(tmp_path, host
     assert SETUP_TOKEN not in (tmp_path / "worker.log").read_text()
 
 
+@pytest.mark.slow
 def test_the_redis_password_never_shows(tmp_path):
     server_redis = RedisServer(tmp_path / "redis")
     server_redis.start()
@@ -168,7 +188,7 @@ def test_the_redis_password_never_shows(tmp_path):
     log = tmp_path / "backend.log"
     server = Backend(_env(tmp_path, REDIS_URL=url), log=log).start()
     try:
-        health = httpx.get(server.url + "/health", timeout=10)      # no worker: DOWN, says why
+        health = httpx.get(server.url + "/health", timeout=10)  # no worker: DOWN, says why
         assert health.status_code == 503 and "hunter2" not in health.text
         server_redis.stop()
         time.sleep(0.5)

@@ -12,9 +12,9 @@ import pytest
 from hostile import LEGACY_TOKEN, PAT, fake_label_studio
 from test_labelstudio_data import CONFIG, brush_result, shapes
 
+from dextr_backend.data.objects import folder_objects
 from dextr_backend.errors import InputError
 from dextr_backend.labelstudio.client import LabelStudioClient
-from dextr_backend.data.objects import folder_objects
 from dextr_backend.labelstudio.export import export_labelstudio
 
 
@@ -32,11 +32,18 @@ def serve_projects(ls, projects: dict[int, list[tuple[int, str]]]) -> None:
 
     def tasks(handler, _):
         pid = int(urllib.parse.parse_qs(urllib.parse.urlsplit(handler.path).query)["project"][0])
-        page = [{"id": tid, "data": {"image": url},
-                 "annotations": [{"id": tid, "result": [brush_result(brush)], "was_cancelled": False}]}
-                for tid, url in projects[pid]]
-        handler.answer(200, json.dumps({"tasks": page, "total": len(page)}).encode(),
-                       {"Content-Type": "application/json"})
+        page = [
+            {
+                "id": tid,
+                "data": {"image": url},
+                "annotations": [{"id": tid, "result": [brush_result(brush)], "was_cancelled": False}],
+            }
+            for tid, url in projects[pid]
+        ]
+        handler.answer(
+            200, json.dumps({"tasks": page, "total": len(page)}).encode(), {"Content-Type": "application/json"}
+        )
+
     ls.routes["/api/tasks"] = tasks
 
 
@@ -51,16 +58,21 @@ def test_export_fetches_nothing_off_the_allow_list(servers, tmp_path, kind):
     ls.file("/data/upload/4/a.png", picture())
     ls.redirect("/data/upload/3/r.png", hostile.url + "/x.png")
     ls.redirect("/data/upload/4/r.png", allowed.url + "/b.png")
-    serve_projects(ls, {
-        1: [(11, "file:///etc/passwd")],
-        2: [(21, hostile.url + "/x.png")],
-        3: [(31, "/data/upload/3/r.png")],
-        4: [(41, "/data/upload/4/a.png"), (42, allowed.url + "/b.png"), (43, "/data/upload/4/r.png")],
-    })
+    serve_projects(
+        ls,
+        {
+            1: [(11, "file:///etc/passwd")],
+            2: [(21, hostile.url + "/x.png")],
+            3: [(31, "/data/upload/3/r.png")],
+            4: [(41, "/data/upload/4/a.png"), (42, allowed.url + "/b.png"), (43, "/data/upload/4/r.png")],
+        },
+    )
     client = LabelStudioClient(ls.url, token, allowed_hosts=(allowed.netloc,))
-    expected = {1: "project 1 task 11: cannot fetch file:///etc/passwd: not allowed (scheme 'file'",
-                2: f"project 2 task 21: cannot fetch {hostile.url}/x.png: not allowed (host 127.0.0.3",
-                3: "project 3 task 31: cannot fetch /data/upload/3/r.png: redirect to a host that is not allowed"}
+    expected = {
+        1: "project 1 task 11: cannot fetch file:///etc/passwd: not allowed (scheme 'file'",
+        2: f"project 2 task 21: cannot fetch {hostile.url}/x.png: not allowed (host 127.0.0.3",
+        3: "project 3 task 31: cannot fetch /data/upload/3/r.png: redirect to a host that is not allowed",
+    }
     for pid, message in expected.items():
         folder = tmp_path / f"p{pid}"
         with pytest.raises(InputError) as err:

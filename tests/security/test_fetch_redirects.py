@@ -29,6 +29,7 @@ def sent_credentials(ls, kind):
     return [r["line"] for r in ls.log if r["authorization"] == want]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["legacy", "pat"])
 @pytest.mark.parametrize("status", [302, 307])
 def test_a_redirect_off_label_studio_to_a_host_not_allowed_is_refused_before_connecting(servers, kind, status):
@@ -38,8 +39,8 @@ def test_a_redirect_off_label_studio_to_a_host_not_allowed_is_refused_before_con
     ls.redirect("/data/upload/1/img.png", other.url + "/img.png", status)
     with pytest.raises(InputError, match=REFUSED) as err:
         ImageFetcher(client).get("/data/upload/1/img.png")
-    assert other.log == []                              # refused before any connection
-    assert sent_credentials(ls, kind)                    # the first hop, on Label Studio, had them
+    assert other.log == []  # refused before any connection
+    assert sent_credentials(ls, kind)  # the first hop, on Label Studio, had them
     assert other.netloc not in str(err.value) and str(other.port) not in str(err.value)
 
 
@@ -64,7 +65,7 @@ def test_a_pat_is_refreshed_at_label_studio_only_and_the_refresh_never_follows_a
     assert [r["line"] for r in ls.log] == ["POST /api/token/refresh/ HTTP/1.1"]
 
     moved = fake_label_studio(servers("127.0.0.3"), PAT, pat=True)
-    moved.redirect("/api/token/refresh/", other.url + "/api/token/refresh/", 307)   # 307 re-sends the body
+    moved.redirect("/api/token/refresh/", other.url + "/api/token/refresh/", 307)  # 307 re-sends the body
     with pytest.raises(LabelStudioError, match=REFUSED):
         LabelStudioClient(moved.url, PAT, allowed_hosts=(other.netloc,)).auth_header()
     assert other.log == []
@@ -81,36 +82,40 @@ def test_credentials_are_not_attached_again_when_a_redirect_comes_back_to_label_
     other.redirect("/back.png", ls.url + "/data/upload/1/img.png")
     fetcher = ImageFetcher(client, (other.netloc,))
 
-    with pytest.raises(FetchError, match="HTTP 401"):      # LS -> other -> LS: the last hop goes bare
+    with pytest.raises(FetchError, match="HTTP 401"):  # LS -> other -> LS: the last hop goes bare
         fetcher.get("/data/upload/1/bounce.png")
     assert [r["authorization"] is not None for r in ls.log] == [True, False]
-    with pytest.raises(FetchError, match="HTTP 401"):      # other -> LS: never credentials
+    with pytest.raises(FetchError, match="HTTP 401"):  # other -> LS: never credentials
         fetcher.get(other.url + "/back.png")
     assert ls.log[-1]["authorization"] is None
     assert other.leaks() == []
-    assert (fetcher.get("/data/upload/1/img.png") == 90).all()     # straight to LS: with the token
+    assert (fetcher.get("/data/upload/1/img.png") == 90).all()  # straight to LS: with the token
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["other host", "closed port", "internal service"])
 def test_an_allowed_host_cannot_redirect_anywhere_else_and_the_error_says_nothing_about_it(servers, target):
     allowed = servers("127.0.0.2")
-    internal = servers("127.0.0.1")          # e.g. a metrics endpoint or a database's HTTP port
+    internal = servers("127.0.0.1")  # e.g. a metrics endpoint or a database's HTTP port
     internal.file("/secret", b"internal data")
     elsewhere = servers("127.0.0.3")
     closed = free_port()
-    location = {"other host": elsewhere.url + "/x.png", "closed port": f"http://127.0.0.1:{closed}/x.png",
-                "internal service": internal.url + "/secret"}[target]
+    location = {
+        "other host": elsewhere.url + "/x.png",
+        "closed port": f"http://127.0.0.1:{closed}/x.png",
+        "internal service": internal.url + "/secret",
+    }[target]
     url = allowed.redirect("/x.png", location)
     with pytest.raises(InputError) as err:
         ImageFetcher(None, (allowed.netloc,)).get(url)
-    assert str(err.value) == f"cannot fetch {url}: {REFUSED}"       # the same words whatever is behind
+    assert str(err.value) == f"cannot fetch {url}: {REFUSED}"  # the same words whatever is behind
     assert internal.log == [] and elsewhere.log == []
 
 
 def test_redirect_loops_and_long_chains_are_refused(servers):
     host = servers("127.0.0.2")
     host.redirect("/a", host.url + "/b")
-    host.redirect("/b", "/a")                      # relative Location, resolved against the hop
+    host.redirect("/b", "/a")  # relative Location, resolved against the hop
     fetcher = ImageFetcher(None, (host.netloc,))
     with pytest.raises(InputError, match=f"too many redirects \\(more than {MAX_REDIRECTS}\\)"):
         fetcher.get(host.url + "/a")
@@ -119,7 +124,7 @@ def test_redirect_loops_and_long_chains_are_refused(servers):
     host.file("/end.png", png(5))
     for i in range(MAX_REDIRECTS):
         host.redirect(f"/hop{i}", f"/hop{i + 1}" if i + 1 < MAX_REDIRECTS else "/end.png")
-    assert (fetcher.get(host.url + "/hop0") == 5).all()          # exactly the limit: fine
+    assert (fetcher.get(host.url + "/hop0") == 5).all()  # exactly the limit: fine
     host.redirect("/hop-1", "/hop0")
     with pytest.raises(InputError, match="too many redirects"):
         fetcher.get(host.url + "/hop-1")
@@ -135,7 +140,7 @@ def own(client: LabelStudioClient, url: str) -> bool:
 
 def test_same_host_on_another_port_or_scheme_is_another_origin(servers):
     ls, client = label_studio(servers)
-    twin = servers("127.0.0.1")                 # same host, other port
+    twin = servers("127.0.0.1")  # same host, other port
     twin.file("/img.png", png(60))
     assert own(client, "/data/x.png") and own(client, ls.url.upper() + "/data/x.png")
     assert not own(client, twin.url + "/img.png")
@@ -159,7 +164,7 @@ def test_same_host_on_another_port_or_scheme_is_another_origin(servers):
 
 def test_cookies_set_by_label_studio_are_never_sent_anywhere(servers):
     ls, client = label_studio(servers)
-    twin = servers("127.0.0.1")                  # cookies know hosts, not ports
+    twin = servers("127.0.0.1")  # cookies know hosts, not ports
     ls.file("/data/upload/1/a.png", png(1), headers={"Set-Cookie": f"sessionid={LEGACY_TOKEN}; Path=/"})
     twin.file("/b.png", png(2))
     fetcher = ImageFetcher(client, (twin.netloc,))
@@ -178,7 +183,7 @@ def test_an_allowed_host_entry_with_a_port_allows_that_port_only(servers):
     assert (fetcher.get(host.url + "/a.png") == 3).all()
     with pytest.raises(InputError, match="not allowed"):
         fetcher.get(other_port.url + "/a.png")
-    assert (ImageFetcher(None, ("127.0.0.2",)).get(other_port.url + "/a.png") == 4).all()    # host: any port
+    assert (ImageFetcher(None, ("127.0.0.2",)).get(other_port.url + "/a.png") == 4).all()  # host: any port
     assert other_port.leaks() == [] and host.leaks() == []
 
 

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from hostile import Server
+from services import Backend, env_settings
 
 from dextr_backend.cli import main
 from dextr_backend.errors import InputError
 from dextr_backend.models import build_model
 from dextr_backend.server.app import create_app
 from dextr_backend.weights.store import WeightsStore
-from hostile import Server
-from services import Backend, env_settings
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -32,14 +32,29 @@ CONFIG = """<View>
 
 
 def keypoints(points, w, h):
-    return [{"original_width": w, "original_height": h, "from_name": "kp", "to_name": "image",
-             "type": "keypointlabels", "value": {"x": 100 * x / w, "y": 100 * y / h, "keypointlabels": ["Object"]}}
-            for x, y in points]
+    return [
+        {
+            "original_width": w,
+            "original_height": h,
+            "from_name": "kp",
+            "to_name": "image",
+            "type": "keypointlabels",
+            "value": {"x": 100 * x / w, "y": 100 * y / h, "keypointlabels": ["Object"]},
+        }
+        for x, y in points
+    ]
 
 
 def body(url, w, h, objects=1, interactive=True):
-    boxes = [[(20 + i % 10 * 30, 40 + i // 10 * 20), (45 + i % 10 * 30, 42 + i // 10 * 20),
-              (32 + i % 10 * 30, 30 + i // 10 * 20), (33 + i % 10 * 30, 55 + i // 10 * 20)] for i in range(objects)]
+    boxes = [
+        [
+            (20 + i % 10 * 30, 40 + i // 10 * 20),
+            (45 + i % 10 * 30, 42 + i // 10 * 20),
+            (32 + i % 10 * 30, 30 + i // 10 * 20),
+            (33 + i % 10 * 30, 55 + i // 10 * 20),
+        ]
+        for i in range(objects)
+    ]
     clicks = [kp for box in boxes for kp in keypoints(box, w, h)]
     task = {"id": 1, "data": {"image": url}}
     if interactive:
@@ -64,16 +79,24 @@ def host():
 
 
 def env(tmp_path, host, **extra):
-    return {"DEXTR_WEIGHTS_DIR": str(tmp_path / "store"), "DEXTR_DEVICE": "cpu", "DEXTR_THREADS": "1",
-            "DEXTR_ALLOWED_HOSTS": host.netloc, "LOG_LEVEL": "WARNING", **{k: str(v) for k, v in extra.items()}}
+    return {
+        "DEXTR_WEIGHTS_DIR": str(tmp_path / "store"),
+        "DEXTR_DEVICE": "cpu",
+        "DEXTR_THREADS": "1",
+        "DEXTR_ALLOWED_HOSTS": host.netloc,
+        "LOG_LEVEL": "WARNING",
+        **{k: str(v) for k, v in extra.items()},
+    }
 
 
+@pytest.mark.slow
 def test_health_answers_while_slow_hosts_hold_every_prediction(tmp_path, host):
     """45 requests whose picture trickles in one byte a second: predictions are bounded by their
     deadline, and /health answers at once from its own threads all the while."""
     url = host.trickle("/slow.png", total=120, every=1.0)
-    server = Backend(env(tmp_path, host, DEXTR_FETCH_TIMEOUT=8, DEXTR_PREDICT_TIMEOUT=12,
-                         DEXTR_FETCH_MIN_RATE_KB=0)).start()      # held for their whole deadline
+    server = Backend(
+        env(tmp_path, host, DEXTR_FETCH_TIMEOUT=8, DEXTR_PREDICT_TIMEOUT=12, DEXTR_FETCH_MIN_RATE_KB=0)
+    ).start()  # held for their whole deadline
     try:
         statuses: list[int] = []
 
@@ -123,6 +146,7 @@ def hundred_objects(tmp_path_factory):
     return answers, before, after, peak
 
 
+@pytest.mark.slow
 def test_objects_are_limited_and_memory_stays_flat_with_their_number(hundred_objects):
     (eight, hundred, too_many), before, after, _ = hundred_objects
     assert eight.status_code == 200 and len(eight.json()["results"][0]["result"]) == 8
@@ -137,13 +161,27 @@ def test_a_hundred_object_request_peaks_below_1_gb(hundred_objects):
     assert peak < 1024, f"a 100-object request took the server to a {peak:.0f} MB peak"
 
 
-@pytest.mark.parametrize("setting, value, request_of, variable", [
-    ("max_tasks", 2, lambda u: {**body(u, 160, 120), "tasks": [{"id": i, "data": {"image": u}} for i in range(3)]},
-     "DEXTR_MAX_TASKS"),
-    ("max_points", 6, lambda u: {**body(u, 160, 120), "params": {"context": {"result": keypoints(
-        [(10 + i, 20) for i in range(7)], 160, 120)}}}, "DEXTR_MAX_POINTS"),
-    ("max_body_mb", 1, lambda u: {**body(u, 160, 120), "padding": "x" * (1024 * 1024 + 1)}, "DEXTR_MAX_BODY_MB"),
-])
+@pytest.mark.parametrize(
+    "setting, value, request_of, variable",
+    [
+        (
+            "max_tasks",
+            2,
+            lambda u: {**body(u, 160, 120), "tasks": [{"id": i, "data": {"image": u}} for i in range(3)]},
+            "DEXTR_MAX_TASKS",
+        ),
+        (
+            "max_points",
+            6,
+            lambda u: {
+                **body(u, 160, 120),
+                "params": {"context": {"result": keypoints([(10 + i, 20) for i in range(7)], 160, 120)}},
+            },
+            "DEXTR_MAX_POINTS",
+        ),
+        ("max_body_mb", 1, lambda u: {**body(u, 160, 120), "padding": "x" * (1024 * 1024 + 1)}, "DEXTR_MAX_BODY_MB"),
+    ],
+)
 def test_each_limit_is_a_4xx_naming_its_variable(tmp_path, monkeypatch, setting, value, request_of, variable):
     monkeypatch.setenv("DEXTR_WEIGHTS_DIR", str(tmp_path / "store"))
     app = create_app(env_settings(device="cpu", allowed_hosts=("127.0.0.1",), **{setting: value}))
@@ -162,14 +200,14 @@ def test_a_corrupt_current_weights_file_is_down_not_up(tmp_path, monkeypatch, ca
     with TestClient(create_app(env_settings(device="cpu"))) as client:
         assert client.get("/health").json()["status"] == "UP"
         data = good.path.read_bytes()
-        good.path.write_bytes(data[: len(data) // 2])            # truncated under the running server
+        good.path.write_bytes(data[: len(data) // 2])  # truncated under the running server
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "DOWN"
         assert "truncated or corrupt" in health.json()["reason"]
-    bad.path.write_bytes(b"\x00" * (bad.size or 10))             # same size, other bytes
+    bad.path.write_bytes(b"\x00" * (bad.size or 10))  # same size, other bytes
     assert main(["weights", "use", "bad"]) == 2
     assert "corrupt" in capsys.readouterr().err
-    assert WeightsStore(root).current_name() == "good"          # not switched
+    assert WeightsStore(root).current_name() == "good"  # not switched
 
 
 def test_405_says_which_methods_are_allowed(tmp_path, monkeypatch):
@@ -189,7 +227,7 @@ def test_the_image_size_limit_follows_the_settings_given(tmp_path, monkeypatch, 
     picture = cv2.imencode(".png", np.zeros((120, 160, 3), np.uint8))[1].tobytes()
     monkeypatch.setenv("DEXTR_WEIGHTS_DIR", str(tmp_path / "store"))
     for limit, status in ((160 * 120, 200), (160 * 120 - 1, 422)):
-        url = host.file(f"/small-{limit}.png", picture, "image/png")     # not in the process's image cache
+        url = host.file(f"/small-{limit}.png", picture, "image/png")  # not in the process's image cache
         app = create_app(env_settings(device="cpu", allowed_hosts=(host.netloc,), max_image_pixels=limit))
         with TestClient(app) as client:
             r = client.post("/predict", json=body(url, 160, 120))

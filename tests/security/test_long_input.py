@@ -14,27 +14,37 @@ import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
-
-from dextr_backend.server.app import create_app
 from services import env_settings, served_in_mode
 from test_labelstudio_backend import CLICKS, CONFIG
+
+from dextr_backend.server.app import create_app
 
 MEGABYTE_URL = "http://127.0.0.1/" + "a" * 1024 * 1024
 
 
 def predict(image: str, result=CLICKS) -> dict:
-    return {"tasks": [{"id": 7, "data": {"image": image}}], "project": "3.17", "label_config": CONFIG,
-            "params": {"context": {"result": result}}}
+    return {
+        "tasks": [{"id": 7, "data": {"image": image}}],
+        "project": "3.17",
+        "label_config": CONFIG,
+        "params": {"context": {"result": result}},
+    }
 
 
 @pytest.fixture(params=["in-process", "queue"])
 def served(request, random_store, image_server, tmp_path):
-    env = {"DEXTR_WEIGHTS_DIR": str(random_store), "DEXTR_DEVICE": "cpu", "DEXTR_THREADS": "1", "LOG_LEVEL": "WARNING",
-           "DEXTR_ALLOWED_HOSTS": image_server}
+    env = {
+        "DEXTR_WEIGHTS_DIR": str(random_store),
+        "DEXTR_DEVICE": "cpu",
+        "DEXTR_THREADS": "1",
+        "LOG_LEVEL": "WARNING",
+        "DEXTR_ALLOWED_HOSTS": image_server,
+    }
     redis_url = request.getfixturevalue("private_redis").url if request.param == "queue" else None
     yield from served_in_mode(request.param, env, tmp_path, redis_url)
 
 
+@pytest.mark.slow
 def test_a_megabyte_url_is_refused_while_health_answers(served, image_server):
     """Ten 1 MB URLs, one after the other, while ``/health`` is asked again and again: every URL gets
     its 4xx, ``/health`` answers 200 while they are being refused, and (queue mode) the worker's
@@ -90,10 +100,11 @@ def test_an_image_url_over_the_limit_is_a_clear_422(client, image_server):
     base = f"http://{image_server}/missing.png?pad="
     at_limit = base + "x" * (8192 - len(base))
     r = client.post("/predict", json=predict(at_limit))
-    assert r.status_code == 422 and "HTTP 404" in r.json()["detail"]          # fetched: within the limit
+    assert r.status_code == 422 and "HTTP 404" in r.json()["detail"]  # fetched: within the limit
     r = client.post("/predict", json=predict(at_limit + "x"))
     assert r.status_code == 422 and r.json()["detail"] == (
-        "task 7: the image URL under data['image'] is 8193 characters long; the limit is 8192 (DEXTR_MAX_URL_CHARS)")
+        "task 7: the image URL under data['image'] is 8193 characters long; the limit is 8192 (DEXTR_MAX_URL_CHARS)"
+    )
     r = client.post("/setup", json={"project": "3.17", "hostname": "http://ls:8080/" + "h" * 9000})
     assert r.status_code == 422 and "'hostname' is 9015 characters long" in r.json()["detail"]
 
@@ -115,14 +126,19 @@ def test_a_data_image_uri_is_the_image_itself(client):
     assert brush["original_width"] == 160 and brush["original_height"] == 120
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: data_uri(np.random.default_rng(0).integers(0, 255, (800, 800, 3), dtype=np.uint8)),
-     "limit is 1 MB of image (DEXTR_MAX_IMAGE_MB)"),
-    (lambda: data_uri(np.zeros((10000, 9000), np.uint8)), "pixels (DEXTR_MAX_IMAGE_PIXELS)"),
-    (lambda: "data:image/png;base64,iVBORw0KGgo=", "not a readable image"),
-    (lambda: "data:image/png;base64,@@@not base64@@@", "not valid base64"),
-    (lambda: "data:text/html;base64,PGgxPmhpPC9oMT4=", "must be an image"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: data_uri(np.random.default_rng(0).integers(0, 255, (800, 800, 3), dtype=np.uint8)),
+            "limit is 1 MB of image (DEXTR_MAX_IMAGE_MB)",
+        ),
+        (lambda: data_uri(np.zeros((10000, 9000), np.uint8)), "pixels (DEXTR_MAX_IMAGE_PIXELS)"),
+        (lambda: "data:image/png;base64,iVBORw0KGgo=", "not a readable image"),
+        (lambda: "data:image/png;base64,@@@not base64@@@", "not valid base64"),
+        (lambda: "data:text/html;base64,PGgxPmhpPC9oMT4=", "must be an image"),
+    ],
+)
 def test_a_bad_data_image_uri_is_a_clear_422(client, make, message):
     r = client.post("/predict", json=predict(make()))
     assert r.status_code == 422 and message in r.json()["detail"], r.text[:300]

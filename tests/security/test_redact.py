@@ -12,24 +12,27 @@ from dextr_backend.labelstudio.fetch import shown
 from dextr_backend.redact import redact_text, redact_url, shorten
 
 
-@pytest.mark.parametrize("text, masked", [
-    ("redis://:hunter2@host:6379/0", "redis://:***@host:6379/0"),
-    ("redis://user:hunter2@host/0", "redis://user:***@host/0"),
-    ("http://user@host/x.png", "http://user@host/x.png"),                      # a user name is no secret
-    ("http://user:pa@ss@host/x.png", "http://user:***@host/x.png"),            # the password ends at the last @
-    ("http://h/x.png?TAGauthT1:", "http://h/x.png?TAGauthT1:"),                 # a name without a value
-    ("http://h/x.png?token=abc&size=2#top", "http://h/x.png?token=***&size=2#top"),
-    ("http://h/x.png?a=%2F&api_key=zz&b=c+d", "http://h/x.png?a=%2F&api_key=***&b=c+d"),   # no re-encoding
-    ("http://h/x.png?%74oken=v", "http://h/x.png?%74oken=***"),                 # an encoded name is read
-    ("http://h/cb#access_token=xyz&state=1", "http://h/cb#access_token=***&state=1"),
-    ("see http://h/?token=abc, then retry.", "see http://h/?token=***, then retry."),
-    ("(http://h/?token=abc).", "(http://h/?token=***)."),
-    ("{'url': 'http://h/?token=abc'}", "{'url': 'http://h/?token=***'}"),
-    ("http://h/?next=http://u:p@x/y", "http://h/?next=http://u:***@x/y"),      # a URL inside a URL
-    ("s3://b/k?X-Amz-Signature=abc&X-Amz-Date=1", "s3://b/k?X-Amz-Signature=***&X-Amz-Date=1"),
-    ("no URL here: token=abc", "no URL here: token=abc"),
-    ("http://[::1", "http://[::1"),
-])
+@pytest.mark.parametrize(
+    "text, masked",
+    [
+        ("redis://:hunter2@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://user:hunter2@host/0", "redis://user:***@host/0"),
+        ("http://user@host/x.png", "http://user@host/x.png"),  # a user name is no secret
+        ("http://user:pa@ss@host/x.png", "http://user:***@host/x.png"),  # the password ends at the last @
+        ("http://h/x.png?TAGauthT1:", "http://h/x.png?TAGauthT1:"),  # a name without a value
+        ("http://h/x.png?token=abc&size=2#top", "http://h/x.png?token=***&size=2#top"),
+        ("http://h/x.png?a=%2F&api_key=zz&b=c+d", "http://h/x.png?a=%2F&api_key=***&b=c+d"),  # no re-encoding
+        ("http://h/x.png?%74oken=v", "http://h/x.png?%74oken=***"),  # an encoded name is read
+        ("http://h/cb#access_token=xyz&state=1", "http://h/cb#access_token=***&state=1"),
+        ("see http://h/?token=abc, then retry.", "see http://h/?token=***, then retry."),
+        ("(http://h/?token=abc).", "(http://h/?token=***)."),
+        ("{'url': 'http://h/?token=abc'}", "{'url': 'http://h/?token=***'}"),
+        ("http://h/?next=http://u:p@x/y", "http://h/?next=http://u:***@x/y"),  # a URL inside a URL
+        ("s3://b/k?X-Amz-Signature=abc&X-Amz-Date=1", "s3://b/k?X-Amz-Signature=***&X-Amz-Date=1"),
+        ("no URL here: token=abc", "no URL here: token=abc"),
+        ("http://[::1", "http://[::1"),
+    ],
+)
 def test_only_the_secret_is_masked(text, masked):
     assert redact_url(text) == masked
     assert redact_text(f"<< {text} >>") == f"<< {masked} >>"
