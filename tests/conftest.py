@@ -43,6 +43,18 @@ def random_store(weights_dir) -> Path:
     return weights_dir
 
 
+@pytest.fixture()
+def worker_env(random_store, image_server) -> dict:
+    """The environment of a real worker or server on ``random_store``, CPU, one thread, pictures
+    from the test image server."""
+    return {
+        "DEXTR_WEIGHTS_DIR": str(random_store),
+        "DEXTR_ALLOWED_HOSTS": image_server,
+        "DEXTR_DEVICE": "cpu",
+        "DEXTR_THREADS": "1",
+    }
+
+
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
     """A real Label Studio server (pip-installed once into a cached venv; see labelstudio_server.py).

@@ -119,22 +119,23 @@ class Worker(_Process):
         self.redis_url, self.env, self.queues, self.log = redis_url, env, queues, log
         self.proc: subprocess.Popen | None = None
 
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "dextr_backend", "worker", "--queues", self.queues, "--redis-url", self.redis_url]
+
+    def is_up(self, conn: redis.Redis) -> bool:
+        """Redis lists this very process as alive (its key holds the pid)."""
+        return any(f"-{self.proc.pid}-" in key.decode() for key in conn.scan_iter("dextr:alive:*"))
+
     def start(self, wait: float = 60.0) -> Worker:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dextr_backend", "worker", "--queues", self.queues, "--redis-url", self.redis_url],
-            env={**os.environ, **self.env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        self.proc = subprocess.Popen(self.argv(), env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT)
         conn = redis.Redis.from_url(self.redis_url)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log}")
-            for key in conn.scan_iter("dextr:alive:*"):
-                if f"-{self.proc.pid}-" in key.decode():
-                    return self
+            if self.is_up(conn):
+                return self
             time.sleep(0.1)
         raise RuntimeError("worker did not come up")
 

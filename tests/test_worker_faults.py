@@ -26,15 +26,10 @@ from dextr_backend.queue.client import QueueClient
 
 
 @pytest.fixture()
-def env(random_store, image_server):
-    return {
-        "DEXTR_WEIGHTS_DIR": str(random_store),
-        "DEXTR_ALLOWED_HOSTS": image_server,
-        "DEXTR_DEVICE": "cpu",
-        "DEXTR_THREADS": "1",
-        "LOG_LEVEL": "INFO",
-        "DEXTR_PREDICT_TIMEOUT": "90",
-    }  # a job's own deadline, when the caller sets none: room for pauses
+def env(worker_env):
+    # LOG_LEVEL INFO: the tests read the worker's log lines; the timeout is a job's own deadline
+    # when the caller sets none, with room for pauses.
+    return {**worker_env, "LOG_LEVEL": "INFO", "DEXTR_PREDICT_TIMEOUT": "90"}
 
 
 class NamedWorker(Worker):
@@ -44,27 +39,14 @@ class NamedWorker(Worker):
         super().__init__(redis_url, env, log=log)
         self.name = name
 
-    def start(self, wait: float = 60.0) -> NamedWorker:
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dextr_backend", "worker", "--redis-url", self.redis_url, "--name", self.name],
-            env={**os.environ, **self.env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "dextr_backend", "worker", "--redis-url", self.redis_url, "--name", self.name]
+
+    def is_up(self, conn: redis.Redis) -> bool:
+        return (
+            bool(conn.exists(f"dextr:alive:{self.name}"))
+            and conn.hget(f"rq:worker:{self.name}", "pid") == str(self.proc.pid).encode()
         )
-        conn = redis.Redis.from_url(self.redis_url)
-
-        def up():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log}")
-            return (
-                conn.exists(f"dextr:alive:{self.name}")
-                and conn.hget(f"rq:worker:{self.name}", "pid") == str(self.proc.pid).encode()
-            )
-
-        if not poll(up, wait):
-            raise RuntimeError("worker did not come up")
-        return self
 
 
 def started_job(url: str, seconds: float = 60) -> Job:

@@ -25,13 +25,8 @@ IDLE_SECONDS = 100  # past rq's connection backoff (1+2+4+...+32 s, then 60 s at
 
 
 @pytest.fixture()
-def env(random_store, image_server):
-    return {
-        "DEXTR_WEIGHTS_DIR": str(random_store),
-        "DEXTR_ALLOWED_HOSTS": image_server,
-        "DEXTR_DEVICE": "cpu",
-        "DEXTR_THREADS": "1",
-    }
+def env(worker_env):
+    return worker_env
 
 
 @pytest.mark.slow

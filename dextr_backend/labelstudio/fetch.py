@@ -33,6 +33,7 @@ import httpx
 
 from ..errors import InputError, ServiceTimeout
 from ..redact import shorten
+from ..service.json_body import DATA_IMAGE
 
 log = logging.getLogger(__name__)
 
@@ -339,14 +340,11 @@ def _read(resp: httpx.Response, max_bytes: int, budget: _Budget) -> bytes:
     return b"".join(chunks)
 
 
-DATA_PREFIX = "data:image/"
-
-
 def data_image_bytes(uri: str, max_bytes: int) -> bytes:
     """The bytes of a ``data:image/<type>;base64,<data>`` URI, refused past ``max_bytes``: Label Studio
     accepts such task data, and it is the image itself, never a URL to fetch."""
     head, comma, payload = uri[:100].partition(",")
-    if not comma or not head.lower().startswith(DATA_PREFIX) or not head.lower().endswith(";base64"):
+    if not comma or not head.lower().startswith(DATA_IMAGE) or not head.lower().endswith(";base64"):
         raise InputError(f"{shown(uri)}: a data: URI in a task must be an image, as data:image/<type>;base64,<data>")
     payload = uri[len(head) + 1 :]
     if len(payload) > 4 * ((max_bytes + 2) // 3):

@@ -122,7 +122,8 @@ class ObjectClicks:
 
     @property
     def ready(self) -> bool:
-        return self.box is not None or len(self.points) >= 4
+        """Enough clicks to segment, by the same rule as :meth:`prompt`."""
+        return self.prompt() is not None
 
     def size_matches(self, other: ObjectClicks) -> bool:
         return (self.width, self.height) == (other.width, other.height)

@@ -13,10 +13,8 @@ from fastapi import Request
 
 from ..errors import InputError, MalformedRequest, RequestTooLarge
 from ..labelstudio.protocol import LabelConfig
-from ..service.json_body import check_body, check_size, parse_json
+from ..service.json_body import check_body, check_size, is_data_image, parse_json
 from ..settings import Settings
-
-DATA_IMAGE = "data:image/"
 
 
 class UnsupportedMediaType(MalformedRequest):
@@ -33,7 +31,7 @@ def check_image_urls(tasks: list[dict], config: LabelConfig, settings: Settings)
             continue
         for key in keys:
             url = data.get(key)
-            image = isinstance(url, str) and url[: len(DATA_IMAGE)].lower() == DATA_IMAGE
+            image = is_data_image(url)
             if isinstance(url, str) and len(url) > settings.max_url_chars and not image:
                 raise InputError(
                     f"task {str(task.get('id'))[:40]}: the image URL under data[{key[:40]!r}] is "

@@ -14,6 +14,11 @@ MAX_JSON_DEPTH = 64  # Label Studio's deepest bodies nest about 8 levels
 DATA_IMAGE = "data:image/"
 
 
+def is_data_image(value) -> bool:
+    """Whether ``value`` is an image payload written as a ``data:image/...`` URI, not a URL."""
+    return isinstance(value, str) and value[: len(DATA_IMAGE)].lower() == DATA_IMAGE
+
+
 def check_size(size: int, settings: Settings) -> None:
     """A body of ``size`` bytes within ``DEXTR_MAX_BODY_MB``."""
     if size > settings.max_body_mb * 1024 * 1024:
@@ -44,7 +49,7 @@ def check_body(body, settings: Settings, images_at: tuple[tuple, ...] = ()) -> N
     while stack:
         item, depth, path = stack.pop()
         if isinstance(item, str):
-            image = item[: len(DATA_IMAGE)].lower() == DATA_IMAGE or path in images_at
+            image = is_data_image(item) or path in images_at
             if len(item) > (image_limit if image else limit):
                 where = "".join(f"[{p}]" if isinstance(p, int) else f".{p[:40]}" for p in path).lstrip(".")
                 bound = (
