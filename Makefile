@@ -37,6 +37,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/latency.py --engines
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

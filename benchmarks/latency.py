@@ -7,6 +7,12 @@ predictor (crop, resize, heatmap, forward, paste-back, post-processing) on a 640
     python benchmarks/latency.py                    # all architectures, all cores
     python benchmarks/latency.py --threads 1 --archs lite0 lite2 --bf16 --json out.json
     python benchmarks/latency.py --archs lite0 --size 384 --flip   # the shipped default's settings
+
+With ``--engines`` it times the current weights version on every installed engine instead (torch,
+ONNX Runtime, OpenVINO), interleaved in one process (``engine_latency.py``):
+
+    python benchmarks/latency.py --engines                      # every engine, all cores
+    python benchmarks/latency.py --engines --processes 2        # 2 processes at once, CPUs / 2 threads each
 """
 
 from __future__ import annotations
@@ -40,8 +46,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--threads", type=int, default=default_threads(), help="torch intra-op threads")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (at most)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: all CPUs, divided by --processes)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per measurement (at most; default 10, 40 with --engines)"
+    )
     p.add_argument(
         "--budget",
         type=float,
@@ -66,7 +76,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flip", action="store_true", help="test-time flip: the mirrored crop is run too")
     p.add_argument("--no-predictor", action="store_true", help="skip the full predictor path")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--engines",
+        nargs="*",
+        default=None,
+        metavar="ENGINE",
+        help="time the weights version on these engines instead of --archs (none named: torch, onnxruntime, openvino)",
+    )
+    p.add_argument("--processes", type=int, default=1, help="with --engines: processes measuring at once")
+    p.add_argument("--weights", default=None, help="with --engines: the weights version (default: current)")
+    p.add_argument("--weights-dir", default=None, help="with --engines: the user store (default: DEXTR_WEIGHTS_DIR's)")
+    args = p.parse_args(argv)
+    if args.threads is None:
+        args.threads = max(1, default_threads() // max(1, args.processes))
+    if args.engines == []:
+        args.engines = ["torch", "onnxruntime", "openvino"]
+    if args.repeats is None:
+        args.repeats = 10 if args.engines is None else 40
+    return args
 
 
 def timed(fn, warmup: int, repeats: int, min_repeats: int, budget: float) -> list[float]:
@@ -167,6 +194,10 @@ def print_table(rows: list[dict], args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.engines is not None:
+        import engine_latency
+
+        return engine_latency.run(args)
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.archs:

@@ -9,7 +9,11 @@ Corrective clicks: the current version answers 4 clicks, and 4 clicks plus one p
 negative correction, in-process, with each corrector of ``--correctors`` (``auto``: the version's
 own; ``fbrs``: f-BRS-B, which iterates, at most 20 head evaluations per request).
 
+Every process runs pass 1 on ``DEXTR_ENGINE`` as set (default ``auto``: the fastest runtime
+installed); ``--engines`` also times in-process /predict on each engine named, one after another.
+
     python benchmarks/serve_latency.py                  # 50 requests each, 2-worker throughput for 20 s
+    python benchmarks/serve_latency.py --engines torch,auto --correctors auto --seconds 5
     python benchmarks/serve_latency.py --requests 200 --json
 """
 
@@ -101,14 +105,20 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=50, help="timed sequential requests per mode")
     p.add_argument("--seconds", type=float, default=20.0, help="duration of the throughput run")
     p.add_argument("--clients", type=int, default=4, help="concurrent clients in the throughput run")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process (OMP_NUM_THREADS)")
+    p.add_argument("--threads", type=int, default=1, help="torch and engine threads per process (DEXTR_THREADS)")
     p.add_argument(
         "--correctors",
         default="auto,fbrs",
         help="comma-separated DEXTR_CORRECTOR values whose corrected requests are timed",
     )
+    p.add_argument(
+        "--engines",
+        default="",
+        help="comma-separated DEXTR_ENGINE values whose in-process /predict is also timed (e.g. torch,auto)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     args = p.parse_args(argv)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
 
     tmp = Path(tempfile.mkdtemp(prefix="dextr-serve-bench-"))
     rng = np.random.default_rng(0)
@@ -121,6 +131,7 @@ def main(argv=None) -> int:
         "DEXTR_ALLOWED_HOSTS": host,
         "DEXTR_DEVICE": "cpu",
         "OMP_NUM_THREADS": str(args.threads),
+        "DEXTR_THREADS": str(args.threads),  # what `serve` sets torch and the engine to
         "LOG_LEVEL": "WARNING",
     }
     redis_server = RedisServer(tmp / "redis")
@@ -132,6 +143,11 @@ def main(argv=None) -> int:
         procs.append(local)
         out["in_process"] = latency(local.url, body, args.requests)
         local.stop()
+        for engine in engines:
+            backend = Backend({**env, "DEXTR_ENGINE": engine}, log=tmp / f"engine-{engine}.log").start()
+            procs.append(backend)
+            out[f"in_process_{engine}"] = latency(backend.url, body, args.requests)
+            backend.stop()
         queued_env = {**env, "REDIS_URL": redis_server.url}
         w1 = Worker(redis_server.url, queued_env, log=tmp / "worker1.log").start()
         procs.append(w1)
@@ -160,7 +176,7 @@ def main(argv=None) -> int:
 
     overhead = out["queue_1_worker"]["p50"] - out["in_process"]["p50"]
     print(f"{'mode':<22}{'p50 ms':>9}{'p95 ms':>9}")
-    for mode in ("in_process", "queue_1_worker"):
+    for mode in ("in_process", *(f"in_process_{e}" for e in engines), "queue_1_worker"):
         print(f"{mode:<22}{out[mode]['p50']:>9.1f}{out[mode]['p95']:>9.1f}")
     print(f"queue overhead (p50)  {overhead:+.1f} ms")
     print(

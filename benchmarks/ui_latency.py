@@ -14,8 +14,11 @@ clicked (label re-picked before each, as Label Studio requires), then the 4th:
 - ``backend``: the backend's own ``/predict`` time for that request (from its ``/metrics``).
 
 The objects are GrabCut pictures (``--data``, default ``../shared/data/GrabCut``), one per task,
-reused in turn when ``--objects`` exceeds them; the 4th click is each task's first request with
-four points, so it includes fetching and decoding the picture.
+reused in turn when ``--objects`` exceeds them. The 4th click is each task's first request with
+four points: it pays for fetching and decoding the picture unless the backend fetched it as the
+task opened (``DEXTR_PREFETCH``, on by default; ``--no-prefetch`` turns it off to compare). A 5th
+click (a positive one inside the object) is timed too, as a later click on a picture already in
+memory, so the first click is reported apart from later ones.
 
     python benchmarks/ui_latency.py                          # 20 objects, in-process and queue
     python benchmarks/ui_latency.py --objects 5 --modes queue --json
@@ -100,7 +103,7 @@ def measure(ls, backend, browser, objects, shots: Path | None, mode: str, user, 
     lsui.connect_backend(ls, pid, backend.url)
     person = lsui.Annotator(browser, ls, shots or Path(tempfile.mkdtemp(prefix="ui-latency-")))
     person.login(user, password)
-    ui, round_trip, server = [], [], []
+    ui, round_trip, server, later_round_trip, later_server = [], [], [], [], []
     try:
         for k, (task, (name, _, truth)) in enumerate(zip(tasks, objects)):
             person.open_task(pid, task["id"])
@@ -120,6 +123,12 @@ def measure(ls, backend, browser, objects, shots: Path | None, mode: str, user, 
             round_trip.append(it.seconds * 1000)
             if after[1] - before[1] == 1:
                 server.append((after[0] - before[0]) * 1000)
+            inside = interior_point(truth)
+            again = person.smart_click(*inside, "2", timeout=120)
+            after_later = predict_seconds(backend.url)
+            later_round_trip.append(again.seconds * 1000)
+            if after_later[1] - after[1] == 1:
+                later_server.append((after_later[0] - after[0]) * 1000)
             if shots and k < 1:
                 person.screenshot(f"{mode}-{name}")
             print(
@@ -139,8 +148,20 @@ def measure(ls, backend, browser, objects, shots: Path | None, mode: str, user, 
         "ui_ms": summary(ui),
         "ls_round_trip_ms": summary(round_trip),
         "backend_predict_ms": summary(server) if server else None,
+        "later_ls_round_trip_ms": summary(later_round_trip),
+        "later_backend_predict_ms": summary(later_server) if later_server else None,
         "clicks_repeated": lost,
     }
+
+
+def interior_point(truth) -> tuple[float, float]:
+    """The object's pixel farthest from its border: a positive click that changes nothing."""
+    import cv2
+    import numpy as np
+
+    inside = cv2.distanceTransform(np.asarray(truth, np.uint8), cv2.DIST_L2, 5)
+    y, x = np.unravel_index(int(np.argmax(inside)), inside.shape)
+    return float(x), float(y)
 
 
 def lsui_config() -> str:
@@ -169,6 +190,9 @@ def main(argv=None) -> int:
     ap.add_argument("--password", default=None, help="login password (with --label-studio)")
     ap.add_argument("--chromium", default=None, help="browser executable (default /usr/bin/chromium)")
     ap.add_argument("--screenshots", type=Path, help="save a screenshot of the first mask of each mode here")
+    ap.add_argument(
+        "--no-prefetch", action="store_true", help="DEXTR_PREFETCH=0: the first click fetches the picture itself"
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -210,6 +234,7 @@ def main(argv=None) -> int:
             for mode in modes:
                 (work / mode).mkdir(parents=True, exist_ok=True)
                 env = lsui.backend_env(ls, work / mode)
+                env["DEXTR_PREFETCH"] = "0" if args.no_prefetch else "1"
                 procs = []
                 if mode == "queue":
                     redis_server = RedisServer(work / mode / "redis")
@@ -231,15 +256,18 @@ def main(argv=None) -> int:
             s.stop()
 
     if args.json:
-        print(json.dumps({"objects": len(objects), "modes": results}, indent=2))
+        print(json.dumps({"objects": len(objects), "prefetch": not args.no_prefetch, "modes": results}, indent=2))
         return 0
-    print(f"4th click -> mask drawn, {len(objects)} objects per mode (ms)")
+    prefetch = "off" if args.no_prefetch else "on"
+    print(f"4th click (the first to segment) and a 5th, {len(objects)} objects per mode, prefetch {prefetch} (ms)")
     print(f"{'mode':<11} {'what':<22} {'p50':>8} {'p95':>8} {'min':>8} {'max':>8}")
     for mode, r in results.items():
         for key, label in (
             ("ui_ms", "click -> mask drawn"),
             ("ls_round_trip_ms", "LS round trip"),
             ("backend_predict_ms", "backend /predict"),
+            ("later_ls_round_trip_ms", "5th: LS round trip"),
+            ("later_backend_predict_ms", "5th: backend /predict"),
         ):
             s = r.get(key)
             if s:

@@ -1,6 +1,7 @@
 """Numpy in, numpy out: an RGB image and extreme points become a mask.
 
-The predictor owns the device, precision and batching; the network (``models``) is pure
+The predictor owns the device, precision and batching, and runs pass 1 on the engine it is given
+(``engines``: a CPU runtime that ``build`` made, or torch); the network (``models``) is pure
 tensors and the pipeline maths (``geometry``) is pure numpy, so each can be tested alone. It reads
 no environment and knows no weights store: ``build.build_predictor`` makes one from a version.
 
@@ -25,6 +26,8 @@ from . import geometry
 from .correctors import CorrectionJob, choose_corrector, make_consistent
 from .correctors.fbrs import FeatureBRS, lite_network
 from .correctors.graphcut import local_grabcut
+from .engines import TORCH, Engine
+from .engines.export import CHANNELS
 from .errors import InputError
 from .imageio import as_rgb
 from .models import HeadedDextr
@@ -61,6 +64,12 @@ def _clicks(points, image_shape) -> np.ndarray:
     if points is None or len(points) == 0:
         return np.zeros((0, 2), np.float64)
     return geometry.as_points(points, image_shape, min_points=1)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """``torch.sigmoid`` in numpy, float32, without overflow warnings for large negative logits."""
+    logits = np.asarray(logits, np.float32)
+    return (0.5 * (1.0 + np.tanh(0.5 * logits))).astype(np.float32)
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -137,8 +146,11 @@ class DextrPredictor:
         flip: bool = False,
         corrections: bool | None = None,
         corrector: str | None = None,
+        engine: Engine | None = None,
     ):
         self.device = pick_device(device)
+        # A CPU runtime for pass 1 (``engines``; made by ``build``); None runs everything in torch.
+        self.engine = engine if self.device.type == "cpu" else None
         # Whether the network takes the 7-channel input with corrective clicks (models docstring).
         network = bool(getattr(model, "corrections", False)) if corrections is None else corrections
         self.steps = choose_corrector(corrector, network, model)  # correctors' steps, in order
@@ -174,6 +186,11 @@ class DextrPredictor:
         )
 
     @property
+    def engine_name(self) -> str:
+        """What runs pass 1, as ``DEXTR_ENGINE`` names it: ``torch``, ``onnxruntime`` or ``openvino``."""
+        return self.engine.name if self.engine is not None else TORCH
+
+    @property
     def corrector_name(self) -> str:
         """How corrective clicks are used, as ``DEXTR_CORRECTOR`` names it (``none`` where they are not)."""
         return "+".join(self.steps) or "none"
@@ -188,7 +205,9 @@ class DextrPredictor:
 
     def forward(self, inputs: np.ndarray) -> np.ndarray:
         """``(B, S, S, C)`` float32 network inputs (C = 4, or 7 with corrections) -> ``(B, S, S)``
-        probabilities, in chunks."""
+        probabilities, in chunks. The engine, where there is one, runs the 4-channel pass; torch the rest."""
+        if self.engine is not None and inputs.shape[-1] == CHANNELS:
+            return self._engine_forward(self.engine, inputs)
         out = []
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(inputs), self.batch_size):
@@ -200,6 +219,18 @@ class DextrPredictor:
                 if self.flip:
                     logits = 0.5 * (logits + self.model(x.flip(-1)).float().flip(-1))
                 out.append(torch.sigmoid(logits)[:, 0].cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.input_size, self.input_size), np.float32)
+
+    def _engine_forward(self, engine: Engine, inputs: np.ndarray) -> np.ndarray:
+        """``forward`` on a CPU runtime: the same chunks, and test-time flip as a second run on the
+        mirrored crop (the runtime sees one graph; bf16 autocast is torch's alone)."""
+        out = []
+        for start in range(0, len(inputs), self.batch_size):
+            x = np.ascontiguousarray(inputs[start : start + self.batch_size].transpose(0, 3, 1, 2), np.float32)
+            logits = engine(x)
+            if self.flip:
+                logits = 0.5 * (logits + engine(np.ascontiguousarray(x[..., ::-1]))[..., ::-1])
+            out.append(_sigmoid(logits[:, 0]))
         return np.concatenate(out) if out else np.zeros((0, self.input_size, self.input_size), np.float32)
 
     def predict(self, image: np.ndarray, points, positives=(), negatives=()) -> Prediction:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from .errors import InputError
 
 OUTPUTS = ("auto", "brush", "polygon", "both")
+# What runs the network's pass 1 on a CPU (``engines``): auto = the fastest runtime installed.
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 
 
 def _parsed(name: str, default, parse, kind: str):
@@ -64,6 +66,7 @@ class Settings:
     weights: str | None = None  # DEXTR_WEIGHTS: version to serve (default: the current one)
     device: str = "auto"  # DEXTR_DEVICE
     corrector: str = "auto"  # DEXTR_CORRECTOR: auto | network | fbrs | graphcut [+consistent] | none
+    engine: str = "auto"  # DEXTR_ENGINE: auto | torch | onnxruntime | openvino (CPU pass 1; CUDA is torch)
     output: str = "auto"  # DEXTR_OUTPUT: auto | brush | polygon | both
     predict_timeout: float = 30.0  # DEXTR_PREDICT_TIMEOUT: seconds /predict waits for a worker
     allowed_hosts: tuple[str, ...] = ()  # DEXTR_ALLOWED_HOSTS: extra image hosts, comma-separated
@@ -83,6 +86,7 @@ class Settings:
     # cut off once 2 s have passed (0 = off)
     fetch_concurrency: int = 16  # DEXTR_FETCH_CONCURRENCY: image fetches at once per process
     fetch_per_host: int = 4  # DEXTR_FETCH_PER_HOST: image fetches at once to one host, per process
+    prefetch: bool = True  # DEXTR_PREFETCH: fetch a task's picture as it opens, before the first click (0 = off)
     max_url_chars: int = 8192  # DEXTR_MAX_URL_CHARS: longer image URLs (or /setup hostnames) are refused
     max_string_kb: int = 1024  # DEXTR_MAX_STRING_KB: longer strings in a request body are refused
     # (a data:image URI is an image: DEXTR_MAX_IMAGE_MB bounds it instead)
@@ -91,7 +95,7 @@ class Settings:
     max_points: int = 64  # DEXTR_MAX_POINTS: clicks per object (4 extreme + corrections)
     max_body_mb: int = 64  # DEXTR_MAX_BODY_MB: larger request bodies are refused
     max_concurrent: int = 4  # DEXTR_MAX_CONCURRENT: /predict requests computing at once per process
-    threads: int = 0  # DEXTR_THREADS: torch CPU threads per process (0 = CPUs / processes)
+    threads: int = 0  # DEXTR_THREADS: torch's and the engine's CPU threads per process (0 = CPUs / processes)
     weights_dir: str = ""  # DEXTR_WEIGHTS_DIR: trained and imported versions (default: ~/.cache/dextr-backend/weights)
     weights_mirror: str = ""  # DEXTR_WEIGHTS_MIRROR: where official checkpoints are downloaded from
     data_dir: str = ""  # DEXTR_DATA_DIR: exported Label Studio labels (default: the temp dir)
@@ -109,6 +113,9 @@ class Settings:
         if output not in OUTPUTS:
             raise InputError(f"DEXTR_OUTPUT must be one of {', '.join(OUTPUTS)}, got {output!r}")
         hosts = tuple(h.strip() for h in env.get("DEXTR_ALLOWED_HOSTS", "").split(",") if h.strip())
+        engine = env.get("DEXTR_ENGINE", "").strip().lower() or "auto"
+        if engine not in ENGINES:
+            raise InputError(f"DEXTR_ENGINE must be one of {', '.join(ENGINES)}, got {engine[:40]!r}")
         return cls(
             host=env.get("DEXTR_HOST", "").strip() or "0.0.0.0",
             port=_int("DEXTR_PORT", 9090),
@@ -121,6 +128,7 @@ class Settings:
             weights=env.get("DEXTR_WEIGHTS") or None,
             device=env.get("DEXTR_DEVICE", "auto") or "auto",
             corrector=(env.get("DEXTR_CORRECTOR", "").strip() or "auto").lower(),
+            engine=engine,
             output=output,
             predict_timeout=_float("DEXTR_PREDICT_TIMEOUT", 30.0),
             allowed_hosts=hosts,
@@ -138,6 +146,7 @@ class Settings:
             fetch_min_rate_kb=_float("DEXTR_FETCH_MIN_RATE_KB", 16.0),
             fetch_concurrency=_int("DEXTR_FETCH_CONCURRENCY", 16),
             fetch_per_host=_int("DEXTR_FETCH_PER_HOST", 4),
+            prefetch=os.environ.get("DEXTR_PREFETCH", "1").strip().lower() not in ("0", "false", "no", "off"),
             max_url_chars=_int("DEXTR_MAX_URL_CHARS", 8192),
             max_string_kb=_int("DEXTR_MAX_STRING_KB", 1024),
             max_tasks=_int("DEXTR_MAX_TASKS", 100),
@@ -183,3 +192,9 @@ def share_threads(threads: int) -> None:
     """``serve --workers N --threads T``: the server processes are forked with this environment and
     each builds its own Settings from it, so T reaches them here."""
     os.environ["DEXTR_THREADS"] = str(threads)
+
+
+def share_engine(engine: str) -> None:
+    """``serve --engine E`` / ``worker --engine E``: the processes that build predictors read their
+    Settings from the environment, so E reaches them here."""
+    os.environ["DEXTR_ENGINE"] = engine

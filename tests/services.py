@@ -213,3 +213,11 @@ def env_settings(**fields):
     from dextr_backend.settings import Settings
 
     return dataclasses.replace(Settings.from_env(), **fields)
+
+
+def segment_job(body: dict, seconds: float = 120.0) -> dict:
+    """The queue job a Label Studio /predict body becomes (``labelstudio.jobs.segment``'s argument)."""
+    from dextr_backend.labelstudio.requests import parse_request, work
+    from dextr_backend.service.segmentation import job_payload
+
+    return job_payload([w.item for w in work(parse_request(body))], time.monotonic() + seconds)

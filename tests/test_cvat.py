@@ -65,10 +65,13 @@ class Context(cvataa.InteractionFunctionContext):
 class FakePredictor:
     """A filled rectangle spanned by the points as the mask; remembers the points it got."""
 
-    version, device = "fake", "cpu"
+    version, device, batch_size = "fake", "cpu", 1
 
     def __init__(self):
         self.calls, self.corrections = [], []
+
+    def predict_batch(self, items):
+        return [self.predict(*item) for item in items]
 
     def predict(self, image, points, positives=(), negatives=()):
         points = np.asarray(points, dtype=np.float64)

@@ -8,6 +8,7 @@ import importlib.metadata
 import re
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -34,3 +35,16 @@ def test_rq_range_is_bounded_and_the_installed_rq_is_its_lowest():
 def test_rq_modules_the_reaper_reads_exist():
     import rq.executions  # noqa: F401
     import rq.job_lifecycle  # noqa: F401
+
+
+@pytest.mark.parametrize("name", ["openvino", "onnx", "onnxruntime"])
+def test_the_cpu_engines_are_declared_with_a_floor_the_suite_meets(name):
+    """The CPU engines (issue 25): openvino and onnx are installed with the package, onnxruntime
+    with the test tools; each has a floor, and the installed release meets it."""
+    spec = declared(name)
+    assert any(s.operator == ">=" for s in spec.specifier), f"{spec}: give {name} a floor"
+    try:
+        installed = Version(importlib.metadata.version(name))
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip(f"{name} is not installed here")
+    assert installed in spec.specifier, f"{name} {installed} lies outside setup.py's {spec}"

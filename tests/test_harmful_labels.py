@@ -115,7 +115,7 @@ def test_a_candidate_trained_on_shifted_masks_is_not_promoted(
     # /train/status (the route, on the same Redis) and the train-status table show it all
     from fastapi.testclient import TestClient
 
-    from dextr_backend.server.app import create_app
+    from dextr_backend.labelstudio_api.app import create_app
 
     with TestClient(create_app(env_settings(redis_url=private_redis.url, device="cpu"))) as http:
         (served,) = [p for p in http.get("/train/status").json()["jobs"] if p["project"] == PROJECT]

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from dextr_backend.errors import InputError
 from dextr_backend.geometry import box_points
-from dextr_backend.labelstudio.backend import LabelStudioBackend
+from dextr_backend.labelstudio.images import LabelStudioImages
+from dextr_backend.labelstudio.predictions import answer, segment_and_answer
 from dextr_backend.labelstudio.protocol import LabelConfig, prompts_from_results
 from dextr_backend.labelstudio.regions import brush_to_mask
-from dextr_backend.labelstudio.requests import parse_request, stored_prompts
+from dextr_backend.labelstudio.requests import parse_request, stored_prompts, work
+from dextr_backend.labelstudio.setups import SetupStore
 from dextr_backend.models import build_model
 from dextr_backend.service.cache import ImageCache
 from dextr_backend.service.resident import ResidentPredictor
+from dextr_backend.service.segmentation import LocalSegmenter
 from dextr_backend.settings import Settings
 from dextr_backend.weights.store import WeightsStore
 
@@ -118,6 +123,24 @@ def test_box_midpoints():
 def test_malformed_requests(body, message):
     with pytest.raises(InputError, match=message):
         parse_request(body)
+
+
+class LabelStudioBackend:
+    """A /predict body answered in this process by the pieces the server's in-process mode
+    composes (its compute slots aside)."""
+
+    def __init__(self, settings: Settings, resident: ResidentPredictor, cache: ImageCache):
+        self.settings, self.resident, self.cache = settings, resident, cache
+        images = LabelStudioImages(settings, SetupStore(None), cache)
+        self.segmenter = LocalSegmenter(resident, images, settings.predict_timeout)
+
+    def predict(self, body: dict) -> dict:
+        parsed = parse_request(body, self.settings)
+        todo = work(parsed)
+        if not todo:
+            return answer(parsed, [], self.resident.version, [], self.settings.output)
+        deadline = time.monotonic() + self.settings.predict_timeout
+        return segment_and_answer(parsed, todo, self.segmenter, deadline, self.settings.output)
 
 
 @pytest.fixture()

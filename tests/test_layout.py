@@ -28,6 +28,7 @@ RANKS = {
     "overlay": 2,
     "models": 2,
     "correctors": 3,
+    "engines": 3,  # CPU runtimes for pass 1 and the ONNX export: the predictor runs them, build makes them
     "predictor": 4,
     "shipped_weights": 4,  # the shipped .pt files and their index: data, no code
     "weights": 5,
@@ -40,7 +41,7 @@ RANKS = {
     "queue": 11,
     "labelstudio": 12,
     "cvat": 12,
-    "server": 13,
+    "labelstudio_api": 13,
     "cli": 14,
     "__main__": 15,
 }
@@ -126,7 +127,7 @@ def test_the_layout_check_catches_planted_upward_imports():
     for planted in (
         "from .. import cli",
         "from ..cli import main",
-        "from ..server.app import create_app",
+        "from ..labelstudio_api.app import create_app",
         "import dextr_backend.queue.worker",
         "from dextr_backend import service",
         "from . import lite\nfrom .. import predictor",

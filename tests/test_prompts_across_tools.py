@@ -24,7 +24,7 @@ from dextr_backend.cvat import native  # noqa: E402
 from dextr_backend.evaluation.clicks import next_click  # noqa: E402
 from dextr_backend.geometry import extreme_points  # noqa: E402
 from dextr_backend.labelstudio.regions import brush_to_mask  # noqa: E402
-from dextr_backend.server.app import create_app  # noqa: E402
+from dextr_backend.labelstudio_api.app import create_app  # noqa: E402
 from dextr_backend.service import resident  # noqa: E402
 
 

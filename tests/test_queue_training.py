@@ -117,7 +117,7 @@ def test_project_ids_out_of_range_are_refused(client, project):
 def test_start_training_route_checks_the_project_and_the_label_studio(private_redis, weights_dir):
     from fastapi.testclient import TestClient
 
-    from dextr_backend.server.app import create_app
+    from dextr_backend.labelstudio_api.app import create_app
 
     for ls_url in (None, "http://ls.example:8080"):
         app = create_app(env_settings(redis_url=private_redis.url, label_studio_url=ls_url, device="cpu"))

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from services import Worker, env_settings
 from test_labelstudio_backend import CLICKS, CONFIG, kp
 
+from dextr_backend.labelstudio_api.app import create_app
 from dextr_backend.models import build_model
-from dextr_backend.server.app import create_app
 
 
 @pytest.fixture()
@@ -205,7 +205,10 @@ def test_a_worker_s_error_is_redacted_and_logged_as_in_process(queue_env, caplog
     host, key = queue_env["image_server"], "sekrit-key-0123456789"
     settings = env_settings(redis_url=queue_env["url"], allowed_hosts=(host,), device="cpu", predict_timeout=20.0)
     settings = dataclasses.replace(settings, label_studio_api_key=key)
-    with caplog.at_level(logging.INFO, logger="dextr_backend.server.app"), TestClient(create_app(settings)) as c:
+    with (
+        caplog.at_level(logging.INFO, logger="dextr_backend.labelstudio_api.app"),
+        TestClient(create_app(settings)) as c,
+    ):
         r = c.post("/predict", json=body(host, image=f"corrupt.png?q={key}"))
     assert r.status_code == 422 and "not a readable image" in r.json()["detail"], r.text
     assert key not in r.text

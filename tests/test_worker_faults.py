@@ -17,7 +17,7 @@ import redis
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.results import Result
-from services import Worker, poll
+from services import Worker, poll, segment_job
 from test_server import _slow_batch, body
 
 from dextr_backend.labelstudio import jobs
@@ -88,19 +88,19 @@ def test_redis_stopped_while_a_worker_finishes_a_job(private_redis, env, image_s
     conn = redis.Redis.from_url(private_redis.url)
     client = QueueClient(private_redis.url)
     try:
-        assert "ok" in client.call(jobs.predict, body(image_server), timeout=30)  # warm
-        thread, out = in_thread(client.call, jobs.predict, _slow_batch(image_server, 2), 90)
+        assert "ok" in client.call(jobs.segment, segment_job(body(image_server)), timeout=30)  # warm
+        thread, out = in_thread(client.call, jobs.segment, segment_job(_slow_batch(image_server, 2)), 90)
         job = started_job(private_redis.url)
         conn.config_set("save", "3600 1")  # the restart keeps Redis's data, as AOF or RDB would
         private_redis.stop()
         time.sleep(5)
         private_redis.start()
         thread.join(90)
-        assert "error" not in out and len(out["value"]["ok"]["results"]) == 2, out
+        assert "error" not in out and len(out["value"]["ok"]["masks"]) == 4 * 2, out
         assert worker.proc.poll() is None, log.read_text()[-3000:]
         assert len(Result.all(Job.fetch(job.id, connection=conn))) == 1
         assert successes(private_redis.url, job.worker_name) == 2  # the warm-up, and this once
-        assert "ok" in client.call(jobs.predict, body(image_server), timeout=30)  # the same process serves
+        assert "ok" in client.call(jobs.segment, segment_job(body(image_server)), timeout=30)  # the same process serves
         assert successes(private_redis.url, job.worker_name) == 3
     finally:
         worker.stop()
@@ -123,7 +123,7 @@ def test_an_idle_worker_outlives_a_redis_restart_that_lost_everything(private_re
         time.sleep(5)
         private_redis.start()
         assert poll(lambda: len(client.workers()) == 1, 30), log.read_text()[-2000:]
-        assert "ok" in client.call(jobs.predict, body(image_server), timeout=30)
+        assert "ok" in client.call(jobs.segment, segment_job(body(image_server)), timeout=30)
         conn = redis.Redis.from_url(private_redis.url)
         assert poll(lambda: [w.pid for w in RqWorker.all(connection=conn)] == [worker.proc.pid], 10)
     finally:
@@ -141,16 +141,16 @@ def test_a_killed_named_worker_restarts_under_its_name_and_answers_the_waiting_r
     url = private_redis.url
     first = NamedWorker(url, env, "annotators-1", log=tmp_path / "first.log").start()
     client = QueueClient(url)
-    thread, out = in_thread(client.call, jobs.predict, _slow_batch(image_server, 8), 120)
+    thread, out = in_thread(client.call, jobs.segment, segment_job(_slow_batch(image_server, 8)), 120)
     try:
         job = started_job(url)
         assert job.worker_name == "annotators-1"
         first.kill()
         second = NamedWorker(url, env, "annotators-1", log=tmp_path / "second.log").start()
         thread.join(120)
-        assert "error" not in out and len(out["value"]["ok"]["results"]) == 8, out
+        assert "error" not in out and len(out["value"]["ok"]["masks"]) == 4 * 8, out
         assert client.workers() == ["annotators-1"]
-        assert "ok" in client.call(jobs.predict, body(image_server), timeout=30)
+        assert "ok" in client.call(jobs.segment, segment_job(body(image_server)), timeout=30)
         assert second.proc.poll() is None
         assert "took over the name of a dead worker" in second.log.read_text()
     finally:
@@ -194,7 +194,7 @@ def test_a_paused_workers_job_is_not_run_a_second_time(private_redis, env, image
     workers = [Worker(url, env, log=tmp_path / f"worker{i}.log").start() for i in range(2)]
     client = QueueClient(url)
     try:
-        thread, out = in_thread(client.call, jobs.predict, _slow_batch(image_server, 6), 90)
+        thread, out = in_thread(client.call, jobs.segment, segment_job(_slow_batch(image_server, 6)), 90)
         job = started_job(url)
         (paused,) = [w for w in workers if f"-{w.proc.pid}-" in job.worker_name]
         (other,) = [w for w in workers if w is not paused]
@@ -206,7 +206,7 @@ def test_a_paused_workers_job_is_not_run_a_second_time(private_redis, env, image
         finally:
             os.kill(paused.proc.pid, signal.SIGCONT)
         thread.join(90)
-        assert "error" not in out and len(out["value"]["ok"]["results"]) == 6, out
+        assert "error" not in out and len(out["value"]["ok"]["masks"]) == 4 * 6, out
         other_name = [n for n in client.workers() if f"-{other.proc.pid}-" in n][0]
         assert successes(url, other_name) == 0, "the other worker ran the paused worker's job too"
         assert successes(url, job.worker_name) == 1

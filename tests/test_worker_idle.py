@@ -12,7 +12,7 @@ import time
 import pytest
 import redis
 from rq import Queue
-from services import Worker, poll
+from services import Worker, poll, segment_job
 from test_server import body
 
 from dextr_backend.labelstudio import jobs
@@ -40,7 +40,7 @@ def test_an_idle_worker_still_answers(private_redis, env, image_server, tmp_path
         time.sleep(IDLE_SECONDS)
         assert len(client.workers()) == 1
         started = time.monotonic()
-        payload = client.call(jobs.predict, body(image_server), timeout=10)
+        payload = client.call(jobs.segment, segment_job(body(image_server)), timeout=10)
         assert "ok" in payload, payload
         assert time.monotonic() - started < 10
         assert "could not connect to Redis" not in log.read_text()
@@ -115,11 +115,11 @@ def test_a_timeout_counts_the_jobs_really_waiting(private_redis):
     conn = redis.Redis.from_url(private_redis.url)
     conn.set(alive_key("nobody-home"), PREDICT_QUEUE, ex=60)  # "alive", but never takes a job
     client = QueueClient(private_redis.url)
-    client.predict_queue.enqueue_call("dextr_backend.labelstudio.jobs.predict", args=({},), ttl=60)
+    client.predict_queue.enqueue_call("dextr_backend.labelstudio.jobs.segment", args=({},), ttl=60)
     for stale in ("gone-1", "gone-2", "gone-3"):
         conn.rpush(client.predict_queue.key, stale)
     with pytest.raises(ServiceTimeout) as err:
-        client.call(jobs.predict, {"tasks": []}, timeout=2)
+        client.call(jobs.segment, {"items": []}, timeout=2)
     assert "2 jobs waiting in 'dextr-predict', this one included" in str(err.value)
 
 
@@ -136,7 +136,9 @@ def test_a_dead_workers_prediction_is_failed_by_another_worker(private_redis, en
     conn = redis.Redis.from_url(url)
     try:
         job = QueueClient(url).predict_queue.enqueue_call(
-            "dextr_backend.labelstudio.jobs.predict", args=(_slow_batch(image_server, 90),), timeout=300
+            "dextr_backend.labelstudio.jobs.segment",
+            args=(segment_job(_slow_batch(image_server, 90), 300),),
+            timeout=300,
         )
         assert poll(lambda: Job.fetch(job.id, connection=conn).get_status() == JobStatus.STARTED, 30)
         name = Job.fetch(job.id, connection=conn).worker_name

@@ -18,6 +18,7 @@ import numpy as np
 from ..geometry import extreme_points
 from ..imageio import read_image, write_image
 from ..overlay import draw_overlay
+from ..settings import ENGINES
 
 
 def default_data() -> str:
@@ -69,6 +70,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="weights version or .pt/.pth file (default: current)")
     data = default_data()
     p.add_argument("--data", default=data, help=f"benchmark data folder (default: {data or 'none'})")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="what runs the network's pass 1 on a CPU: auto (the fastest runtime installed), torch, "
+        "onnxruntime or openvino (default: $DEXTR_ENGINE, else auto)",
+    )
     p.set_defaults(func=run)
 
 
@@ -77,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     image, truth, name = demo_object(Path(args.data) if args.data else None)
     points = extreme_points(truth)
-    predictor = build_predictor(args.weights)
+    predictor = build_predictor(args.weights, **({} if args.engine is None else {"engine": args.engine}))
     pred = predictor.predict(image, points)
     iou = float((pred.mask & truth).sum() / max((pred.mask | truth).sum(), 1))
     out = Path(args.out)
@@ -95,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 "iou": round(100 * iou, 2),
                 "score": round(pred.score, 4),
                 "weights": predictor.version,
+                "engine": predictor.engine_name,
                 "overlay": str(out / "overlay.png"),
                 "mask": str(out / "mask.png"),
             }

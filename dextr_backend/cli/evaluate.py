@@ -16,6 +16,7 @@ import logging
 from ..data.benchmarks import MASK_FORMATS, load_dataset
 from ..errors import InputError
 from ..evaluation.runner import BASELINES, evaluate_objects
+from ..settings import ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,13 @@ def _run_args(g) -> None:
         default=None,
         help="CPU threads for torch (default: $DEXTR_THREADS, else all CPUs this process may use)",
     )
+    g.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="what runs the network's pass 1 on a CPU: auto (the fastest runtime installed), torch, "
+        "onnxruntime or openvino (default: $DEXTR_ENGINE, else auto)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -270,11 +278,13 @@ def _score(args, settings, dataset, corrector: str, baseline):
         device=args.device,
         corrector=corrector,
         **({} if args.flip is None else {"flip": args.flip}),
+        **({} if args.engine is None else {"engine": args.engine}),
     )
     log.info(
-        "weights %s on %s (flip: %s, corrector: %s)",
+        "weights %s on %s, pass 1 on %s (flip: %s, corrector: %s)",
         predictor.version,
         predictor.device,
+        predictor.engine_name,
         predictor.flip,
         predictor.corrector_name,
     )
@@ -301,7 +311,7 @@ def _print_summary(args: argparse.Namespace, dataset, predictor, result, others:
         f"dataset         {dataset.root} ({result.n} objects, masks {dataset.masks_dir.name}/, "
         f"format {dataset.mask_format})"
     )
-    print(f"weights         {predictor.version} on {predictor.device}")
+    print(f"weights         {predictor.version} on {predictor.device}, pass 1 on {predictor.engine_name}")
     what = "4 extreme points" if args.clicks == "extreme" else "box side midpoints"
     if args.max_clicks > 4:
         what += f", then corrective clicks up to {args.max_clicks}"
@@ -341,6 +351,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "mask_format": dataset.mask_format,
         "device": str(predictor.device),
+        "engine": predictor.engine_name,
         "corrector": predictor.corrector_name,
     }
 

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import InputError
 from ..imageio import check_output_path, read_image, write_image
 from ..overlay import draw_overlay
+from ..settings import ENGINES
 from ..threads import configure_threads
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="CPU threads for torch (default: $DEXTR_THREADS, else all CPUs this process may use)",
     )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="what runs the network's pass 1 on a CPU: auto (the fastest runtime installed), torch, "
+        "onnxruntime or openvino (default: $DEXTR_ENGINE, else auto)",
+    )
     p.set_defaults(func=run)
 
 
@@ -78,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     configure_threads(args.threads if args.threads is not None else Settings.from_env().threads)
     kwargs = {} if args.flip is None else {"flip": args.flip}
+    if args.engine is not None:
+        kwargs["engine"] = args.engine
     if args.threshold is not None:
         kwargs["threshold"] = args.threshold
     predictor = build_predictor(args.weights, device=args.device, **kwargs)
@@ -98,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
                 "score": round(pred.score, 4),
                 "ms": round(ms, 1),
                 "weights": predictor.version,
+                "engine": predictor.engine_name,
                 "mask": args.output,
                 "overlay": args.overlay,
                 "polygons": args.polygons,

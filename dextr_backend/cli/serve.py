@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..settings import ENGINES
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,6 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="CPU threads for torch per process (default: $DEXTR_THREADS, else the CPUs this process "
         "may use divided by --workers)",
     )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="what runs the network's pass 1 on a CPU: auto (the fastest runtime installed), torch, "
+        "onnxruntime or openvino (default: $DEXTR_ENGINE, else auto)",
+    )
     p.set_defaults(func=run)
 
 
@@ -30,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..errors import InputError
-    from ..settings import Settings, share_threads
+    from ..settings import Settings, share_engine, share_threads
     from ..threads import thread_count
 
     settings = Settings.from_env()  # fail now, with a clear message, on a malformed setting
@@ -38,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--workers {args.workers}: at least 1")
     threads = thread_count(args.threads if args.threads is not None else settings.threads, args.workers)
     share_threads(threads)  # what each server process reads in create_app
+    if args.engine is not None:
+        share_engine(args.engine)  # and what each one builds its predictor with
     if args.workers > 1 and not settings.redis_url:
         import logging
 
@@ -48,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     host = settings.host if args.host is None else args.host
     port = settings.port if args.port is None else args.port
     uvicorn.run(
-        "dextr_backend.server.app:create_app",
+        "dextr_backend.labelstudio_api.app:create_app",
         factory=True,
         host=host,
         port=port,

@@ -16,6 +16,7 @@ import redis
 from ..errors import InputError
 from ..queue import PREDICT_QUEUE, TRAIN_QUEUE, redis_url
 from ..queue.worker import DextrWorker, check_name, claim_name, connect, wait_for_redis
+from ..settings import ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="CPU threads for torch (default: $DEXTR_THREADS, else the CPUs this process may use)",
     )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="what runs the network's pass 1 on a CPU: auto (the fastest runtime installed), torch, "
+        "onnxruntime or openvino (default: $DEXTR_ENGINE, else auto)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..settings import Settings
+    from ..settings import Settings, share_engine
     from ..threads import configure_threads
 
+    if args.engine is not None:
+        share_engine(args.engine)  # the resident predictor reads its Settings from the environment
     settings = Settings.from_env()
     url = redis_url(args.redis_url or settings.redis_url, "the worker needs Redis")
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
@@ -72,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if PREDICT_QUEUE in queues:
         from ..service import resident
 
-        version = resident.shared(settings).get().version  # load and keep the model now
-        log.info("model loaded", extra={"version": version})
+        loaded = resident.shared(settings).get()  # load and keep the model now
+        log.info("model loaded", extra={"version": loaded.version, "engine": loaded.engine_name})
     log.info("worker starting", extra={"worker": name, "queues": queues, "threads": threads})
     worker.work(burst=args.burst, with_scheduler=False)
     return 0

@@ -47,6 +47,7 @@ from cvat_sdk.masks import encode_mask
 
 from dextr_backend.cvat.prompts import cvat_prompt
 from dextr_backend.service import resident
+from dextr_backend.service.segmentation import segment_picture
 
 log = logging.getLogger("dextr_backend.cvat.native")
 
@@ -77,7 +78,7 @@ def detect(
     prompt = cvat_prompt(prompts.pos_points, prompts.neg_points, prompts.bounding_box, width, height)
     if prompt is None:
         return []
-    pred = resident.shared().get().predict(image, prompt.extreme_points, prompt.positives, prompt.negatives)
+    pred = segment_picture(resident.shared().get(), image, prompt)
     if not pred.mask.any():
         return []
     confidence = models.AttributeValRequest(

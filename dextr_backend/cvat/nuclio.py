@@ -36,6 +36,8 @@ from ..postprocess import mask_to_polygons
 from ..service import resident
 from ..service.cache import ImageCache, shared_cache
 from ..service.json_body import check_body, check_size, parse_json
+from ..service.prompts import Prompt
+from ..service.segmentation import segment_picture
 from ..settings import Settings
 from .prompts import cvat_prompt
 
@@ -120,7 +122,7 @@ def mask_json(mask: np.ndarray) -> str:
 
 def answer(predictor, request: Request) -> str:
     """The version-2 response body: the full-frame mask and the largest piece's outline."""
-    pred = predictor.predict(request.image, request.points, request.positives, request.negatives)
+    pred = segment_picture(predictor, request.image, Prompt(request.points, request.positives, request.negatives))
     polygons = mask_to_polygons(pred.mask, epsilon=1.0)
     outline = max(polygons, key=lambda p: len(p.exterior)).exterior if polygons else np.zeros((0, 2))
     points = json.dumps(np.round(np.asarray(outline, dtype=np.float64), 2).tolist())

@@ -32,10 +32,12 @@ from rq import get_current_job
 from ..errors import InputError, ServiceTimeout
 from ..imageio import decode_image
 from ..queue.keys import STAGED_IMAGE
-from ..service.cache import ImageCache
+from ..service.cache import ImageCache, shared_cache
+from ..service.segmentation import ImageRef
 from ..settings import Settings
 from .client import LabelStudioClient
 from .fetch import FetchError, FetchGate, LaneTimeout, check_url, data_image_bytes, fetch_bytes, origin, shown
+from .setups import Connection, SetupStore, connection_for
 
 # The compute slot of the request this thread works on, or None: anything with ``take(deadline)``
 # (blocks until free, or raises at the deadline) and ``give_back()``, both safe to repeat.
@@ -154,6 +156,49 @@ class ImageFetcher:
                 f"at once per host: DEXTR_FETCH_PER_HOST; {gate.total} in all: DEXTR_FETCH_CONCURRENCY)"
             )
             raise (ServiceTimeout if deadline is not None and deadline < end else FetchError)(message) from None
+
+
+class LabelStudioImages:
+    """The image source of Label Studio tasks (:class:`~dextr_backend.service.segmentation.ImageSource`):
+    a reference's project names its Label Studio (``LABEL_STUDIO_URL``, else what that project sent
+    to ``/setup``, from ``setups``), whose token goes to its origin only. One client (one
+    connection pool) per Label Studio and token, kept for the process."""
+
+    def __init__(self, settings: Settings, setups: SetupStore, cache: ImageCache | None = None):
+        self.settings, self.setups = settings, setups
+        self.cache = cache if cache is not None else shared_cache(settings)
+        self._clients: dict[Connection, LabelStudioClient] = {}
+        self._lock = threading.Lock()
+
+    def fetcher(self, project: int | None) -> ImageFetcher:
+        connection = connection_for(self.settings, self.setups, project)
+        client = None
+        if connection is not None:
+            with self._lock:
+                client = self._clients.get(connection)
+                if client is None:
+                    client = self._clients[connection] = LabelStudioClient(
+                        connection.url,
+                        connection.api_key,
+                        allowed_hosts=self.settings.allowed_hosts,
+                        fetch_timeout=self.settings.fetch_timeout,
+                    )
+        return ImageFetcher(
+            client,
+            self.settings.allowed_hosts,
+            self.cache,
+            max_bytes=self.settings.max_image_mb * 1024 * 1024,
+            timeout=self.settings.fetch_timeout,
+            max_pixels=self.settings.max_image_pixels,
+        )
+
+    def get(self, ref: ImageRef, deadline: float) -> np.ndarray:
+        return self.fetcher(ref.project).get(ref.url, deadline=deadline)
+
+    def stage(self, refs, deadline: float, conn: redis.Redis, ttl: int) -> int:
+        """Queue mode: fetch ``refs`` here and leave their bytes in Redis for the worker (see
+        :meth:`ImageFetcher.stage`); returns the bytes staged."""
+        return sum(self.fetcher(ref.project).stage(ref.url, deadline, conn, ttl) for ref in dict.fromkeys(refs))
 
 
 def _staged_name(key: str) -> str:

@@ -1,6 +1,8 @@
-"""What the queue workers run for Label Studio: thin entry points around :mod:`.backend` and
-:mod:`.retrain`. Each returns plain data, with user errors as data (``errors.error_payload``), so
-the API answers with the worker's own message and status instead of a generic failure.
+"""What the queue workers run for Label Studio: :func:`segment` (tool-neutral items in, packed
+masks out, :func:`dextr_backend.service.segmentation.run_job`) with Label Studio's pictures, and
+:func:`train_project` around :mod:`.retrain`. Each returns plain data, with user errors as data
+(``errors.error_payload``), so the API answers with the worker's own message and status instead
+of a generic failure.
 
 The server passes these functions to the queue (``QueueClient.call``) and to the training runs
 (``TrainingRuns.request``); neither knows job bodies.
@@ -15,26 +17,23 @@ from typing import cast
 from ..errors import DextrError, error_payload
 from ..redact import redact_text
 from ..service import resident
+from ..service.segmentation import run_job
 from ..training_runs import Run, RunTakenOver, TrainingRuns
-from .backend import LabelStudioBackend
-from .protocol import project_id
-from .requests import request_deadline
-from .setups import SetupStore, connection_for
+from .images import LabelStudioImages
+from .setups import SetupStore
 
 log = logging.getLogger(__name__)
 
-_BACKEND: LabelStudioBackend | None = None
+_IMAGES: LabelStudioImages | None = None
 
 
-def backend() -> LabelStudioBackend:
-    """The worker's backend on its resident predictor (``dextr-backend worker`` loads it before
-    taking jobs, so the first request does not pay for it)."""
-    global _BACKEND
-    shared = resident.shared()
-    if _BACKEND is None or _BACKEND.resident is not shared:
-        worker = cast(resident.ResidentPredictor, shared)  # a worker loads its own; only library callers pin one
-        _BACKEND = LabelStudioBackend(worker.settings, worker)
-    return _BACKEND
+def _images(settings, connection) -> LabelStudioImages:
+    """The worker's image source, kept for the process (its clients and cache), reading /setup
+    records from the Redis the job came from (the job's arguments carry no credentials)."""
+    global _IMAGES
+    if _IMAGES is None or _IMAGES.settings is not settings or _IMAGES.setups.redis is not connection:
+        _IMAGES = LabelStudioImages(settings, SetupStore(connection))
+    return _IMAGES
 
 
 def _crashed(what: str, exc: Exception, answer: str, **extra) -> dict:
@@ -43,22 +42,21 @@ def _crashed(what: str, exc: Exception, answer: str, **extra) -> dict:
     return {"error": answer, "status": 500, "kind": "InternalError"}
 
 
-def predict(request: dict) -> dict:
-    """Answer one Label Studio /predict body, with the project's Label Studio connection looked up
-    here (the job's arguments carry no credentials) and the API's deadline."""
+def segment(payload: dict) -> dict:
+    """Segment a job's items (``service.segmentation.job_payload``) on the worker's resident
+    predictor, by the API's deadline; pictures staged by the API are read from Redis, any others
+    fetched by Label Studio's rules."""
     from rq import get_current_job
 
     try:
-        answering = backend()
+        serving = cast(resident.ResidentPredictor, resident.shared())  # a worker loads its own
         job = get_current_job()
-        setups = SetupStore(job.connection) if job is not None else None
-        connection = connection_for(answering.settings, setups, project_id(request.get("project")))
-        deadline = request_deadline(request, answering.settings.predict_timeout)
-        return {"ok": answering.predict(request, connection=connection, deadline=deadline)}
+        images = _images(serving.settings, job.connection if job is not None else None)
+        return {"ok": run_job(payload, serving.get(), images, serving.settings.predict_timeout)}
     except DextrError as exc:
         return error_payload(exc)
     except Exception as exc:  # noqa: BLE001 - see _crashed
-        return _crashed("predict", exc, f"internal error in the worker ({type(exc).__name__})")
+        return _crashed("segment", exc, f"internal error in the worker ({type(exc).__name__})")
 
 
 def train_project(project: int) -> dict:

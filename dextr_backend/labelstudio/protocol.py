@@ -1,26 +1,20 @@
-"""Label Studio's side of a prediction: label configs, clicks in, brush and polygon results out.
+"""What Label Studio sends: label configs, tasks' pictures, and clicks and boxes as objects.
 
-Everything here is pure data (dicts and numpy), shared by the HTTP server and the queue workers.
-Shapes follow ``shared/reference/label-studio.md``: coordinates in results and contexts are
-percentages (0-100) of the image's original width and height.
-
-It runs over 300 lines: Label Studio's JSON shapes, in (label configs, clicks, boxes) and
-out (brush and polygon regions), kept in one place so that one format is read in one place.
+Pure data (dicts and numpy). Shapes follow ``shared/reference/label-studio.md``: coordinates in
+results and contexts are percentages (0-100) of the image's original width and height. What goes
+back (brush and polygon regions) is :mod:`.predictions`'.
 """
 
 from __future__ import annotations
 
-import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import InputError
-from ..postprocess import mask_to_polygons
 from ..service.prompts import Prompt
 from ..training_runs import training_project
-from .regions import mask_to_brush
 
 CONTROL_TAGS = ("BrushLabels", "PolygonLabels", "KeyPointLabels", "RectangleLabels")
 
@@ -127,17 +121,6 @@ class ObjectClicks:
 
     def size_matches(self, other: ObjectClicks) -> bool:
         return (self.width, self.height) == (other.width, other.height)
-
-    def scaled(self, width: int, height: int) -> ObjectClicks:
-        """The same clicks for the image as it decoded (``width`` x ``height``), when Label Studio
-        measured another size (e.g. EXIF rotation)."""
-        sx, sy = width / self.width, height / self.height
-
-        def scale(points):
-            return [(min(x * sx, width - 1.0), min(y * sy, height - 1.0)) for x, y in points]
-
-        box = None if self.box is None else (self.box[0] * sx, self.box[1] * sy, self.box[2] * sx, self.box[3] * sy)
-        return ObjectClicks(self.to_name, self.label, width, height, scale(self.points), scale(self.negatives), box)
 
 
 MAX_SIDE = 100_000  # pixels; Label Studio sizes beyond this are not images anyone annotates
@@ -263,50 +246,15 @@ def _clicks_on_boxes(prompts: list[ObjectClicks], boxes: dict[tuple[str, str], O
     return out
 
 
-def _region_id() -> str:
-    return uuid.uuid4().hex[:10]
-
-
-def brush_result(mask: np.ndarray, prompt: ObjectClicks, control: Control, score: float) -> dict:
-    return {
-        "id": _region_id(),
-        "from_name": control.name,
-        "to_name": prompt.to_name,
-        "original_width": prompt.width,
-        "original_height": prompt.height,
-        "image_rotation": 0,
-        "type": "brushlabels",
-        "value": {"format": "rle", "rle": mask_to_brush(mask), "brushlabels": [prompt.label] if prompt.label else []},
-        "score": round(float(score), 4),
-        "readonly": False,
-    }
-
-
-def polygon_results(mask: np.ndarray, prompt: ObjectClicks, control: Control, score: float) -> list[dict]:
-    """One polygon result per outer boundary. LS polygons cannot have holes, so each hole is
-    returned as a polygon of its own, marked ``"hole": true`` in ``meta`` for downstream tools."""
-    out = []
-    sx, sy = 100.0 / prompt.width, 100.0 / prompt.height
-    label = [prompt.label] if prompt.label else []
-    for poly in mask_to_polygons(mask):
-        rings = [(poly.exterior, False)] + [(h, True) for h in poly.holes]
-        for ring, is_hole in rings:
-            if len(ring) < 3:
-                continue
-            pts = [[round(float(x) * sx, 4), round(float(y) * sy, 4)] for x, y in ring]
-            item = {
-                "id": _region_id(),
-                "from_name": control.name,
-                "to_name": prompt.to_name,
-                "original_width": prompt.width,
-                "original_height": prompt.height,
-                "image_rotation": 0,
-                "type": "polygonlabels",
-                "value": {"points": pts, "polygonlabels": label, "closed": True},
-                "score": round(float(score), 4),
-                "readonly": False,
-            }
-            if is_hole:
-                item["meta"] = {"hole": True}
-            out.append(item)
-    return out
+def newest_first(entries: list[dict], where: str = "annotation") -> list[dict]:
+    """Newest first by update (else creation) time, then id. Label Studio's times are ISO text and
+    its ids numbers; anything else is a malformed task, refused rather than guessed at."""
+    for e in entries:
+        for name in ("updated_at", "created_at"):
+            if e.get(name) is not None and not isinstance(e[name], str):
+                raise InputError(f"{where} '{name}' must be a date text")
+        if e.get("id") is not None and (isinstance(e["id"], bool) or not isinstance(e["id"], int)):
+            raise InputError(f"{where} 'id' must be a number")
+    return sorted(
+        entries, key=lambda e: (e.get("updated_at") or e.get("created_at") or "", e.get("id") or 0), reverse=True
+    )

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+from .protocol import newest_first
 
 
 @dataclass
@@ -90,20 +91,6 @@ def result_regions(results: list[dict]) -> list[Region]:
         if mask.any():
             regions.append(Region(_labels(value, kind), mask))
     return regions
-
-
-def newest_first(entries: list[dict], where: str = "annotation") -> list[dict]:
-    """Newest first by update (else creation) time, then id. Label Studio's times are ISO text and
-    its ids numbers; anything else is a malformed task, refused rather than guessed at."""
-    for e in entries:
-        for name in ("updated_at", "created_at"):
-            if e.get(name) is not None and not isinstance(e[name], str):
-                raise InputError(f"{where} '{name}' must be a date text")
-        if e.get("id") is not None and (isinstance(e["id"], bool) or not isinstance(e["id"], int)):
-            raise InputError(f"{where} 'id' must be a number")
-    return sorted(
-        entries, key=lambda e: (e.get("updated_at") or e.get("created_at") or "", e.get("id") or 0), reverse=True
-    )
 
 
 def accepted_annotation(task: dict) -> dict | None:

@@ -1,35 +1,62 @@
 """A Label Studio ``/predict`` body, checked: the tasks, the label config, and the objects each
 task asks for (interactive clicks from ``params.context``, else the task's stored keypoints and
-rectangles), each within the request limits (``DEXTR_MAX_TASKS``, ``_OBJECTS``, ``_POINTS``).
+rectangles), each within the request limits (``DEXTR_MAX_TASKS``, ``_OBJECTS``, ``_POINTS``);
+then the objects ready to segment as tool-neutral items (:func:`work`).
 
 Checking happens before anything is queued, so a bad request gets its 4xx from the API at once.
 """
 
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
-import numpy as np
-
 from ..errors import InputError
+from ..service.segmentation import ImageRef, SegmentItem
 from ..settings import Settings
-from .protocol import LabelConfig, ObjectClicks, prompts_from_results
-from .regions import newest_first
-
-# The key under which the API hands a queued request its deadline (seconds since the epoch): the
-# worker's clock is not the API's monotonic clock, and the body carries no other private field.
-DEADLINE_KEY = "dextr_deadline"
+from .protocol import LabelConfig, ObjectClicks, newest_first, project_id, prompts_from_results, task_image_url
 
 
 class ParsedRequest(NamedTuple):
-    """A checked /predict body: its tasks, label config, interactive context (None: a batch), and
-    the objects each task asks for."""
+    """A checked /predict body: its tasks, label config, interactive context (None: a batch), the
+    objects each task asks for, and the project (None where the body names none usable)."""
 
     tasks: list[dict]
     config: LabelConfig
     context: dict | None
     objects: list[list[ObjectClicks]]
+    project: int | None = None
+
+
+class Work(NamedTuple):
+    """An object ready to segment: its task's index, its clicks as Label Studio sent them (for
+    the answer's labels and names), and the tool-neutral item a segmenter takes."""
+
+    task: int
+    clicks: ObjectClicks
+    item: SegmentItem
+
+
+def work(parsed: ParsedRequest) -> list[Work]:
+    """The objects of every task with enough clicks to segment, in order; the others wait for more."""
+    out = []
+    for index, (task, objects) in enumerate(zip(parsed.tasks, parsed.objects)):
+        for clicks in objects:
+            prompt = clicks.prompt()
+            if prompt is not None:
+                ref = ImageRef(task_image_url(task, parsed.config.image_key(clicks.to_name)), parsed.project)
+                out.append(Work(index, clicks, SegmentItem(ref, prompt, (clicks.width, clicks.height))))
+    return out
+
+
+def first_picture(parsed: ParsedRequest) -> ImageRef | None:
+    """The picture of a request's only task, which its first click will need: called for a request
+    with nothing to segment yet (a task opening, or fewer than four clicks). None for a batch."""
+    if len(parsed.tasks) != 1:
+        return None
+    try:
+        return ImageRef(task_image_url(parsed.tasks[0], parsed.config.image_key()), parsed.project)
+    except InputError:
+        return None
 
 
 def parse_request(request, settings: Settings | None = None) -> ParsedRequest:
@@ -62,7 +89,7 @@ def parse_request(request, settings: Settings | None = None) -> ParsedRequest:
         per_task = [stored_prompts(task) for task in tasks]
     for task, prompts in zip(tasks, per_task):
         _check_limits(task, prompts, settings)
-    return ParsedRequest(tasks, config, context, per_task)
+    return ParsedRequest(tasks, config, context, per_task, project_id(request.get("project")))
 
 
 def _check_limits(task: dict, prompts: list[ObjectClicks], settings: Settings) -> None:
@@ -100,13 +127,3 @@ def stored_prompts(task: dict) -> list[ObjectClicks]:
             if prompts:
                 return prompts
     return []
-
-
-def request_deadline(request: dict, default_seconds: float) -> float:
-    """The ``time.monotonic()`` deadline of a queued request, from the wall-clock one the API set
-    (the worker's monotonic clock is not the API's; the API's timeout, not the worker's, decides);
-    ``default_seconds`` from now without one."""
-    wall = request.get(DEADLINE_KEY) if isinstance(request, dict) else None
-    if isinstance(wall, (int, float)) and not isinstance(wall, bool) and np.isfinite(wall):
-        return time.monotonic() + float(wall) - time.time()
-    return time.monotonic() + default_seconds

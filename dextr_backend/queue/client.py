@@ -111,7 +111,7 @@ class QueueClient:
     # ------------------------------------------------------------ predict
     def call(self, job_function: Callable[[dict], dict], request: dict, timeout: float) -> dict:
         """Run ``job_function(request)`` on a predict worker and return what it returned (for
-        ``labelstudio.jobs.predict``: ``ok`` or ``error``). A worker that dies mid-job is replaced
+        ``labelstudio.jobs.segment``: ``ok`` or ``error``). A worker that dies mid-job is replaced
         once; out of time is :class:`ServiceTimeout`, no worker or no Redis :class:`ServiceUnavailable`."""
         deadline = time.monotonic() + timeout
         if not self._workers_recently():

@@ -1,2 +1,2 @@
-"""What a serving process keeps for its whole life: one resident predictor and one image cache,
-shared by the Label Studio backend, the queue workers and the CVAT functions."""
+"""The tool-neutral service every tool uses: prompts, segmentation (in this process or as a queue
+job), and what a serving process keeps for its whole life (one resident predictor, one image cache)."""

@@ -53,7 +53,13 @@ class ResidentPredictor:
                     extra={"version": wanted, "previous": self._predictor and self._predictor.version},
                 )
                 self._predictor = build_predictor(wanted, settings=self.settings, store=self.store)
+                log.info("weights loaded", extra={"version": wanted, "engine": self._predictor.engine_name})
             return self._predictor
+
+    @property
+    def engine(self) -> str | None:
+        """What runs pass 1 of the loaded predictor (None before one is loaded: asking loads nothing)."""
+        return self._predictor.engine_name if self._predictor is not None else None
 
     def check(self) -> None:
         """Raise :class:`~dextr_backend.errors.WeightsError` when the version's file is missing or corrupt."""
@@ -73,6 +79,10 @@ class PinnedPredictor:
 
     def get(self) -> DextrPredictor:
         return self.predictor
+
+    @property
+    def engine(self) -> str | None:
+        return self.predictor.engine_name
 
     def check(self) -> None:
         pass

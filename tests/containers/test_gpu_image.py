@@ -54,7 +54,7 @@ def test_gpu_image_builds_with_the_cpu_images_torch():
             "python3",
             IMAGE,
             "-c",
-            "import importlib.metadata as m, json, torch, dextr_backend.server.app; "
+            "import importlib.metadata as m, json, torch, dextr_backend.labelstudio_api.app; "
             "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, "
             "'dists': [d.metadata['Name'].lower() for d in m.distributions()]}))",
         ],

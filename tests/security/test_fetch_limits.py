@@ -133,8 +133,8 @@ def test_the_image_cache_keeps_label_studios_and_tokens_apart(servers):
 def test_bad_urls_are_422_through_the_server(servers, garbage, tmp_path, monkeypatch):
     from test_labelstudio_backend import CLICKS, CONFIG
 
+    from dextr_backend.labelstudio_api.app import create_app
     from dextr_backend.models import build_model
-    from dextr_backend.server.app import create_app
     from dextr_backend.weights.store import WeightsStore
 
     torch.manual_seed(0)

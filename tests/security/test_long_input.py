@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from services import env_settings, served_in_mode
 from test_labelstudio_backend import CLICKS, CONFIG
 
-from dextr_backend.server.app import create_app
+from dextr_backend.labelstudio_api.app import create_app
 
 MEGABYTE_URL = "http://127.0.0.1/" + "a" * 1024 * 1024
 

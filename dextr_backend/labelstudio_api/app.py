@@ -29,8 +29,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from .. import __version__
 from ..errors import DextrError, InputError, ServiceTimeout, http_status
 from ..labelstudio.images import fetch_rules
+from ..labelstudio.predictions import answer, segment_and_answer
 from ..labelstudio.protocol import project_id
-from ..labelstudio.requests import DEADLINE_KEY, parse_request
+from ..labelstudio.requests import first_picture, parse_request, work
 from ..labelstudio.setups import check_hostname
 from ..redact import redact_text
 from ..service.resident import ResidentPredictor
@@ -187,13 +188,18 @@ def _prediction_routes(app: FastAPI, settings: Settings, resident: ResidentPredi
         body = await read_json(request, settings)
         parsed = parse_request(body, settings)  # 4xx before any work or queueing
         check_image_urls(parsed.tasks, parsed.config, settings)
-        # Where credentials go is never the body's choice: drop what a caller may have put there.
-        body = {k: v for k, v in body.items() if k not in ("hostname", "access_token", DEADLINE_KEY)}
+        todo = work(parsed)
+        if not todo:  # a task opening (or too few clicks yet): nothing to segment
+            if settings.prefetch and (opened := first_picture(parsed)) is not None:
+                segmenter.prefetch(opened)  # in the background: the first click finds it fetched
+            version = await run_in_threadpool(lambda: resident.version)
+            return JSONResponse(answer(parsed, [], version, [], settings.output))
         result = None
         with anyio.move_on_after(settings.predict_timeout):
             result = await anyio.to_thread.run_sync(
-                segmenter.segment, body, parsed, deadline, limiter=request_threads, abandon_on_cancel=True
-            )
+                segment_and_answer, parsed, todo, segmenter, deadline, settings.output,
+                limiter=request_threads, abandon_on_cancel=True,
+            )  # fmt: skip
         if result is None:
             raise ServiceTimeout(
                 f"no answer within {settings.predict_timeout:g} s (DEXTR_PREDICT_TIMEOUT); "

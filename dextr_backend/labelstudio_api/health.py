@@ -1,4 +1,5 @@
-"""What ``/health`` and ``/metrics`` report: the version served and whether its file is sound, and
+"""What ``/health`` and ``/metrics`` report: the version served and whether its file is sound, the
+engine that runs it in this process once loaded, and
 the segmenter's own part (in queue mode: whether Redis answers and a worker listens). Both are
 open without auth, so every message passes through :func:`redact_text` (a Redis URL may carry a
 password)."""
@@ -20,6 +21,8 @@ def health(resident: ResidentPredictor, segmenter) -> tuple[dict, int]:
         resident.check()
     except WeightsError as exc:
         return {**body, "status": "DOWN", "reason": redact_text(str(exc))}, 503
+    if segmenter.mode == "in-process" and resident.engine is not None:
+        body["engine"] = resident.engine  # what runs pass 1 here (a worker logs its own)
     more, down = segmenter.health()
     body.update(more)
     if down is not None:

@@ -1,1 +1,0 @@
-"""The HTTP side: Label Studio's ML-backend protocol served with FastAPI."""
