@@ -30,8 +30,10 @@ def keep_clicked_components(mask: np.ndarray, points: np.ndarray, radius: int = 
         cv2.circle(near, (int(round(x)), int(round(y))), int(radius), 1, thickness=-1)
     hit = np.unique(labels[(near > 0) & mask])
     hit = hit[hit > 0]
-    if len(hit) == 0:
-        hit = [1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
+    if len(hit) == 0:  # the largest; of equal ones the topmost, then leftmost (whatever the labels' order)
+        blobs = stats[1:]
+        order = np.lexsort((blobs[:, cv2.CC_STAT_LEFT], blobs[:, cv2.CC_STAT_TOP], -blobs[:, cv2.CC_STAT_AREA]))
+        hit = [1 + int(order[0])]
     return np.isin(labels, hit)
 
 
@@ -78,7 +80,22 @@ class PostProcess:
     trim: int = 0
 
     def __call__(self, mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """The steps below, on the mask's box plus a margin: the same result as on the whole picture
+        (all background outside the box, connected to its border), for the object's cost alone."""
         mask = np.asarray(mask, dtype=bool)
+        x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))
+        if w == 0 or h == 0:
+            return mask
+        margin = self.trim + 1
+        y0, x0 = max(y - margin, 0), max(x - margin, 0)
+        y1, x1 = min(y + h + margin, mask.shape[0]), min(x + w + margin, mask.shape[1])
+        out = np.zeros_like(mask)
+        # Rounded before they move: round-half-to-even of x - x0 is not always round(x) - x0.
+        clicks = np.round(np.asarray(points if points is not None else (), np.float64).reshape(-1, 2)) - [x0, y0]
+        out[y0:y1, x0:x1] = self._steps(mask[y0:y1, x0:x1], clicks)
+        return out
+
+    def _steps(self, mask: np.ndarray, points: np.ndarray) -> np.ndarray:
         if self.trim > 0:
             mask = trim_boundary(mask, self.trim)
         if self.keep_connected:

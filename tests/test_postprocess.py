@@ -7,6 +7,8 @@ import json
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dextr_backend.postprocess import (
     CLICK_RADIUS,
@@ -247,3 +249,21 @@ def test_polygons_to_mask_includes_the_edges():
     poly = Polygon(exterior=np.array([[2, 2], [12, 2], [12, 8], [2, 8]], float))
     out = polygons_to_mask([poly], (10, 15))
     assert out.sum() == 11 * 7 and out.dtype == bool
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 3))
+def test_working_on_the_masks_box_gives_what_the_whole_picture_gives(seed, trim):
+    """``PostProcess`` runs its steps on the mask's box plus a margin; each step on the whole
+    picture must agree, ties between equal blobs and clicks on half pixels included."""
+    from dextr_backend.postprocess import trim_boundary
+
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(12, 120, 2))
+    x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+    x1, y1 = int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) > rng.uniform(0.2, 0.7)
+    points = np.round(np.c_[rng.uniform(x0, x1 - 1, 4), rng.uniform(y0, y1 - 1, 4)] * 2) / 2
+    whole = fill_small_holes(keep_clicked_components(trim_boundary(mask, trim), points), 0.05)
+    np.testing.assert_array_equal(PostProcess(trim=trim)(mask, points), whole)
