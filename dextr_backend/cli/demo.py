@@ -18,7 +18,7 @@ import numpy as np
 from ..geometry import extreme_points
 from ..imageio import read_image, write_image
 from ..overlay import draw_overlay
-from ..settings import ENGINES
+from .options import add_engine
 
 
 def default_data() -> str:
@@ -70,13 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="weights version or .pt/.pth file (default: current)")
     data = default_data()
     p.add_argument("--data", default=data, help=f"benchmark data folder (default: {data or 'none'})")
-    p.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default=None,
-        help="what runs the network's pass 1 on a CPU: auto (the fastest runtime installed), torch, "
-        "onnxruntime or openvino (default: $DEXTR_ENGINE, else auto)",
-    )
+    add_engine(p)
     p.set_defaults(func=run)
 
 

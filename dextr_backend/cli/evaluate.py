@@ -16,7 +16,7 @@ import logging
 from ..data.benchmarks import MASK_FORMATS, load_dataset
 from ..errors import InputError
 from ..evaluation.runner import BASELINES, evaluate_objects
-from ..settings import ENGINES
+from .options import add_engine
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +199,7 @@ def _run_args(g) -> None:
         default=None,
         help="CPU threads for torch (default: $DEXTR_THREADS, else all CPUs this process may use)",
     )
-    g.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default=None,
-        help="what runs the network's pass 1 on a CPU: auto (the fastest runtime installed), torch, "
-        "onnxruntime or openvino (default: $DEXTR_ENGINE, else auto)",
-    )
+    add_engine(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 

@@ -13,8 +13,8 @@ import numpy as np
 from ..errors import InputError
 from ..imageio import check_output_path, read_image, write_image
 from ..overlay import draw_overlay
-from ..settings import ENGINES
 from ..threads import configure_threads
+from .options import add_engine
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="CPU threads for torch (default: $DEXTR_THREADS, else all CPUs this process may use)",
     )
-    p.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default=None,
-        help="what runs the network's pass 1 on a CPU: auto (the fastest runtime installed), torch, "
-        "onnxruntime or openvino (default: $DEXTR_ENGINE, else auto)",
-    )
+    add_engine(p)
     p.set_defaults(func=run)
 
 

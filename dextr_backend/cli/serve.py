@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..settings import ENGINES
+from .options import add_engine
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,13 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="CPU threads for torch per process (default: $DEXTR_THREADS, else the CPUs this process "
         "may use divided by --workers)",
     )
-    p.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default=None,
-        help="what runs the network's pass 1 on a CPU: auto (the fastest runtime installed), torch, "
-        "onnxruntime or openvino (default: $DEXTR_ENGINE, else auto)",
-    )
+    add_engine(p)
     p.set_defaults(func=run)
 
 

@@ -16,7 +16,7 @@ import redis
 from ..errors import InputError
 from ..queue import PREDICT_QUEUE, TRAIN_QUEUE, redis_url
 from ..queue.worker import DextrWorker, check_name, claim_name, connect, wait_for_redis
-from ..settings import ENGINES
+from .options import add_engine
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="CPU threads for torch (default: $DEXTR_THREADS, else the CPUs this process may use)",
     )
-    p.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default=None,
-        help="what runs the network's pass 1 on a CPU: auto (the fastest runtime installed), torch, "
-        "onnxruntime or openvino (default: $DEXTR_ENGINE, else auto)",
-    )
+    add_engine(p)
     p.set_defaults(func=run)
 
 
