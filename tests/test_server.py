@@ -48,6 +48,13 @@ def test_health_setup_versions(client):
     assert "served" in client.get("/versions").json()["versions"]
 
 
+def test_health_names_the_engine_once_the_model_is_loaded(client, image_server):
+    """Asking /health loads no model; after the first prediction it says what runs pass 1."""
+    assert "engine" not in client.get("/health").json()
+    assert client.post("/predict", json=body(image_server)).status_code == 200
+    assert client.get("/health").json()["engine"] == client.app.state.resident.get().engine_name
+
+
 def test_interactive_predict_in_process(client, image_server):
     r = client.post("/predict", json=body(image_server))
     assert r.status_code == 200
