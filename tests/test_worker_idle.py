@@ -186,6 +186,43 @@ def test_a_worker_started_before_redis_waits_for_it(env, tmp_path):
             server.stop()
 
 
+class LoopWentOn(BaseException):
+    """Raised by the second reap, which a worker that stopped never reaches (not an Exception, so
+    the loop's own error handling cannot swallow it)."""
+
+
+def test_a_stop_during_a_reap_stops_the_worker_after_it(private_redis, monkeypatch):
+    """SIGTERM lands wherever the main thread is; in CI it landed inside the first reap, rq's
+    StopRequested was taken for a failed reap, and the worker listened on until killed."""
+    from dextr_backend.queue import worker as worker_module
+
+    reaps = []
+    real_reap = worker_module.reap
+
+    def reap_then_get_sigterm(conn):
+        reaps.append(real_reap(conn))
+        if len(reaps) > 1:
+            raise LoopWentOn("the worker listened on after SIGTERM")
+        os.kill(os.getpid(), signal.SIGTERM)  # rq's handler runs here, in the middle of the reap
+        time.sleep(0.1)  # the rest of the reap
+        reaps.append("finished")
+
+    monkeypatch.setattr(worker_module, "SCAN_SECONDS", 0.0)  # reap on every turn of the loop
+    monkeypatch.setattr(worker_module, "reap", reap_then_get_sigterm)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    conn = connect(private_redis.url, "stop-in-reap")
+    try:
+        started = time.monotonic()
+        DextrWorker([PREDICT_QUEUE], connection=conn, name="stop-in-reap").work()
+        assert time.monotonic() - started < 30
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert reaps == [[], "finished"]  # the reap ran to its end, and no second one started
+    after = redis.Redis.from_url(private_redis.url)
+    assert not after.exists(alive_key("stop-in-reap"))  # stopped as a stop does: unregistered
+
+
 @pytest.mark.slow
 def test_a_worker_gives_up_on_redis_with_a_clear_error(env, tmp_path):
     import subprocess

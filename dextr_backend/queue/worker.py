@@ -93,12 +93,22 @@ class DextrWorker(SimpleWorker):
         retry = self.connection.get_retry()
         self._patience = retry if isinstance(retry, Patience) else None
         self._outages = 0
+        self._reaping = False
 
     def request_stop(self, signum, frame):
         """rq's warm shutdown; during a Redis outage, give up waiting for Redis soon after."""
         if self._patience is not None:
             self._patience.stop_requested()
         super().request_stop(signum, frame)
+
+    def _shutdown(self):
+        """rq's, which stops an idle worker by raising from the signal handler wherever the main
+        thread is. A reap must not be cut short (a job marked as handed on, and not handed on, waits
+        for the mark to expire): during one, the request is kept and the loop stops after it."""
+        if self._reaping:
+            self._stop_requested = True
+            return
+        super()._shutdown()
 
     # rq's (non-public) handler for its command channel's thread logs an error every 2 s of an
     # outage; the outage is logged once already (reconnect.Patience), so this one waits quietly.
@@ -144,10 +154,15 @@ class DextrWorker(SimpleWorker):
                 return result
             if time.monotonic() - self._reaped_at >= SCAN_SECONDS:
                 self._reaped_at = time.monotonic()
+                self._reaping = True
                 try:
                     reap(self.connection)
                 except Exception as exc:  # noqa: BLE001 - never a reason to stop serving
                     log.warning("reaping dead workers' jobs failed", extra={"error": repr(exc)})
+                finally:
+                    self._reaping = False
+                if self._stop_requested:  # asked during the reap
+                    return None
 
     def _beat(self) -> None:
         self.connection.set(alive_key(self.name), self._served, ex=ALIVE_TTL)
