@@ -138,6 +138,16 @@ def test_masks_are_made_as_they_are_read(predictor):
     assert len(pictures.asked) == 1
 
 
+def test_the_objects_of_one_picture_ask_for_it_once(predictor):
+    """Several objects of one task's picture: one ask (and one connection lookup) per run of them,
+    not one per object; a picture that comes back later is asked for again (only the last is held)."""
+    pictures = Pictures(a=ellipse(), b=ellipse())
+    items = [item("a"), item("a"), item("a"), item("b"), item("a")]
+    segments = LocalSegmenter(Pinned(predictor), pictures, 30.0).segment(items, time.monotonic() + 30)
+    assert len(list(segments.masks)) == 5
+    assert [ref.url for ref in pictures.asked] == ["a", "b", "a"]
+
+
 def test_past_its_deadline_a_request_ends_with_a_timeout(predictor):
     from dextr_backend.errors import ServiceTimeout
 

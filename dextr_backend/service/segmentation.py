@@ -125,12 +125,17 @@ def predict_items(
     """The masks of ``items``, ``predictor.batch_size`` objects per network pass, each pass's masks
     given out before the next pass starts; :class:`ServiceTimeout` once ``deadline`` (monotonic) passes."""
     batch = max(1, predictor.batch_size)
+    # The objects of one picture come together: the picture is asked for once per run of them (a
+    # source may look up the project's connection for each ask), and only the last one is held.
+    last: tuple[ImageRef, np.ndarray] | None = None
     for start in range(0, len(items), batch):
         if time.monotonic() > deadline:
             raise timeout_error(timeout)
         inputs = []
         for item in items[start : start + batch]:
-            image = images.get(item.image, deadline)
+            if last is None or last[0] != item.image:
+                last = (item.image, images.get(item.image, deadline))
+            image = last[1]
             p = in_frame(item.prompt, item.frame, image.shape[1], image.shape[0])
             # The extreme points (pass 1), then every correction at once (pass 2, versions that take them).
             inputs.append((image, p.extreme_points, p.positives, p.negatives))
