@@ -7,6 +7,10 @@ images come from frames 000-199, the held-out test set is frames 250-344.
 
     python benchmarks/finetune_small_data.py                      # 10, 25, 50 images
     python benchmarks/finetune_small_data.py --sizes 10 --max-minutes 3 --json
+    python benchmarks/finetune_small_data.py --sizes 25 --warmup 20    # one lever against the job's schedule
+
+Its defaults are a retraining job's schedule (``labelstudio/retrain.py``: 10 epochs of 160
+samples, lr 2e-3, 100 warm-up steps, no colour jitter), so each option measures one lever.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dextr_backend.models import build_model, load_state
 from dextr_backend.postprocess import PostProcess
 from dextr_backend.predictor import DextrPredictor
 from dextr_backend.settings import Settings
+from dextr_backend.training.samples import Augment
 from dextr_backend.training.trainer import TrainConfig, Trainer
 from dextr_backend.weights.store import WeightsStore
 
@@ -58,10 +63,14 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(DEFAULT_DATA / "DAVIS"), help="DAVIS folder (img/ + gt/)")
     p.add_argument("--sizes", default="10,25,50", help="numbers of fine-tuning images")
     p.add_argument("--weights", default=None, help="starting weights version; none means the current one")
-    p.add_argument("--epochs", type=int, default=6, help="epochs per fine-tuning run")
+    p.add_argument("--epochs", type=int, default=10, help="epochs per fine-tuning run")
     p.add_argument("--samples-per-epoch", type=int, default=160, help="augmented samples per epoch")
-    p.add_argument("--max-minutes", type=float, default=6.0, help="time budget per fine-tuning run")
-    p.add_argument("--lr", type=float, default=3e-4, help="decoder learning rate (backbone: 0.3x)")
+    p.add_argument("--max-minutes", type=float, default=10.0, help="time budget per fine-tuning run")
+    p.add_argument("--lr", type=float, default=2e-3, help="decoder learning rate")
+    p.add_argument("--backbone-lr-scale", type=float, default=0.3, help="the backbone's rate, times --lr")
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps before the cosine decay")
+    p.add_argument("--color", type=float, default=0.0, help="colour jitter: brightness, contrast, saturation +-x")
+    p.add_argument("--seed", type=int, default=0, help="the training's random seed (batches, augmentation)")
     p.add_argument(
         "--freeze",
         type=part_list,
@@ -104,12 +113,15 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             samples_per_epoch=args.samples_per_epoch,
             lr=args.lr,
+            backbone_lr_scale=args.backbone_lr_scale,
+            warmup_steps=args.warmup,
+            augment=Augment(color=args.color),
             max_minutes=args.max_minutes,
             threshold=loaded.threshold,
             trim=loaded.meta.trim,
             val_objects=0,
             freeze_bn=True,
-            seed=0,
+            seed=args.seed,
             freeze=args.freeze,
         )
         with tempfile.TemporaryDirectory() as run_dir:
@@ -140,7 +152,16 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"weights": loaded.version, "test_objects": len(test), "freeze": list(args.freeze), "rows": rows}
+                {
+                    "weights": loaded.version,
+                    "test_objects": len(test),
+                    "freeze": list(args.freeze),
+                    "schedule": {
+                        k: getattr(args, k)
+                        for k in ("epochs", "samples_per_epoch", "lr", "backbone_lr_scale", "warmup", "color", "seed")
+                    },
+                    "rows": rows,
+                }
             )
         )
     return 0

@@ -73,8 +73,8 @@ class Settings:
     image_cache_mb: int = 512  # DEXTR_IMAGE_CACHE_MB: decoded images kept per process
     max_image_mb: int = 50  # DEXTR_MAX_IMAGE_MB: larger downloads are refused
     train_every: int = 0  # DEXTR_TRAIN_EVERY: retrain after N new/updated annotations (0 = off)
-    train_epochs: int = 6  # DEXTR_TRAIN_EPOCHS: epochs of a retraining job
-    train_lr: float = 3e-4  # DEXTR_TRAIN_LR: learning rate of a retraining job (README: 2e-3 measured)
+    train_epochs: int = 10  # DEXTR_TRAIN_EPOCHS: epochs of a retraining job
+    train_lr: float = 2e-3  # DEXTR_TRAIN_LR: learning rate of a retraining job (README: the levers)
     train_max_minutes: float = 30.0  # DEXTR_TRAIN_MAX_MINUTES: time budget of a retraining job
     train_samples: int = 0  # DEXTR_TRAIN_SAMPLES: samples per epoch (0 = 4 per object, 160-2000)
     train_val_fraction: float = 0.15  # DEXTR_TRAIN_VAL_FRACTION: share of images held out to decide promotion
@@ -136,8 +136,8 @@ class Settings:
             image_cache_mb=_int("DEXTR_IMAGE_CACHE_MB", 512),
             max_image_mb=_int("DEXTR_MAX_IMAGE_MB", 50),
             train_every=_int("DEXTR_TRAIN_EVERY", 0),
-            train_epochs=_int("DEXTR_TRAIN_EPOCHS", 6),
-            train_lr=_float("DEXTR_TRAIN_LR", 3e-4),
+            train_epochs=_int("DEXTR_TRAIN_EPOCHS", 10),
+            train_lr=_float("DEXTR_TRAIN_LR", 2e-3),
             train_max_minutes=_float("DEXTR_TRAIN_MAX_MINUTES", 30.0),
             train_samples=_int("DEXTR_TRAIN_SAMPLES", 0),
             train_val_fraction=_train_val_fraction(),

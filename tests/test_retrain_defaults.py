@@ -63,7 +63,7 @@ def test_default_schedule_is_the_small_data_benchmarks(clean_env):
     for objects, samples in ((10, 160), (25, 160), (40, 160), (50, 200), (300, 1200), (5000, 2000)):
         config = retrain_config(settings, objects)
         assert config.samples_per_epoch == samples
-        assert config.epochs == 6 and config.lr == 3e-4
+        assert config.epochs == 10 and config.lr == 2e-3
         assert config.patience >= config.epochs  # no early stop on a handful of held-out objects
         assert config.resolution is None and config.freeze_bn is None  # the version's size; BN frozen < 500
 

@@ -464,6 +464,24 @@ def test_cross_validation_folds_are_whole_images_each_examined_once(shapes):
         cross_validation(refs[:1], 2)
 
 
+def test_a_fold_model_trains_its_share_of_the_schedule(shapes, tmp_path):
+    """A fold of k trains on (k-1)/k of the labels, for (k-1)/k of the epochs, its warm-up the same
+    share of its steps; the time budget and the run's epoch count follow."""
+    from dextr_backend.training.crossval import cross_validation, fold_epochs, part_config
+    from dextr_backend.training.plan_runner import Listeners, PlanRunner, Reporter
+    from dextr_backend.training.trainer import TrainConfig
+
+    plan = cross_validation(folder_objects(shapes), 2)
+    config = TrainConfig(epochs=10, warmup_steps=100, max_minutes=30.0)
+    schedules = [(c.epochs, c.warmup_steps) for c in (part_config(config, p) for p in plan.parts)]
+    assert schedules == [(5, 50), (5, 50), (10, 100)]
+    assert [fold_epochs(e, k) for e, k in ((10, 2), (10, 3), (1, 2), (6, 5))] == [5, 7, 1, 5]
+    assert Reporter(config, plan, Listeners()).total == 20
+    runner = PlanRunner(config, plan, tmp_path, None, "cpu", None, Reporter(config, plan, Listeners()), None, False)
+    assert [runner.part_config(i).max_minutes for i in range(3)] == [7.5, 7.5, 15.0]
+    assert runner.key(plan.parts[0])["epochs"] == 5 and runner.key(plan.shipped)["epochs"] == 10
+
+
 @pytest.mark.slow
 def test_a_cross_validated_run_ships_every_label_and_resumes_after_its_folds(shapes, tmp_path):
     """Every object is examined by a fold model that never trained on it, the shipped version trains

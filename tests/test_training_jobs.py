@@ -276,6 +276,34 @@ def test_two_quick_presses_on_an_idle_worker_train_once(env, private_redis, labe
         worker.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "patience, folds, epochs",
+    [
+        ("0", 2, 3),  # 8 labels: 2 fold models of 1 epoch each, then the shipped one
+        ("1", 0, 1),  # early stopping: a hold-out split, one training (as from 60 labels on)
+    ],
+)
+def test_a_run_reports_the_epochs_of_its_plan(env, private_redis, label_studio, tmp_path, patience, folds, epochs):
+    """The run's total epochs come from its plan. Predicted apart from it, a hold-out run (60 labels
+    or more, or DEXTR_TRAIN_PATIENCE) divided by its 0 folds and failed before training."""
+    env = {**env, "DEXTR_TRAIN_PATIENCE": patience}
+    log = tmp_path / "worker.log"
+    worker = Worker(private_redis.url, env, queues="dextr-train", log=log).start()
+    try:
+        client = QueueClient(private_redis.url)
+        press_start_training(client, PROJECT)
+        status = wait_until(
+            lambda: (lambda s: s if s["state"] == "idle" else None)(project_status(client)), 300, "training to end"
+        )
+        (run,) = status["runs"]
+        assert run["status"] == "finished" and "version" in run["result"], run
+        assert run["progress"]["folds"] == folds
+        assert run["progress"]["epochs"] == run["progress"]["epochs_done"] == epochs
+    finally:
+        worker.stop()
+
+
 def post_json(url: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}

@@ -188,7 +188,7 @@ def _add_promotion_arguments(group: argparse._ArgumentGroup) -> None:
         metavar="K",
         help="for small label sets: decide by K-fold cross-validation over the images (every "
         "object is scored once by a model that never trained on it), then train the shipped "
-        "version on all of them; K+1 trainings, each with its share of --max-minutes "
+        "version on all of them; K+1 trainings, a fold's (K-1)/K of --epochs long, sharing --max-minutes "
         "(default: 0, a --val-fraction hold-out)",
     )
     group.add_argument(
@@ -199,8 +199,8 @@ def _add_promotion_arguments(group: argparse._ArgumentGroup) -> None:
         metavar="DIR",
         default=None,
         help="a folder of whole objects you care about and never train on, in a layout `evaluate` "
-        "reads; the new version must show it lost less than 2 points there (the whole 95%% "
-        "interval above -2); it also catches labels that teach something other than the "
+        "reads; the new version must not lose more than 2 points there on average (its "
+        "95%% interval is reported); it also catches labels that teach something other than the "
         "outlines; with a hold-out split it is also scored after every epoch "
         "(default: $DEXTR_TRAIN_GUARD_DIR)",
     )

@@ -12,13 +12,13 @@ interval for the mean gain. The rule, with the defaults of :class:`Rule`:
   measurable difference"; ``when_unsure`` decides it, by default "promote": the new version
   learned from the team's own labels, and nothing measured says it is worse;
 - the guard objects (never trained on; they catch forgetting, and labels that teach something
-  other than the outlines): the version must show it lost less than ``guard_margin`` (2 points),
-  i.e. the whole interval lies above ``-guard_margin``. The burden of proof is the other way round
-  here on purpose: the guard is the one exam wrong labels cannot fool, so a guard too small to
-  vouch for the version keeps it out (the sentence says so) rather than letting it through.
-  Measured on 50 GrabCut guard objects after retraining on 25 DAVIS labels (README, "How a new
-  version is promoted"): right labels +1.1 points (interval +0.0 to +2.4), masks shifted by a
-  quarter of their box -14.7 (-18.1 to -11.3); 2 points lies well between.
+  other than the outlines): not promoted when the mean paired gain there is below
+  ``-guard_margin`` (2 points), i.e. it lost more than 2 points on average. The interval is
+  reported, not required to lie above -2: a 50-object guard's interval is about +-2.5 points wide,
+  and demanding it kept out a version 4.6 points better on unseen frames, its guard interval
+  -3.2 to +1.7 (README, "How a new version is promoted"). Wrong labels move the guard far beyond any
+  such noise: masks shifted by a quarter of their box -14.7 and -21.4, swapped between tasks
+  -11.6, against about -1 to +2 for right labels.
 
 Pure numpy and seeded: the same scores always give the same decision.
 
@@ -35,14 +35,13 @@ import numpy as np
 
 WHEN_UNSURE = ("promote", "keep")
 BETTER, SAME, WORSE = "better", "no measurable difference", "worse"
-UNPROVEN = "not shown within the margin"  # a guard exam whose interval reaches below -margin
 
 
 @dataclass(frozen=True)
 class Rule:
     confidence: float = 0.95  # two-sided bootstrap interval of the mean paired gain
     tolerance: float = 0.5  # mIoU points the team's objects may lose, beyond the noise
-    guard_margin: float = 2.0  # mIoU points the guard objects must be shown to lose less than
+    guard_margin: float = 2.0  # mIoU points the guard objects may lose on average
     when_unsure: str = "promote"  # the interval contains 0: "promote" or "keep"
     resamples: int = 4000
     seed: int = 0
@@ -59,8 +58,9 @@ class Rule:
         return (
             f"promote unless measurably worse: not promoted when the {self.confidence:.0%} bootstrap "
             f"interval of the paired mIoU gain (per object, over its click sets) lies wholly below "
-            f"-{self.tolerance:g} points on the team's objects, or when on the guard objects it does not "
-            f"lie wholly above -{self.guard_margin:g}; on the team's objects an interval containing 0 "
+            f"-{self.tolerance:g} points on the team's objects, or when on the guard objects the mean paired "
+            f"gain is below -{self.guard_margin:g} (a loss of more than {self.guard_margin:g} points on average); on "
+            f"the team's objects an interval containing 0 "
             f"(no measurable difference) is {unsure}"
         )
 
@@ -78,23 +78,21 @@ class Exam:
     gain: float | None
     low: float | None
     high: float | None
-    allowed: float  # the loss tolerated (team's objects: beyond the noise; guard: shown)
+    allowed: float  # the loss tolerated (team's objects: beyond the noise; guard: on average)
     confidence: float = 0.95
-    must_show: bool = False  # the guard: the interval must lie above -allowed, not only reach above it
+    on_average: bool = False  # the guard: the mean loss must stay within ``allowed``, the interval is told
 
     @property
     def verdict(self) -> str:
         if self.gain is None or self.low is None or self.high is None:  # no incumbent: nothing compared
             return SAME
-        if self.high < -self.allowed:
+        if (self.gain if self.on_average else self.high) < -self.allowed:
             return WORSE
-        if self.low > 0:
-            return BETTER
-        return UNPROVEN if self.must_show and self.low < -self.allowed else SAME
+        return BETTER if self.low > 0 else SAME
 
     @property
     def passed(self) -> bool:
-        return self.verdict not in (WORSE, UNPROVEN)
+        return self.verdict != WORSE
 
     def to_dict(self) -> dict:
         out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -121,8 +119,7 @@ class Exam:
 @dataclass(frozen=True)
 class Decision:
     promoted: bool
-    verdict: str  # better | no measurable difference | worse | not shown within the margin |
-    # too little evidence | first version
+    verdict: str  # better | no measurable difference | worse | too little evidence | first version
     sentence: str  # for the admin, with the numbers that decided
     rule: str
     exams: tuple[Exam, ...] = field(default_factory=tuple)
@@ -197,7 +194,7 @@ def _erfinv(y: float) -> float:
 
 
 def examine(
-    name: str, where: str, candidate, incumbent, allowed: float, rule: Rule = Rule(), must_show: bool = False
+    name: str, where: str, candidate, incumbent, allowed: float, rule: Rule = Rule(), on_average: bool = False
 ) -> Exam:
     """One exam; ``incumbent`` None (nothing current yet) records the candidate's mean alone."""
     cand = as_scores(candidate, name)
@@ -214,7 +211,7 @@ def examine(
             None,
             allowed,
             rule.confidence,
-            must_show,
+            on_average,
         )
     gain, low, high = paired_interval(cand, incumbent, rule)
     return Exam(
@@ -229,7 +226,7 @@ def examine(
         high,
         allowed,
         rule.confidence,
-        must_show,
+        on_average,
     )
 
 
@@ -240,21 +237,10 @@ def _points(n: float) -> str:
 def _loss(exam: Exam, current: str | None) -> str:
     """Why a failed exam stops the promotion, in words and numbers."""
     hint = "labels that teach something other than the objects' outlines, such as shifted or swapped masks, do this"
-    if exam.name == "guard" and exam.verdict == UNPROVEN and exam.high is not None and exam.high < 0:
-        return (
-            f"on the {exam.objects} guard objects it scores {exam.numbers(current)}: it lost there beyond the "
-            f"noise, and cannot show the loss is under the {_points(exam.allowed)} allowed ({hint})"
-        )
-    if exam.name == "guard" and exam.verdict == UNPROVEN:
-        return (
-            f"on the {exam.objects} guard objects it scores {exam.numbers(current)}: the guard cannot show it "
-            f"lost less than the {_points(exam.allowed)} allowed there (too few guard objects to tell, or a "
-            f"real loss)"
-        )
     if exam.name == "guard":
         return (
             f"on the {exam.objects} guard objects it scores {exam.numbers(current)}: it lost more than the "
-            f"{_points(exam.allowed)} allowed there ({hint})"
+            f"{_points(exam.allowed)} allowed there on average ({hint})"
         )
     after = " after 2 corrective clicks" if exam.name != "labels" else ""
     return f"on the {exam.where}{after} it scores {exam.numbers(current)}: measurably worse"
@@ -294,10 +280,7 @@ def _settle(
             f"on the {labels.where} it scores {labels.numbers(current)}: no measurable difference, and "
             f"this rule keeps the current version unless the new one is measurably better"
         )
-    failed = {e.verdict for e in worse}
-    verdict = (
-        "too little evidence" if blockers else WORSE if WORSE in failed else UNPROVEN if failed else labels.verdict
-    )
+    verdict = "too little evidence" if blockers else WORSE if worse else labels.verdict
     told = {e.name for e in worse} | ({"labels"} if unsure_kept else set())
     rest = _account(exams, current, told)
     if why and force:
@@ -312,8 +295,8 @@ def _settle(
         how = "no measurable difference, and the rule promotes unless the new version is measurably worse"
     guard = [e for e in exams if e.name == "guard"]
     tail = (
-        f"; on the {guard[0].objects} guard objects {guard[0].numbers()}, shown to lose less than the "
-        f"{_points(guard[0].allowed)} allowed"
+        f"; on the {guard[0].objects} guard objects {guard[0].numbers()}, within the "
+        f"{_points(guard[0].allowed)} allowed on average"
         if guard and guard[0].gain is not None
         else ""
     )
@@ -347,7 +330,7 @@ def decide(
 
     ``where`` names the team's objects in the sentence ("25 labelled objects (2-fold
     cross-validation)"). ``guard``: ``(candidate, incumbent)`` scores on the guard objects, which
-    must show a loss under ``rule.guard_margin``;
+    must not lose more than ``rule.guard_margin`` on average;
     ``corrected``: the same on the team's objects after 2 corrective clicks, for versions that take
     them (a veto too when measurably worse: their 4-click masks may not move at all).
     ``blockers``: reasons that stop a promotion whatever the scores (no full epoch, too few
@@ -362,7 +345,7 @@ def decide(
                 guard[1] if incumbent is not None else None,
                 rule.guard_margin,
                 rule,
-                must_show=True,
+                on_average=True,
             )
         )
     if corrected is not None:
@@ -380,4 +363,4 @@ def decide(
     return Decision(promoted, verdict, sentence, rule.text(), tuple(exams), forced)
 
 
-__all__ = ["BETTER", "SAME", "UNPROVEN", "WORSE", "Decision", "Exam", "Rule", "decide", "examine", "paired_interval"]
+__all__ = ["BETTER", "SAME", "WORSE", "Decision", "Exam", "Rule", "decide", "examine", "paired_interval"]

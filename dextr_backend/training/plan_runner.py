@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from ..data.objects import objects_key
-from .crossval import Part, Plan, read_scores, write_scores
+from .crossval import Part, Plan, part_config, part_epochs, read_scores, write_scores
 from .scoring import CLICK_SETS, version_scores
-from .trainer import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer, contiguous
 
 if TYPE_CHECKING:
     import torch
@@ -27,9 +27,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Listeners:
-    """Who hears a run as it goes: ``on_stage`` the stage names, ``on_epoch`` each finished epoch's
-    row, ``on_progress`` steps within an epoch, ``on_resume`` the epoch a run resumes at."""
+    """Who hears a run as it goes: ``on_plan`` its shape once planned (``epochs``: the total over
+    its trainings; ``folds``: 0 for a hold-out split), ``on_stage`` the stage names, ``on_epoch``
+    each finished epoch's row, ``on_progress`` steps within an epoch, ``on_resume`` the epoch a
+    run resumes at."""
 
+    on_plan: Callable[[dict], None] | None = None
     on_stage: Callable[[str], None] | None = None
     on_epoch: Callable[[dict], None] | None = None
     on_progress: Callable[[dict], None] | None = None
@@ -40,17 +43,25 @@ class Reporter:
     """Stages, epochs and steps of every part, as one run: epoch numbers go on from part to part
     (``epochs`` is the run's total) and each event names its ``part``."""
 
-    def __init__(self, epochs: int, plan: Plan, listeners: Listeners):
-        self.epochs, self.total = epochs, epochs * len(plan.parts)
+    def __init__(self, config: TrainConfig, plan: Plan, listeners: Listeners):
+        self.part_epochs = part_epochs(config, plan)
+        self.total = sum(self.part_epochs)
         self.listeners = listeners
         self.offset, self.part = 0, plan.parts[0].name
+        self.folds = plan.scheme.get("folds", 0)
+
+    def planned(self) -> None:
+        """Tell the listeners the run's shape, before its first training (and the minutes of
+        scoring the current version) begin."""
+        if self.listeners.on_plan:
+            self.listeners.on_plan({"epochs": self.total, "folds": self.folds})
 
     def stage(self, name: str) -> None:
         if self.listeners.on_stage:
             self.listeners.on_stage(name)
 
     def begin(self, index: int, part: Part, trainer: Trainer, stage: str) -> None:
-        self.offset, self.part = index * self.epochs, part.name
+        self.offset, self.part = sum(self.part_epochs[:index]), part.name
         self.stage(stage)
         if trainer.resumed_from_epoch is not None and self.listeners.on_resume:
             self.listeners.on_resume(self.offset + trainer.resumed_from_epoch)
@@ -69,7 +80,8 @@ class Reporter:
 
 
 class PlanRunner:
-    """The trainings of one plan, with the same settings each (the time budget shared out)."""
+    """The trainings of one plan, with the same settings each (a fold model's schedule shorter:
+    ``crossval.part_config``), the time budget shared out in proportion to their epochs."""
 
     def __init__(
         self,
@@ -83,8 +95,9 @@ class PlanRunner:
         clicks: int | None,
         keep_last: bool,
     ):
-        share = (config.max_minutes / len(plan.parts)) if config.max_minutes and len(plan.parts) > 1 else None
-        self.config = replace(config, max_minutes=share) if share else config
+        self.config = config
+        epochs = part_epochs(config, plan)
+        self.minutes = [config.max_minutes * e / sum(epochs) if config.max_minutes else None for e in epochs]
         self.plan, self.run_dir, self.init_state, self.device_name = plan, Path(run_dir), init_state, device
         self.guard_objects, self.reporter, self.clicks, self.keep_last = guard_objects, reporter, clicks, keep_last
         self._built: dict[int, Trainer] = {}
@@ -94,9 +107,13 @@ class PlanRunner:
     def folder(self, part: Part) -> Path:
         return self.run_dir / part.folder if part.folder else self.run_dir
 
+    def part_config(self, index: int) -> TrainConfig:
+        """The settings the ``index``-th part trains with: its schedule and its share of the time budget."""
+        return replace(part_config(self.config, self.plan.parts[index]), max_minutes=self.minutes[index])
+
     def key(self, part: Part) -> dict:
         """What a kept fold's scores depend on: a resumed run with other settings trains it again."""
-        c = self.config
+        c = self.part_config(next(i for i, p in enumerate(self.plan.parts) if p is part))
         return {
             "objects": objects_key(part.train + part.test),
             "epochs": c.epochs,
@@ -116,7 +133,7 @@ class PlanRunner:
         if index not in self._built:
             part = self.plan.parts[index]
             self._built[index] = Trainer(
-                self.config,
+                self.part_config(index),
                 part.train,
                 part.test if part.validate else [],
                 self.folder(part),
@@ -183,7 +200,7 @@ class PlanRunner:
         result = trainer.run()
         state = result.state_dict
         if self.keep_last and part.validate and result.epochs_done:
-            state = {k: v.detach().cpu().clone() for k, v in trainer.result_model().state_dict().items()}
+            state = contiguous({k: v.detach().cpu().clone() for k, v in trainer.result_model().state_dict().items()})
         del self._built[index]  # one network in memory at a time
         return {
             "part": part,

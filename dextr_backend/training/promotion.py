@@ -218,7 +218,8 @@ def train_and_promote(
     plan = _plan(request, config.val_objects)
     run_dir = _run_folder(request, store, start)
     clicks = CORRECTION_CLICKS if get_architecture(start.arch).corrections else None
-    stage = Reporter(config.epochs, plan, listeners or Listeners())
+    stage = Reporter(config, plan, listeners or Listeners())
+    stage.planned()
     runner = PlanRunner(
         config, plan, run_dir, start.state, request.device, guard_objects, stage, clicks, request.keep_last
     )

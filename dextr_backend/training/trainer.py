@@ -86,6 +86,11 @@ def train_part(config: TrainConfig, init_state: dict | None) -> str:
     return "head" if out is None or not bool(out.any()) else "parent"
 
 
+def contiguous(state: dict) -> dict:
+    """A state dict in the default layout: version files stay what every loader expects."""
+    return {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
 @dataclass
 class TrainResult:
     state_dict: dict
@@ -162,7 +167,10 @@ class Trainer:
         model = build_model(config.arch, imagenet=init_state is None)
         if init_state is not None:
             load_state(model, init_state)
+        # channels-last: the convolutions' own layout on oneDNN and cuDNN; a training step on 2 CPU
+        # cores takes about 0.6x the time of the default layout (the same arithmetic, reordered).
         model.to(self.device)
+        model.to(memory_format=torch.channels_last)
         self.freeze_bn = config.freeze_bn if config.freeze_bn is not None else len(self.train_refs) < 500
         fixed = {"head": ("base",), "parent": ("head",), None: ()}[self.part]
         if self.part == "parent":
@@ -226,7 +234,8 @@ class Trainer:
             if sample is not None:
                 xs.append(sample[0])
                 ys.append(sample[1])
-        x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).to(self.device)
+        # (B, H, W, C) is already channels-last: the permuted view keeps it, and the network's layout.
+        x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).to(self.device, memory_format=torch.channels_last)
         y = torch.from_numpy(np.stack(ys))[:, None].to(self.device)
         if self.corrections:
             x = simulate(self._probabilities, x, y, self.cfg.corrections, self.cfg.threshold, self.rng)
@@ -324,7 +333,7 @@ class Trainer:
                 break
         state = self.folder.read_best()
         if state is None:
-            state = self.result_model().state_dict()
+            state = contiguous(self.result_model().state_dict())
         return TrainResult(
             state_dict=state,
             best_val_miou=self.best if self.best >= 0 else None,
@@ -413,6 +422,6 @@ class Trainer:
         if val is None or val > self.best:
             self.best = val if val is not None else self.best
             self.bad_epochs = 0
-            self.folder.save_best(self.result_model().state_dict())
+            self.folder.save_best(contiguous(self.result_model().state_dict()))
         else:
             self.bad_epochs += 1
