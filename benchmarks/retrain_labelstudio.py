@@ -19,6 +19,7 @@ harmful run must never be promoted; the held-out gain is still measured on the t
     python benchmarks/retrain_labelstudio.py                       # 10, 25, 50 labels
     python benchmarks/retrain_labelstudio.py --sizes 10 --json
     python benchmarks/retrain_labelstudio.py --sizes 10,25,50 --seeds 3
+    python benchmarks/retrain_labelstudio.py --sizes 50 --first-seed 2     # seed 2 alone
     python benchmarks/retrain_labelstudio.py --sizes 25 --harmful shift
 """
 
@@ -300,6 +301,13 @@ def main(argv=None) -> int:
         help="runs per size: seed 0 spreads the frames evenly, seeds 1.. draw them at random",
     )
     p.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        metavar="K",
+        help="the seeds run are K to K+N-1 (to add one seed to an earlier run's)",
+    )
+    p.add_argument(
         "--harmful",
         nargs="?",
         const="shift",
@@ -334,6 +342,8 @@ def main(argv=None) -> int:
         p.exit(2, f"error: --guard {args.guard}: no such folder ('' for no guard)\n")
     if args.seeds < 1:
         p.exit(2, f"error: --seeds {args.seeds}: at least 1\n")
+    if args.first_seed < 0:
+        p.exit(2, f"error: --first-seed {args.first_seed}: 0 or more\n")
     return run(args)
 
 
@@ -370,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
         ls = lss.start_label_studio(work)
         print(f"Label Studio {lss.VERSION} at {ls.url} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
         for n in [int(s) for s in args.sizes.split(",")]:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 rows.append(run_size(n, args, ls, services, redis_url, work, pool, test, before, seed, args.harmful))
     finally:
         if ls:
