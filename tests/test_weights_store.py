@@ -80,6 +80,17 @@ def test_add_use_current_load_round_trip(store, lite_state):
     assert sorted(p.name for p in store.root.iterdir()) == [".manifest.lock", "manifest.json", "v1.pt", "v2.pt"]
 
 
+def test_a_network_trained_channels_last_is_saved_in_the_default_layout(store, lite_state):
+    """Training runs channels-last; the version file holds the same numbers in the default layout."""
+    model = build_model("lite0")
+    model.load_state_dict(lite_state)
+    state = model.to(memory_format=torch.channels_last).state_dict()
+    assert not all(v.is_contiguous() for v in state.values())
+    loaded = store.load(store.add_version(state, "lite0").name)
+    assert all(v.is_contiguous() for v in loaded.state_dict.values())
+    assert_same_state(loaded.state_dict, lite_state)
+
+
 def test_auto_names_never_collide(store, lite_state):
     assert store.add_version(lite_state, "lite0").name == "v1"
     assert store.add_version(lite_state, "lite0", name="v7").name == "v7"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 from ..data.objects import objects_key
 from .crossval import Part, Plan, part_config, part_epochs, read_scores, write_scores
 from .scoring import CLICK_SETS, version_scores
-from .trainer import TrainConfig, Trainer, contiguous
+from .trainer import TrainConfig, Trainer
 
 if TYPE_CHECKING:
     import torch
@@ -113,7 +113,7 @@ class PlanRunner:
 
     def key(self, part: Part) -> dict:
         """What a kept fold's scores depend on: a resumed run with other settings trains it again."""
-        c = self.part_config(next(i for i, p in enumerate(self.plan.parts) if p is part))
+        c = part_config(self.config, part)  # its schedule (the time budget is not part of the key)
         return {
             "objects": objects_key(part.train + part.test),
             "epochs": c.epochs,
@@ -200,7 +200,7 @@ class PlanRunner:
         result = trainer.run()
         state = result.state_dict
         if self.keep_last and part.validate and result.epochs_done:
-            state = contiguous({k: v.detach().cpu().clone() for k, v in trainer.result_model().state_dict().items()})
+            state = {k: v.detach().cpu().clone() for k, v in trainer.result_model().state_dict().items()}
         del self._built[index]  # one network in memory at a time
         return {
             "part": part,

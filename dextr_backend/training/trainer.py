@@ -86,11 +86,6 @@ def train_part(config: TrainConfig, init_state: dict | None) -> str:
     return "head" if out is None or not bool(out.any()) else "parent"
 
 
-def contiguous(state: dict) -> dict:
-    """A state dict in the default layout: version files stay what every loader expects."""
-    return {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-
-
 @dataclass
 class TrainResult:
     state_dict: dict
@@ -333,7 +328,7 @@ class Trainer:
                 break
         state = self.folder.read_best()
         if state is None:
-            state = contiguous(self.result_model().state_dict())
+            state = self.result_model().state_dict()
         return TrainResult(
             state_dict=state,
             best_val_miou=self.best if self.best >= 0 else None,
@@ -422,6 +417,6 @@ class Trainer:
         if val is None or val > self.best:
             self.best = val if val is not None else self.best
             self.bad_epochs = 0
-            self.folder.save_best(contiguous(self.result_model().state_dict()))
+            self.folder.save_best(self.result_model().state_dict())
         else:
             self.bad_epochs += 1

@@ -308,7 +308,8 @@ class WeightsStore:
         spec = get_architecture(arch)
         if name is not None:
             check_name(name)
-        state = {k: v.detach().cpu() for k, v in state_dict.items()}
+        # The default layout: a network trained channels-last still gives every loader the file it expects.
+        state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
         check_fits(state, arch)
         staged = self.stage(lambda fh: torch.save(state, fh))
         fields = {
